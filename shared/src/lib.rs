@@ -1,0 +1,9 @@
+//! `iuk`: the library behind `iuk-build` and `iuk-apply`.
+//!
+//! Everything both tools need lives here so it can be tested without processes: the deterministic
+//! SquashFS engine ([`squashfs`]) and the filesystem tree model ([`tree`]). See DESIGN.md beside the
+//! repository for the architecture and the invariants every module serves.
+
+pub mod iso;
+pub mod squashfs;
+pub mod tree;

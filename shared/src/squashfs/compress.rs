@@ -1,0 +1,450 @@
+//! Block compressors: gzip (zlib streams), xz (with optional BCJ x86), zstd; lz4 and lzma readable.
+//!
+//! Kernel traps live here (measured: unsquashfs accepts all of these, the kernel does not):
+//! - xz streams use check CRC32 (liblzma's default CRC64 fails in the kernel);
+//! - the xz dictionary must be 2^n or 3·2^(n-1) bytes;
+//! - zstd frames must declare a window no larger than max(block size, 8 KiB): each block is
+//!   compressed one-shot with its content size set, which keeps the window at the input size;
+//! - "gzip" blocks are zlib (RFC 1950) streams, not gzip files.
+//!
+//! Every compressor's code is vendored and statically linked (liblzma, zstd) or pure Rust (flate2's
+//! miniz_oxide backend, lz4_flex), pinned by Cargo.lock: output never depends on host libraries.
+
+use std::io::{Read, Write};
+
+use super::{Le, Result, SqfsError};
+use crate::corrupt;
+
+/// On-disk compressor ids.
+pub mod id {
+    /// zlib (called gzip by SquashFS).
+    pub const GZIP: u16 = 1;
+    /// Legacy LZMA (alone format).
+    pub const LZMA: u16 = 2;
+    /// LZO.
+    pub const LZO: u16 = 3;
+    /// xz.
+    pub const XZ: u16 = 4;
+    /// LZ4.
+    pub const LZ4: u16 = 5;
+    /// Zstandard.
+    pub const ZSTD: u16 = 6;
+}
+
+/// The xz BCJ x86 filter bit in xz compressor options.
+pub const XZ_FILTER_X86: u32 = 1;
+
+/// A compressor with all the settings that shape its output bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Compressor {
+    /// zlib at `level` (1..=9), window 2^15.
+    Gzip {
+        /// Compression level.
+        level: u32,
+    },
+    /// xz at preset `level` (0..=9) with an LZMA2 dictionary of `dict_size` bytes; with `bcj_x86`,
+    /// each block is also compressed through the BCJ x86 filter and the smaller result kept (tie:
+    /// without), as mksquashfs and gensquashfs do.
+    Xz {
+        /// Preset level.
+        level: u32,
+        /// Dictionary size: 2^n or 3·2^(n-1), 8 KiB..=block size.
+        dict_size: u32,
+        /// Whether blocks are also tried through the BCJ x86 filter.
+        bcj_x86: bool,
+    },
+    /// Zstandard at `level` (1..=22).
+    Zstd {
+        /// Compression level.
+        level: i32,
+    },
+    /// LZ4 (read only).
+    Lz4,
+    /// Legacy LZMA (read only).
+    Lzma,
+}
+
+/// mksquashfs's default gzip level.
+pub const GZIP_DEFAULT_LEVEL: u32 = 9;
+/// mksquashfs's and gensquashfs's default xz preset.
+pub const XZ_DEFAULT_LEVEL: u32 = 6;
+/// mksquashfs's default zstd level.
+pub const ZSTD_DEFAULT_LEVEL: i32 = 15;
+
+/// True when `n` is a dictionary size the kernel's xz decoder accepts (2^n or 3·2^(n-1)).
+pub fn valid_xz_dict(n: u32) -> bool {
+    if n < 4096 {
+        return false;
+    }
+    let low = 1u32 << n.trailing_zeros();
+    n == low || n == low * 3
+}
+
+impl Compressor {
+    /// The on-disk compressor id.
+    pub fn id(&self) -> u16 {
+        match self {
+            Compressor::Gzip { .. } => id::GZIP,
+            Compressor::Xz { .. } => id::XZ,
+            Compressor::Zstd { .. } => id::ZSTD,
+            Compressor::Lz4 => id::LZ4,
+            Compressor::Lzma => id::LZMA,
+        }
+    }
+
+    /// A short name (`xz`, `zstd`, `gzip`, `lz4`, `lzma`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Compressor::Gzip { .. } => "gzip",
+            Compressor::Xz { .. } => "xz",
+            Compressor::Zstd { .. } => "zstd",
+            Compressor::Lz4 => "lz4",
+            Compressor::Lzma => "lzma",
+        }
+    }
+
+    /// Checks the settings against the block size; the writer refuses what the kernel cannot read.
+    pub fn validate(&self, block_size: u32) -> Result<()> {
+        match *self {
+            Compressor::Gzip { level } if !(1..=9).contains(&level) => Err(SqfsError::Invalid(
+                format!("gzip level {level} is outside 1..=9"),
+            )),
+            Compressor::Xz {
+                level, dict_size, ..
+            } => {
+                if level > 9 {
+                    return Err(SqfsError::Invalid(format!(
+                        "xz level {level} is outside 0..=9"
+                    )));
+                }
+                if !valid_xz_dict(dict_size) || dict_size < 8192 || dict_size > block_size {
+                    return Err(SqfsError::Invalid(format!(
+                        "xz dictionary size {dict_size} must be 2^n or 3*2^n bytes, between 8 KiB and the block size ({block_size})"
+                    )));
+                }
+                Ok(())
+            }
+            Compressor::Zstd { level } if !(1..=22).contains(&level) => Err(SqfsError::Invalid(
+                format!("zstd level {level} is outside 1..=22"),
+            )),
+            Compressor::Lz4 | Compressor::Lzma => Err(SqfsError::Invalid(format!(
+                "{} images can be read but not written",
+                self.name()
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// The compressor-options payload written after the superblock, or `None` when every setting
+    /// is the format default (as mksquashfs decides, so readers infer the same settings).
+    pub fn options(&self, block_size: u32) -> Option<Vec<u8>> {
+        match *self {
+            Compressor::Gzip { level } if level != GZIP_DEFAULT_LEVEL => {
+                let mut v = level.to_le_bytes().to_vec();
+                v.extend_from_slice(&15u16.to_le_bytes());
+                v.extend_from_slice(&0u16.to_le_bytes());
+                Some(v)
+            }
+            Compressor::Xz {
+                dict_size, bcj_x86, ..
+            } if dict_size != block_size || bcj_x86 => {
+                let mut v = dict_size.to_le_bytes().to_vec();
+                v.extend_from_slice(&(if bcj_x86 { XZ_FILTER_X86 } else { 0 }).to_le_bytes());
+                Some(v)
+            }
+            Compressor::Zstd { level } if level != ZSTD_DEFAULT_LEVEL => {
+                Some(level.to_le_bytes().to_vec())
+            }
+            _ => None,
+        }
+    }
+
+    /// The compressor an image declares: its id and optional options payload. Settings that do not
+    /// matter for reading (levels) are filled with defaults when absent.
+    pub fn from_image(id: u16, options: Option<&[u8]>, block_size: u32) -> Result<Compressor> {
+        match id {
+            id::GZIP => {
+                let level = match options {
+                    Some(o) => Le::new(o, "gzip options").u32()?,
+                    None => GZIP_DEFAULT_LEVEL,
+                };
+                Ok(Compressor::Gzip { level })
+            }
+            id::XZ => {
+                let (dict_size, filters) = match options {
+                    Some(o) => {
+                        let mut r = Le::new(o, "xz options");
+                        (r.u32()?, r.u32()?)
+                    }
+                    None => (block_size, 0),
+                };
+                Ok(Compressor::Xz {
+                    level: XZ_DEFAULT_LEVEL,
+                    dict_size,
+                    bcj_x86: filters & XZ_FILTER_X86 != 0,
+                })
+            }
+            id::ZSTD => {
+                let level = match options {
+                    Some(o) => Le::new(o, "zstd options").u32()? as i32,
+                    None => ZSTD_DEFAULT_LEVEL,
+                };
+                Ok(Compressor::Zstd { level })
+            }
+            id::LZ4 => Ok(Compressor::Lz4),
+            id::LZMA => Ok(Compressor::Lzma),
+            id::LZO => Err(SqfsError::Unsupported("LZO-compressed images".into())),
+            other => Err(corrupt!("unknown compressor id {other}")),
+        }
+    }
+
+    /// Compresses one block. Returns `None` when the result would not be smaller than the input
+    /// (the caller then stores the block uncompressed).
+    pub fn compress(&self, input: &[u8]) -> Result<Option<Vec<u8>>> {
+        let out = match *self {
+            Compressor::Gzip { level } => {
+                let mut enc = flate2::write::ZlibEncoder::new(
+                    Vec::with_capacity(input.len() / 2 + 64),
+                    flate2::Compression::new(level),
+                );
+                enc.write_all(input)
+                    .and_then(|_| enc.finish())
+                    .map_err(|e| SqfsError::io("zlib", e))?
+            }
+            Compressor::Xz {
+                level,
+                dict_size,
+                bcj_x86,
+            } => {
+                let plain = xz_compress(input, level, dict_size, false)?;
+                if bcj_x86 {
+                    let filtered = xz_compress(input, level, dict_size, true)?;
+                    if filtered.len() < plain.len() {
+                        filtered
+                    } else {
+                        plain
+                    }
+                } else {
+                    plain
+                }
+            }
+            Compressor::Zstd { level } => {
+                // One-shot compression with the content size in the frame header keeps the
+                // declared window at the input size (kernel trap, see the module doc).
+                let mut c =
+                    zstd::bulk::Compressor::new(level).map_err(|e| SqfsError::io("zstd", e))?;
+                c.include_contentsize(true)
+                    .map_err(|e| SqfsError::io("zstd", e))?;
+                c.include_checksum(false)
+                    .map_err(|e| SqfsError::io("zstd", e))?;
+                c.compress(input).map_err(|e| SqfsError::io("zstd", e))?
+            }
+            Compressor::Lz4 | Compressor::Lzma => {
+                return Err(SqfsError::Invalid(format!(
+                    "{} compression is not supported",
+                    self.name()
+                )))
+            }
+        };
+        Ok(if out.len() < input.len() {
+            Some(out)
+        } else {
+            None
+        })
+    }
+
+    /// Decompresses one block whose uncompressed size is at most `max_out` bytes. Output beyond
+    /// `max_out` is an error, so a hostile block cannot make the reader allocate without bound.
+    pub fn decompress(&self, input: &[u8], max_out: usize) -> Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(max_out.min(1 << 20));
+        match self {
+            Compressor::Gzip { .. } => {
+                read_bounded(
+                    flate2::read::ZlibDecoder::new(input),
+                    &mut out,
+                    max_out,
+                    "zlib",
+                )?;
+            }
+            Compressor::Zstd { .. } => {
+                let mut dec = zstd::stream::read::Decoder::with_buffer(input)
+                    .map_err(|e| SqfsError::io("zstd", e))?
+                    .single_frame();
+                // Blocks are at most 1 MiB: refuse frames that ask for a larger window.
+                dec.window_log_max(21)
+                    .map_err(|e| SqfsError::io("zstd", e))?;
+                read_bounded(dec, &mut out, max_out, "zstd")?;
+            }
+            Compressor::Xz { .. } => {
+                let stream = liblzma::stream::Stream::new_stream_decoder(64 << 20, 0)
+                    .map_err(|e| corrupt!("xz decoder: {e}"))?;
+                read_bounded(
+                    liblzma::read::XzDecoder::new_stream(input, stream),
+                    &mut out,
+                    max_out,
+                    "xz",
+                )?;
+            }
+            Compressor::Lzma => {
+                let stream = liblzma::stream::Stream::new_lzma_decoder(64 << 20)
+                    .map_err(|e| corrupt!("lzma decoder: {e}"))?;
+                read_bounded(
+                    liblzma::read::XzDecoder::new_stream(input, stream),
+                    &mut out,
+                    max_out,
+                    "lzma",
+                )?;
+            }
+            Compressor::Lz4 => {
+                out.resize(max_out, 0);
+                let n = lz4_flex::block::decompress_into(input, &mut out)
+                    .map_err(|e| corrupt!("lz4 block: {e}"))?;
+                out.truncate(n);
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn read_bounded(r: impl Read, out: &mut Vec<u8>, max_out: usize, what: &str) -> Result<()> {
+    let n = r
+        .take(max_out as u64 + 1)
+        .read_to_end(out)
+        .map_err(|e| corrupt!("{what} block does not decompress: {e}"))?;
+    if n > max_out {
+        return Err(corrupt!(
+            "{what} block decompresses to more than {max_out} bytes"
+        ));
+    }
+    Ok(())
+}
+
+fn xz_compress(input: &[u8], level: u32, dict_size: u32, x86: bool) -> Result<Vec<u8>> {
+    use liblzma::stream::{Action, Check, Filters, LzmaOptions, Status, Stream};
+    let err = |e: liblzma::stream::Error| SqfsError::Invalid(format!("xz encoder: {e}"));
+    let mut opts = LzmaOptions::new_preset(level).map_err(err)?;
+    opts.dict_size(dict_size);
+    let mut filters = Filters::new();
+    if x86 {
+        filters.x86();
+    }
+    filters.lzma2(&opts);
+    // CRC32, not liblzma's default CRC64: the kernel's xz decoder refuses CRC64.
+    let mut stream = Stream::new_stream_encoder(&filters, Check::Crc32).map_err(err)?;
+    let mut out = Vec::with_capacity(input.len() + input.len() / 16 + 256);
+    loop {
+        let consumed = stream.total_in() as usize;
+        match stream
+            .process_vec(&input[consumed..], &mut out, Action::Finish)
+            .map_err(err)?
+        {
+            Status::StreamEnd => return Ok(out),
+            _ => out.reserve(out.capacity().max(4096)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Vec<u8> {
+        (0..200_000u32)
+            .flat_map(|i| ((i * 7) % 251).to_le_bytes())
+            .collect()
+    }
+
+    #[test]
+    fn roundtrip_every_writable_compressor() {
+        let data = sample();
+        for c in [
+            Compressor::Gzip { level: 9 },
+            Compressor::Xz {
+                level: 6,
+                dict_size: 1 << 20,
+                bcj_x86: false,
+            },
+            Compressor::Xz {
+                level: 6,
+                dict_size: 3 << 15,
+                bcj_x86: true,
+            },
+            Compressor::Zstd { level: 15 },
+        ] {
+            let z = c.compress(&data).unwrap().expect("compressible");
+            assert!(z.len() < data.len());
+            assert_eq!(c.decompress(&z, data.len()).unwrap(), data);
+            assert!(
+                c.decompress(&z, data.len() - 1).is_err(),
+                "{c:?} bound not enforced"
+            );
+            assert!(c.decompress(&z[..z.len() / 2], data.len()).is_err());
+        }
+    }
+
+    #[test]
+    fn incompressible_is_none() {
+        let mut x = 0x1234_5678u32;
+        let data: Vec<u8> = (0..4096)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                x as u8
+            })
+            .collect();
+        assert!(Compressor::Zstd { level: 3 }
+            .compress(&data)
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
+    fn xz_uses_crc32_check() {
+        let z = Compressor::Xz {
+            level: 6,
+            dict_size: 1 << 20,
+            bcj_x86: false,
+        }
+        .compress(&sample())
+        .unwrap()
+        .unwrap();
+        // Stream flags byte 7: check type 0x01 = CRC32.
+        assert_eq!(&z[..6], b"\xfd7zXZ\x00");
+        assert_eq!(z[7], 0x01);
+    }
+
+    #[test]
+    fn dict_rule() {
+        assert!(valid_xz_dict(1 << 20));
+        assert!(valid_xz_dict(3 << 18));
+        assert!(!valid_xz_dict(5 << 18));
+        assert!(!valid_xz_dict(0));
+    }
+
+    #[test]
+    fn options_roundtrip() {
+        let c = Compressor::Xz {
+            level: 6,
+            dict_size: 1 << 19,
+            bcj_x86: true,
+        };
+        let o = c.options(1 << 20).unwrap();
+        assert_eq!(
+            Compressor::from_image(id::XZ, Some(&o), 1 << 20).unwrap(),
+            c
+        );
+        assert!(Compressor::Xz {
+            level: 6,
+            dict_size: 1 << 20,
+            bcj_x86: false
+        }
+        .options(1 << 20)
+        .is_none());
+        let z = Compressor::Zstd { level: 19 };
+        assert_eq!(
+            Compressor::from_image(id::ZSTD, z.options(4096).as_deref(), 4096).unwrap(),
+            z
+        );
+    }
+}
