@@ -1,1 +1,46 @@
-fn main() {}
+//! `iuk-build`: builds deterministic incremental upgrade kits and the SquashFS images in them.
+//! Argument parsing, progress and output formatting only; the logic lives in the `iuk` library.
+
+mod pack;
+mod progress;
+mod writer_args;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+const EXIT_CODES: &str = "\
+Exit status:
+  0  success
+  1  the job failed (bad input, I/O error); the message names the file and the problem
+  2  invalid command line";
+
+/// Build deterministic SquashFS images and incremental upgrade kits.
+///
+/// Every output byte is a pure function of the inputs and the declared parameters: the same
+/// command gives the same sha256 on any machine, with any number of threads.
+#[derive(Parser)]
+#[command(name = "iuk-build", version, after_help = EXIT_CODES, max_term_width = 100)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    Pack(pack::PackArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Pack(a) => pack::run(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("iuk-build: error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

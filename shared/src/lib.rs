@@ -4,6 +4,8 @@
 //! SquashFS engine ([`squashfs`]) and the filesystem tree model ([`tree`]). See DESIGN.md beside the
 //! repository for the architecture and the invariants every module serves.
 
+pub mod hostdir;
 pub mod iso;
+pub mod output;
 pub mod squashfs;
 pub mod tree;

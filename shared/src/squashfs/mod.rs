@@ -11,8 +11,10 @@ pub mod dir;
 pub mod image;
 pub mod inode;
 pub mod meta;
+pub mod sortfile;
 pub mod superblock;
 pub mod table;
+pub mod write;
 pub mod xattr;
 
 use std::io;
