@@ -4,6 +4,7 @@
 //! SquashFS engine ([`squashfs`]) and the filesystem tree model ([`tree`]). See DESIGN.md beside the
 //! repository for the architecture and the invariants every module serves.
 
+pub mod diff;
 pub mod hostdir;
 pub mod iso;
 pub mod output;

@@ -219,6 +219,14 @@ pub enum TreeError {
     /// More entries than 32-bit ids can address.
     #[error("too many entries")]
     TooMany,
+    /// Reading a file's content failed.
+    #[error("{what}: {source}")]
+    Read {
+        /// The content source.
+        what: String,
+        /// The error.
+        source: io::Error,
+    },
 }
 
 /// A whole filesystem tree. Node 0 is the root directory.
@@ -410,6 +418,136 @@ pub fn check_name(name: &[u8]) -> Result<(), TreeError> {
     Ok(())
 }
 
+/// Version tag hashed first into every tree digest; bump it if the listing format changes.
+pub const TREE_DIGEST_TAG: &[u8] = b"iuk-tree-digest-v1\n";
+
+/// The sha256 of every regular file's content, indexed by [`InodeId`] (`None` for other kinds).
+/// Files are hashed in parallel on the current rayon pool; `progress` receives bytes hashed so far.
+pub fn content_hashes(
+    tree: &Tree,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<Vec<Option<[u8; 32]>>, TreeError> {
+    use rayon::prelude::*;
+    use sha2::{Digest, Sha256};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let done = AtomicU64::new(0);
+    tree.inodes
+        .par_iter()
+        .map(|ino| {
+            let InodeKind::File(c) = &ino.kind else {
+                return Ok(None);
+            };
+            let read_err = |e: io::Error| TreeError::Read {
+                what: c.source.describe(),
+                source: e,
+            };
+            let mut r = c.source.open().map_err(read_err)?;
+            let mut h = Sha256::new();
+            let mut buf = vec![0u8; 256 * 1024];
+            let mut total = 0u64;
+            loop {
+                let n = r.read(&mut buf).map_err(read_err)?;
+                if n == 0 {
+                    break;
+                }
+                total += n as u64;
+                h.update(&buf[..n]);
+                progress(done.fetch_add(n as u64, Ordering::Relaxed) + n as u64);
+            }
+            if total != c.size {
+                return Err(read_err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("expected {} bytes, read {total}", c.size),
+                )));
+            }
+            Ok(Some(h.finalize().into()))
+        })
+        .collect()
+}
+
+/// The canonical tree digest: sha256 over a byte-exact listing of every entry.
+///
+/// [`TREE_DIGEST_TAG`] is hashed first; then, for every node in [`Tree::walk`] order (depth first,
+/// children bytewise by name, the root first), all integers little-endian:
+/// - `u32` length + path bytes (`/`-separated, no leading slash; the root's path is empty);
+/// - one type byte: `d` directory, `f` file, `l` symlink, `c` char device, `b` block device,
+///   `p` fifo, `s` socket;
+/// - `u16` permission bits, `u32` uid, `u32` gid, `u32` mtime;
+/// - `u32` xattr count, then per xattr in name order: `u32` length + name, `u32` length + value;
+/// - files: `u64` size + the 32-byte sha256 of the content; symlinks: `u32` length + target;
+///   devices: `u32` major, `u32` minor; nothing for other kinds;
+/// - for a non-directory inode named by several nodes (a hard-link group): `u32` length + the
+///   path of the group's first node in walk order; `u32` 0 otherwise.
+///
+/// Directory link counts and sizes are not part of it: they follow from the entries.
+/// `hashes` comes from [`content_hashes`].
+pub fn tree_digest(tree: &Tree, hashes: &[Option<[u8; 32]>]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(TREE_DIGEST_TAG);
+    let counts = tree.link_counts();
+    let mut first: Vec<Option<NodeId>> = vec![None; tree.inodes.len()];
+    let put = |h: &mut Sha256, b: &[u8]| {
+        h.update((b.len() as u32).to_le_bytes());
+        h.update(b);
+    };
+    for id in tree.walk() {
+        let node = tree.node(id);
+        let ino = tree.inode(node.inode);
+        let m = &ino.meta;
+        put(&mut h, &tree.path(id));
+        h.update([match ino.kind {
+            InodeKind::Dir => b'd',
+            InodeKind::File(_) => b'f',
+            InodeKind::Symlink(_) => b'l',
+            InodeKind::CharDev(_) => b'c',
+            InodeKind::BlockDev(_) => b'b',
+            InodeKind::Fifo => b'p',
+            InodeKind::Socket => b's',
+        }]);
+        h.update(m.perm.to_le_bytes());
+        h.update(m.uid.to_le_bytes());
+        h.update(m.gid.to_le_bytes());
+        h.update(m.mtime.to_le_bytes());
+        h.update((m.xattrs.len() as u32).to_le_bytes());
+        for x in &m.xattrs {
+            put(&mut h, &x.name);
+            put(&mut h, &x.value);
+        }
+        match &ino.kind {
+            InodeKind::File(c) => {
+                h.update(c.size.to_le_bytes());
+                h.update(
+                    hashes
+                        .get(node.inode.0 as usize)
+                        .copied()
+                        .flatten()
+                        .unwrap_or([0; 32]),
+                );
+            }
+            InodeKind::Symlink(t) => put(&mut h, t),
+            InodeKind::CharDev(d) | InodeKind::BlockDev(d) => {
+                h.update(libc::major(*d as libc::dev_t).to_le_bytes());
+                h.update(libc::minor(*d as libc::dev_t).to_le_bytes());
+            }
+            _ => {}
+        }
+        let i = node.inode.0 as usize;
+        if !matches!(ino.kind, InodeKind::Dir) && counts[i] > 1 {
+            let leader = *first[i].get_or_insert(id);
+            put(&mut h, &tree.path(leader));
+        } else {
+            h.update(0u32.to_le_bytes());
+        }
+    }
+    h.finalize().into()
+}
+
+/// Lower-case hex of a digest.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -457,6 +595,36 @@ mod tests {
         }
         assert!(t.add(t.root(), &[b'x'; 256], file(b"")).is_err());
         assert!(t.add(t.root(), &[b'x'; 255], file(b"")).is_ok());
+    }
+
+    #[test]
+    fn digest_sees_every_field() {
+        let base = || {
+            let mut t = Tree::new(Metadata::default());
+            let f = t.add(t.root(), b"f", file(b"x")).unwrap();
+            t.link(t.root(), b"g", t.node(f).inode).unwrap();
+            t
+        };
+        let d = |t: &Tree| tree_digest(t, &content_hashes(t, &|_| {}).unwrap());
+        let d0 = d(&base());
+        assert_eq!(d0, d(&base()));
+        let mut t = base();
+        t.inode_mut(InodeId(1)).meta.mtime = 1;
+        assert_ne!(d(&t), d0);
+        let mut t = base();
+        t.inode_mut(InodeId(1)).meta.xattrs.push(Xattr {
+            name: b"user.a".to_vec(),
+            value: vec![],
+        });
+        assert_ne!(d(&t), d0);
+        let mut t = base();
+        t.inode_mut(InodeId(1)).kind = InodeKind::File(Content::from_bytes(b"y".to_vec()));
+        assert_ne!(d(&t), d0);
+        // Same entries without the hard link.
+        let mut t = Tree::new(Metadata::default());
+        t.add(t.root(), b"f", file(b"x")).unwrap();
+        t.add(t.root(), b"g", file(b"x")).unwrap();
+        assert_ne!(d(&t), d0);
     }
 
     #[test]
