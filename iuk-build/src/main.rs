@@ -1,6 +1,7 @@
 //! `iuk-build`: builds deterministic incremental upgrade kits and the SquashFS images in them.
 //! Argument parsing, progress and output formatting only; the logic lives in the `iuk` library.
 
+mod inspect;
 mod pack;
 mod progress;
 mod writer_args;
@@ -29,12 +30,14 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     Pack(pack::PackArgs),
+    Inspect(inspect::InspectArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Pack(a) => pack::run(a),
+        Command::Inspect(a) => inspect::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

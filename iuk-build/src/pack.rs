@@ -7,6 +7,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use iuk::hostdir::{self, HostDirOptions};
 use iuk::output::write_new_file;
+use iuk::squashfs::read::Archive;
 use iuk::squashfs::write::{write_image, WriterParams};
 use iuk::tree::{InodeKind, Tree};
 
@@ -102,10 +103,20 @@ fn load(source: &Path, all_root: bool) -> Result<Tree> {
             }
             Ok(t.tree)
         }
-        Source::Image => bail!(
-            "{}: repacking SquashFS images is not available in this build",
-            source.display()
-        ),
+        Source::Image => {
+            let archive = Archive::open(source).with_context(|| format!("{}", source.display()))?;
+            let mut tree = archive
+                .read_tree()
+                .with_context(|| format!("{}", source.display()))?;
+            if all_root {
+                for i in 0..tree.inode_count() as u32 {
+                    let m = &mut tree.inode_mut(iuk::tree::InodeId(i)).meta;
+                    m.uid = 0;
+                    m.gid = 0;
+                }
+            }
+            Ok(tree)
+        }
     }
 }
 

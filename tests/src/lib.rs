@@ -1,1 +1,729 @@
+//! Helpers for the end-to-end tests: finding the built binaries, deciding when a test needs
+//! root, the kernel or an external tool (and skipping or failing accordingly), building test
+//! trees with `scripts/make-tree`, snapshotting a directory tree with every attribute the
+//! invariants cover, explaining snapshot differences field by field, and loop-mounting images
+//! with a guard that always unmounts.
 
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::{CString, OsStr, OsString};
+use std::fmt;
+use std::fs;
+use std::io::{self, Read};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use sha2::{Digest, Sha256};
+
+// ------------------------------------------------------------------------------------------------
+// Binaries and scripts
+
+/// The workspace root (the parent of this package's directory).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// A script of the workspace's `scripts/` directory.
+pub fn script(name: &str) -> PathBuf {
+    repo_root().join("scripts").join(name)
+}
+
+/// The directory holding the built binaries: `IUK_BIN_DIR` if set, else the profile directory
+/// of the running test executable (`target/<profile>/deps/<test>` → `target/<profile>/`).
+pub fn bin_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("IUK_BIN_DIR") {
+        return PathBuf::from(d);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("test executable lies in target/<profile>/deps/")
+        .to_path_buf()
+}
+
+/// The path of a built binary of the workspace (`iuk-build`, `iuk-apply`).
+///
+/// A package cannot depend on another package's binaries, so the binaries must be built
+/// before the tests run; a missing binary fails the test with the command that builds it.
+pub fn bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    if !p.is_file() {
+        panic!(
+            "{} not found: build it first: cargo build --release \
+             (or set IUK_BIN_DIR to the directory holding {name})",
+            p.display()
+        );
+    }
+    p
+}
+
+// ------------------------------------------------------------------------------------------------
+// Skipping
+
+/// Whether tests that need root, the kernel or external tools must fail rather than skip
+/// (`IUK_REQUIRE_KERNEL=1`, for CI machines that have all of them).
+pub fn skips_forbidden() -> bool {
+    std::env::var("IUK_REQUIRE_KERNEL").is_ok_and(|v| v == "1")
+}
+
+/// Reports a skipped test: prints `SKIP: reason`, or panics when skipping is forbidden.
+pub fn skip(reason: &str) {
+    if skips_forbidden() {
+        panic!("cannot run this test ({reason}) and IUK_REQUIRE_KERNEL=1 forbids skipping it");
+    }
+    eprintln!("SKIP: {reason}");
+}
+
+/// Whether the process runs as root (euid 0).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// `true` when running as root; otherwise reports a skip (see [`skip`]) and returns `false`.
+///
+/// Usage: `if !require_root_or_skip() { return; }`
+pub fn require_root_or_skip() -> bool {
+    if is_root() {
+        return true;
+    }
+    skip("needs root (devices, arbitrary owners, trusted.* xattrs, mounts)");
+    false
+}
+
+/// Why the kernel cannot loop-mount SquashFS here, or `Ok` when it can.
+pub fn kernel_available() -> Result<(), String> {
+    if !is_root() {
+        return Err("loop-mounting needs root".into());
+    }
+    let has_squashfs = || {
+        fs::read_to_string("/proc/filesystems")
+            .map(|s| {
+                s.lines()
+                    .any(|l| l.split_whitespace().last() == Some("squashfs"))
+            })
+            .unwrap_or(false)
+    };
+    if !has_squashfs() {
+        // The module may just not be loaded yet.
+        let _ = Command::new("modprobe")
+            .arg("squashfs")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        if !has_squashfs() {
+            return Err("the kernel has no squashfs support".into());
+        }
+    }
+    if !Path::new("/dev/loop-control").exists() {
+        return Err("no loop devices (/dev/loop-control missing)".into());
+    }
+    for tool in ["mount", "umount"] {
+        if find_tool(tool).is_none() {
+            return Err(format!("`{tool}` not found"));
+        }
+    }
+    Ok(())
+}
+
+/// `true` when images can be loop-mounted; otherwise reports a skip and returns `false`.
+pub fn kernel_or_skip() -> bool {
+    match kernel_available() {
+        Ok(()) => true,
+        Err(reason) => {
+            skip(&reason);
+            false
+        }
+    }
+}
+
+/// The path of an executable found in `PATH`.
+pub fn find_tool(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_else(|| OsString::from("/usr/bin:/bin"));
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+        .map(|d| d.join(name))
+        .find(|p| {
+            fs::metadata(p)
+                .map(|m| m.is_file() && m.mode() & 0o111 != 0)
+                .unwrap_or(false)
+        })
+}
+
+/// The path of an external tool; when missing, reports a skip and returns `None`.
+pub fn tool_or_skip(name: &str) -> Option<PathBuf> {
+    let found = find_tool(name);
+    if found.is_none() {
+        skip(&format!("`{name}` is not installed"));
+    }
+    found
+}
+
+// ------------------------------------------------------------------------------------------------
+// Running commands
+
+/// What a finished command returned.
+#[derive(Debug)]
+pub struct Run {
+    /// Exit code (`None` when killed by a signal).
+    pub code: Option<i32>,
+    /// Standard output.
+    pub stdout: Vec<u8>,
+    /// Standard error, lossily decoded.
+    pub stderr: String,
+}
+
+impl Run {
+    /// Whether the command exited with status 0.
+    pub fn ok(&self) -> bool {
+        self.code == Some(0)
+    }
+
+    /// Standard output, lossily decoded.
+    pub fn stdout_text(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+}
+
+impl fmt::Display for Run {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "exit {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.code,
+            String::from_utf8_lossy(&self.stdout),
+            self.stderr
+        )
+    }
+}
+
+/// Runs a command to completion, capturing its output.
+pub fn run(cmd: &mut Command) -> Run {
+    let out: Output = cmd
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    Run {
+        code: out.status.code(),
+        stdout: out.stdout,
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Runs a command and panics, showing its output, unless it succeeds.
+pub fn run_ok(cmd: &mut Command) -> Run {
+    let r = run(cmd);
+    assert!(r.ok(), "{cmd:?} failed: {r}");
+    r
+}
+
+/// A `Command` for a built binary, with `SOURCE_DATE_EPOCH` removed from its environment so
+/// that only what a test passes explicitly counts.
+pub fn iuk_command(name: &str) -> Command {
+    let mut c = Command::new(bin(name));
+    c.env_remove("SOURCE_DATE_EPOCH");
+    c
+}
+
+/// Runs `iuk-build pack SOURCE OUTPUT --source-date-epoch EPOCH ARGS...` and panics unless it
+/// succeeds.
+pub fn pack(source: &Path, output: &Path, epoch: u32, args: &[&str]) -> Run {
+    run_ok(
+        iuk_command("iuk-build")
+            .arg("pack")
+            .arg(source)
+            .arg(output)
+            .arg(format!("--source-date-epoch={epoch}"))
+            .args(args),
+    )
+}
+
+/// Runs `scripts/make-tree DIR VARIANT` (needs root).
+pub fn make_tree(dir: &Path, variant: &str) {
+    run_ok(
+        Command::new("bash")
+            .arg(script("make-tree"))
+            .arg(dir)
+            .arg(variant),
+    );
+}
+
+/// Hex sha256 of a file's content.
+pub fn sha256_file(path: &Path) -> String {
+    let mut f = fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    hex(&sha256_reader(&mut f).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
+}
+
+fn sha256_reader(r: &mut impl Read) -> io::Result<[u8; 32]> {
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = r.read(&mut buf)?;
+        if n == 0 {
+            return Ok(h.finalize().into());
+        }
+        h.update(&buf[..n]);
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The names in a directory, sorted (to check that nothing was left behind).
+pub fn dir_names(dir: &Path) -> Vec<OsString> {
+    let mut v: Vec<OsString> = fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.expect("readdir").file_name())
+        .collect();
+    v.sort();
+    v
+}
+
+// ------------------------------------------------------------------------------------------------
+// Snapshots
+
+/// The type of a tree entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Directory.
+    Dir,
+    /// Regular file.
+    File,
+    /// Symbolic link.
+    Symlink,
+    /// Character device.
+    CharDev,
+    /// Block device.
+    BlockDev,
+    /// Named pipe.
+    Fifo,
+    /// Unix socket.
+    Socket,
+}
+
+/// One entry of a tree, with every attribute the exactness invariant covers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// Path relative to the snapshot root, as bytes; the root itself is the empty path.
+    pub path: Vec<u8>,
+    /// Type.
+    pub kind: Kind,
+    /// Permission bits including setuid, setgid and sticky (`mode & 0o7777`).
+    pub mode: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Modification time, whole seconds.
+    pub mtime: i64,
+    /// Size in bytes (regular files only).
+    pub size: Option<u64>,
+    /// Hex sha256 of the content (regular files only).
+    pub sha256: Option<String>,
+    /// Symlink target (symlinks only).
+    pub target: Option<Vec<u8>>,
+    /// Device (major, minor) (character and block devices only).
+    pub rdev: Option<(u32, u32)>,
+    /// Extended attributes (name, value), sorted; `system.*` (POSIX ACLs) excluded.
+    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    /// For a non-directory with more than one link: the smallest path of its hard-link group
+    /// within the snapshot (the same value for every member of the group).
+    pub link_group: Option<Vec<u8>>,
+}
+
+/// A path for messages: printable ASCII kept, other bytes escaped; the root shows as `/`.
+pub fn show_path(p: &[u8]) -> String {
+    if p.is_empty() {
+        "/".into()
+    } else {
+        p.escape_ascii().to_string()
+    }
+}
+
+fn show_bytes(b: &[u8]) -> String {
+    format!("\"{}\"", b.escape_ascii())
+}
+
+/// Walks `root` (never following symlinks) and records every entry, sorted by path bytes.
+pub fn snapshot(root: &Path) -> Vec<Entry> {
+    let mut out = Vec::new();
+    let mut inodes: HashMap<(u64, u64), Vec<usize>> = HashMap::new();
+    walk(root, Vec::new(), &mut out, &mut inodes);
+    for members in inodes.values() {
+        let smallest = members
+            .iter()
+            .map(|&i| out[i].path.clone())
+            .min()
+            .expect("non-empty group");
+        for &i in members {
+            out[i].link_group = Some(smallest.clone());
+        }
+    }
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    out
+}
+
+fn walk(
+    path: &Path,
+    rel: Vec<u8>,
+    out: &mut Vec<Entry>,
+    inodes: &mut HashMap<(u64, u64), Vec<usize>>,
+) {
+    let md = fs::symlink_metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let ft = md.file_type();
+    let kind = if ft.is_dir() {
+        Kind::Dir
+    } else if ft.is_file() {
+        Kind::File
+    } else if ft.is_symlink() {
+        Kind::Symlink
+    } else if ft.is_char_device() {
+        Kind::CharDev
+    } else if ft.is_block_device() {
+        Kind::BlockDev
+    } else if ft.is_fifo() {
+        Kind::Fifo
+    } else if ft.is_socket() {
+        Kind::Socket
+    } else {
+        panic!("{}: unknown file type", path.display());
+    };
+    let (size, sha256) = if kind == Kind::File {
+        let mut f = fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let h = sha256_reader(&mut f).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        (Some(md.len()), Some(hex(&h)))
+    } else {
+        (None, None)
+    };
+    let target = (kind == Kind::Symlink).then(|| {
+        fs::read_link(path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+            .as_os_str()
+            .as_bytes()
+            .to_vec()
+    });
+    let rdev = matches!(kind, Kind::CharDev | Kind::BlockDev)
+        .then(|| (libc::major(md.rdev()), libc::minor(md.rdev())));
+    let xattrs = read_xattrs(path)
+        .unwrap_or_else(|e| panic!("{}: xattrs: {e}", path.display()))
+        .into_iter()
+        .filter(|(n, _)| !n.starts_with(b"system."))
+        .collect();
+    let index = out.len();
+    if kind != Kind::Dir && md.nlink() > 1 {
+        inodes.entry((md.dev(), md.ino())).or_default().push(index);
+    }
+    out.push(Entry {
+        path: rel.clone(),
+        kind,
+        mode: md.mode() & 0o7777,
+        uid: md.uid(),
+        gid: md.gid(),
+        mtime: md.mtime(),
+        size,
+        sha256,
+        target,
+        rdev,
+        xattrs,
+        link_group: None,
+    });
+    if kind == Kind::Dir {
+        let mut names: Vec<OsString> = fs::read_dir(path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+            .map(|e| {
+                e.unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+                    .file_name()
+            })
+            .collect();
+        names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+        for name in names {
+            let mut child = rel.clone();
+            if !child.is_empty() {
+                child.push(b'/');
+            }
+            child.extend_from_slice(name.as_bytes());
+            walk(&path.join(&name), child, out, inodes);
+        }
+    }
+}
+
+/// The extended attributes of `path` itself (symlinks not followed), sorted by name.
+pub fn read_xattrs(path: &Path) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let mut names = vec![0u8; 4096];
+    let len = loop {
+        // SAFETY: `c` is a valid C string and `names` a writable buffer of the given length.
+        let n = unsafe { libc::llistxattr(c.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
+        if n >= 0 {
+            break n as usize;
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::ERANGE) => names.resize(names.len() * 4, 0),
+            Some(libc::ENOTSUP) => return Ok(Vec::new()),
+            _ => return Err(e),
+        }
+    };
+    let mut out = Vec::new();
+    for name in names[..len].split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        let cname = CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
+        let mut value = vec![0u8; 256];
+        let vlen = loop {
+            // SAFETY: valid C strings and a writable buffer of the given length.
+            let n = unsafe {
+                libc::lgetxattr(
+                    c.as_ptr(),
+                    cname.as_ptr(),
+                    value.as_mut_ptr().cast(),
+                    value.len(),
+                )
+            };
+            if n >= 0 {
+                break n as usize;
+            }
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::ERANGE) if value.len() < (1 << 24) => value.resize(value.len() * 4, 0),
+                _ => return Err(e),
+            }
+        };
+        value.truncate(vlen);
+        out.push((name.to_vec(), value));
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Every difference between two snapshots, one line each: the path, the field and both
+/// values (`a` first). Empty when the snapshots are equal.
+pub fn diff_snapshots(a: &[Entry], b: &[Entry]) -> Vec<String> {
+    let ma: BTreeMap<&[u8], &Entry> = a.iter().map(|e| (e.path.as_slice(), e)).collect();
+    let mb: BTreeMap<&[u8], &Entry> = b.iter().map(|e| (e.path.as_slice(), e)).collect();
+    let mut out = Vec::new();
+    for (p, ea) in &ma {
+        let Some(eb) = mb.get(p) else {
+            out.push(format!(
+                "{}: only in the first tree ({:?})",
+                show_path(p),
+                ea.kind
+            ));
+            continue;
+        };
+        let path = show_path(p);
+        let mut field = |name: &str, va: String, vb: String| {
+            if va != vb {
+                out.push(format!("{path}: {name}: {va} != {vb}"));
+            }
+        };
+        field("type", format!("{:?}", ea.kind), format!("{:?}", eb.kind));
+        field(
+            "mode",
+            format!("{:04o}", ea.mode),
+            format!("{:04o}", eb.mode),
+        );
+        field("uid", ea.uid.to_string(), eb.uid.to_string());
+        field("gid", ea.gid.to_string(), eb.gid.to_string());
+        field("mtime", ea.mtime.to_string(), eb.mtime.to_string());
+        field("size", format!("{:?}", ea.size), format!("{:?}", eb.size));
+        field(
+            "sha256",
+            format!("{:?}", ea.sha256),
+            format!("{:?}", eb.sha256),
+        );
+        let opt = |t: &Option<Vec<u8>>| t.as_deref().map_or("none".into(), show_bytes);
+        field("symlink target", opt(&ea.target), opt(&eb.target));
+        field("rdev", format!("{:?}", ea.rdev), format!("{:?}", eb.rdev));
+        let opt_path = |t: &Option<Vec<u8>>| t.as_deref().map_or("none".into(), show_path);
+        field(
+            "hard-link group",
+            opt_path(&ea.link_group),
+            opt_path(&eb.link_group),
+        );
+        let xa: BTreeMap<&[u8], &[u8]> = ea
+            .xattrs
+            .iter()
+            .map(|(n, v)| (n.as_slice(), v.as_slice()))
+            .collect();
+        let xb: BTreeMap<&[u8], &[u8]> = eb
+            .xattrs
+            .iter()
+            .map(|(n, v)| (n.as_slice(), v.as_slice()))
+            .collect();
+        for (n, va) in &xa {
+            match xb.get(n) {
+                None => out.push(format!(
+                    "{path}: xattr {}: {} != (absent)",
+                    n.escape_ascii(),
+                    show_bytes(va)
+                )),
+                Some(vb) if vb != va => out.push(format!(
+                    "{path}: xattr {}: {} != {}",
+                    n.escape_ascii(),
+                    show_bytes(va),
+                    show_bytes(vb)
+                )),
+                Some(_) => {}
+            }
+        }
+        for (n, vb) in &xb {
+            if !xa.contains_key(n) {
+                out.push(format!(
+                    "{path}: xattr {}: (absent) != {}",
+                    n.escape_ascii(),
+                    show_bytes(vb)
+                ));
+            }
+        }
+    }
+    for (p, eb) in &mb {
+        if !ma.contains_key(p) {
+            out.push(format!(
+                "{}: only in the second tree ({:?})",
+                show_path(p),
+                eb.kind
+            ));
+        }
+    }
+    out
+}
+
+/// Panics with every difference (up to 200 lines) unless the snapshots are equal.
+pub fn assert_same_tree(expected: &[Entry], actual: &[Entry], what: &str) {
+    let d = diff_snapshots(expected, actual);
+    if !d.is_empty() {
+        let shown: Vec<&str> = d.iter().take(200).map(String::as_str).collect();
+        panic!(
+            "{what}: {} difference(s) (first tree = expected, second = actual):\n  {}{}",
+            d.len(),
+            shown.join("\n  "),
+            if d.len() > shown.len() { "\n  …" } else { "" }
+        );
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Mounting
+
+/// A loop-mounted image; unmounted (and its mountpoint removed) when dropped, also while a
+/// panicking test unwinds.
+pub struct Mounted {
+    point: PathBuf,
+    holder: Option<tempfile::TempDir>,
+}
+
+impl Mounted {
+    /// The mountpoint.
+    pub fn path(&self) -> &Path {
+        &self.point
+    }
+}
+
+/// Loop-mounts a SquashFS image read-only; panics with mount's message (and the kernel's
+/// last messages when readable) on failure.
+pub fn mount_squashfs(image: &Path) -> Mounted {
+    let holder = tempfile::Builder::new()
+        .prefix("iuk-mnt-")
+        .tempdir()
+        .expect("mountpoint");
+    let point = holder.path().to_path_buf();
+    let r = run(Command::new("mount")
+        .args(["-t", "squashfs", "-o", "loop,ro"])
+        .arg(image)
+        .arg(&point));
+    if !r.ok() {
+        let dmesg = Command::new("dmesg")
+            .output()
+            .map(|o| {
+                let s = String::from_utf8_lossy(&o.stdout).into_owned();
+                let lines: Vec<&str> = s.lines().collect();
+                lines[lines.len().saturating_sub(10)..].join("\n")
+            })
+            .unwrap_or_default();
+        panic!(
+            "mount -o loop,ro {} failed: {}\nkernel log tail:\n{dmesg}",
+            image.display(),
+            r.stderr.trim()
+        );
+    }
+    Mounted {
+        point,
+        holder: Some(holder),
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let quiet = |args: &[&OsStr]| {
+            Command::new("umount")
+                .args(args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false)
+        };
+        let p = self.point.as_os_str();
+        let unmounted = quiet(&[p]) || quiet(&[OsStr::new("-l"), p]);
+        if unmounted {
+            drop(self.holder.take());
+        } else {
+            // Never recurse into a still-mounted tree to delete it.
+            eprintln!("warning: could not unmount {}", self.point.display());
+            if let Some(h) = self.holder.take() {
+                let _ = h.keep();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn diff_names_path_field_and_both_values() {
+        let d = tempfile::tempdir().unwrap();
+        let (a, b) = (d.path().join("a"), d.path().join("b"));
+        for t in [&a, &b] {
+            fs::create_dir(t).unwrap();
+            fs::write(t.join("f"), b"same").unwrap();
+            std::os::unix::fs::symlink("f", t.join("s")).unwrap();
+        }
+        fs::hard_link(a.join("f"), a.join("g")).unwrap();
+        fs::write(b.join("g"), b"same").unwrap();
+        let sa = snapshot(&a);
+        assert!(diff_snapshots(&sa, &sa).is_empty());
+        assert_eq!(sa[1].link_group.as_deref(), Some(&b"f"[..]));
+        assert_eq!(sa[2].link_group.as_deref(), Some(&b"f"[..]));
+        let d1 = diff_snapshots(&sa, &snapshot(&b));
+        assert_eq!(
+            d1,
+            [
+                "f: hard-link group: f != none",
+                "g: hard-link group: f != none"
+            ]
+        );
+
+        let mut sb = sa.clone();
+        sb[1].mode = 0o600;
+        sb[3].target = Some(b"\xffx".to_vec());
+        sb[2].xattrs.push((b"user.k".to_vec(), b"v".to_vec()));
+        sb.remove(0);
+        let d2 = diff_snapshots(&sa, &sb);
+        assert_eq!(
+            d2,
+            [
+                "/: only in the first tree (Dir)".to_string(),
+                format!("f: mode: {:04o} != 0600", sa[1].mode),
+                "g: xattr user.k: (absent) != \"v\"".to_string(),
+                "s: symlink target: \"f\" != \"\\xffx\"".to_string(),
+            ]
+        );
+    }
+}

@@ -117,9 +117,12 @@ impl Compressor {
                         "xz level {level} is outside 0..=9"
                     )));
                 }
-                if !valid_xz_dict(dict_size) || dict_size < 8192 || dict_size > block_size {
+                // Without options the kernel assumes max(block size, 8 KiB); with them it takes
+                // the stated size, which must be 2^n or 3*2^(n-1). liblzma's minimum is 4 KiB.
+                let max = block_size.max(8192);
+                if !valid_xz_dict(dict_size) || dict_size > max {
                     return Err(SqfsError::Invalid(format!(
-                        "xz dictionary size {dict_size} must be 2^n or 3*2^n bytes, between 8 KiB and the block size ({block_size})"
+                        "xz dictionary size {dict_size} must be 2^n or 3*2^n bytes, from 4 KiB to {max}"
                     )));
                 }
                 Ok(())

@@ -1,8 +1,9 @@
-//! Random access to image bytes: a file or a buffer in memory.
+//! Random access to image bytes: a file, a buffer in memory, or a window of another image.
 
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
+use std::sync::Arc;
 
 /// Positioned reads from an image. Implemented for files and in-memory buffers (tests, fuzzing).
 pub trait ReadAt: Send + Sync {
@@ -64,5 +65,48 @@ impl ReadAt for Vec<u8> {
     }
     fn len(&self) -> u64 {
         self.len() as u64
+    }
+}
+
+/// A window of `len` bytes starting at `offset` inside another image, read without copying (a
+/// SquashFS image embedded in an ISO, or an image cut to the size its superblock declares).
+pub struct SubImage {
+    inner: Arc<dyn ReadAt>,
+    offset: u64,
+    len: u64,
+}
+
+impl SubImage {
+    /// The window `offset..offset + len` of `inner`; fails when it does not lie inside `inner`.
+    pub fn new(inner: Arc<dyn ReadAt>, offset: u64, len: u64) -> io::Result<SubImage> {
+        if offset.checked_add(len).is_none_or(|end| end > inner.len()) {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "window of {len} bytes at {offset} lies outside an image of {} bytes",
+                    inner.len()
+                ),
+            ));
+        }
+        Ok(SubImage { inner, offset, len })
+    }
+}
+
+impl ReadAt for SubImage {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        match offset
+            .checked_add(buf.len() as u64)
+            .filter(|end| *end <= self.len)
+            .and_then(|_| offset.checked_add(self.offset))
+        {
+            Some(at) => self.inner.read_exact_at(buf, at),
+            None => Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "read past the end of the image",
+            )),
+        }
+    }
+    fn len(&self) -> u64 {
+        self.len
     }
 }

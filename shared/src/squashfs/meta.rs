@@ -109,11 +109,14 @@ impl MetaWriter {
     }
 }
 
+/// A decoded block and the absolute offset of the block after it.
+type CachedBlock = (Arc<Vec<u8>>, u64);
+
 /// Reads metadata blocks of one image, caching decoded blocks.
 pub struct MetaReader<'a> {
     image: &'a dyn ReadAt,
     comp: &'a Compressor,
-    cache: Mutex<HashMap<u64, (Arc<Vec<u8>>, u64)>>,
+    cache: Mutex<HashMap<u64, CachedBlock>>,
 }
 
 /// Cached blocks above this count are dropped (bounds memory on hostile or huge images).

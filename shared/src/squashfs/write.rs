@@ -138,6 +138,16 @@ enum Payload {
     Data(Vec<u8>),
 }
 
+/// What the producer decided while reading files.
+struct Produced {
+    /// Fragment index and offset of each file's tail, by data-order position.
+    frag_of: Vec<Option<(u32, u32)>>,
+    /// (duplicate, original) data-order positions.
+    dups: Vec<(usize, usize)>,
+    /// Blocks submitted.
+    blocks: u64,
+}
+
 enum Msg {
     Done(Done),
     /// All blocks were submitted; this many in total.
@@ -530,209 +540,209 @@ fn write_data<W: Write + Send>(
     let mut pos = start;
     let mut emit_err: Option<SqfsError> = None;
 
-    let produced: Result<(Vec<Option<(u32, u32)>>, Vec<(usize, usize)>, u64)> =
-        std::thread::scope(|ts| {
-            let files = &mut files;
-            let frags = &mut frags;
-            let pos = &mut pos;
-            let emit_err = &mut emit_err;
-            let token_tx = token_tx.clone();
-            let emitter = ts.spawn(move || {
-                let mut pending: BTreeMap<u64, Done> = BTreeMap::new();
-                let mut next = 0u64;
-                let mut total: Option<u64> = None;
-                while total != Some(next) {
-                    match done_rx.recv() {
-                        Ok(Msg::Done(d)) => {
-                            pending.insert(d.seq, d);
-                        }
-                        Ok(Msg::End(t)) => total = Some(t),
-                        Err(_) => break,
+    let produced: Result<Produced> = std::thread::scope(|ts| {
+        let files = &mut files;
+        let frags = &mut frags;
+        let pos = &mut pos;
+        let emit_err = &mut emit_err;
+        let token_tx = token_tx.clone();
+        let emitter = ts.spawn(move || {
+            let mut pending: BTreeMap<u64, Done> = BTreeMap::new();
+            let mut next = 0u64;
+            let mut total: Option<u64> = None;
+            while total != Some(next) {
+                match done_rx.recv() {
+                    Ok(Msg::Done(d)) => {
+                        pending.insert(d.seq, d);
                     }
-                    while let Some(d) = pending.remove(&next) {
-                        next += 1;
-                        let _ = token_tx.send(());
-                        if emit_err.is_some() {
+                    Ok(Msg::End(t)) => total = Some(t),
+                    Err(_) => break,
+                }
+                while let Some(d) = pending.remove(&next) {
+                    next += 1;
+                    let _ = token_tx.send(());
+                    if emit_err.is_some() {
+                        continue;
+                    }
+                    let (bytes, compressed) = match d.stored {
+                        Ok(s) => s,
+                        Err(e) => {
+                            *emit_err = Some(e);
                             continue;
                         }
-                        let (bytes, compressed) = match d.stored {
-                            Ok(s) => s,
-                            Err(e) => {
-                                *emit_err = Some(e);
+                    };
+                    let here = *pos;
+                    match d.target {
+                        Target::Block { file, first } => {
+                            let f = &mut files[file];
+                            if first {
+                                f.blocks_start = here;
+                            }
+                            if d.sparse_len > 0 {
+                                f.block_sizes.push(0);
+                                f.sparse += d.sparse_len;
                                 continue;
                             }
-                        };
-                        let here = *pos;
-                        match d.target {
-                            Target::Block { file, first } => {
-                                let f = &mut files[file];
-                                if first {
-                                    f.blocks_start = here;
-                                }
-                                if d.sparse_len > 0 {
-                                    f.block_sizes.push(0);
-                                    f.sparse += d.sparse_len;
-                                    continue;
-                                }
-                                f.block_sizes.push(
-                                    bytes.len() as u32
-                                        | if compressed { 0 } else { BLOCK_UNCOMPRESSED },
+                            f.block_sizes.push(
+                                bytes.len() as u32
+                                    | if compressed { 0 } else { BLOCK_UNCOMPRESSED },
+                            );
+                        }
+                        Target::Fragment { index } => {
+                            if frags.len() <= index as usize {
+                                frags.resize(
+                                    index as usize + 1,
+                                    FragmentEntry { start: 0, size: 0 },
                                 );
                             }
-                            Target::Fragment { index } => {
-                                if frags.len() <= index as usize {
-                                    frags.resize(
-                                        index as usize + 1,
-                                        FragmentEntry { start: 0, size: 0 },
-                                    );
-                                }
-                                frags[index as usize] = FragmentEntry {
-                                    start: here,
-                                    size: bytes.len() as u32
-                                        | if compressed { 0 } else { BLOCK_UNCOMPRESSED },
-                                };
-                            }
-                        }
-                        if let Err(e) = out.write_all(&bytes) {
-                            *emit_err = Some(SqfsError::io("writing image", e));
-                            continue;
-                        }
-                        *pos += bytes.len() as u64;
-                    }
-                }
-            });
-
-            let produce = || -> Result<(Vec<Option<(u32, u32)>>, Vec<(usize, usize)>, u64)> {
-                let mut seq = 0u64;
-                let mut read_total = 0u64;
-                let mut frag_of: Vec<Option<(u32, u32)>> = vec![None; order.len()];
-                let mut dups: Vec<(usize, usize)> = Vec::new();
-                let mut seen: HashMap<(u64, [u8; 32]), usize> = HashMap::new();
-                let mut frag_buf: Vec<u8> = Vec::with_capacity(bs);
-                let mut frag_count = 0u32;
-                pool.in_place_scope(|s| -> Result<()> {
-                    let mut submit = |target: Target, payload: Payload| -> Result<()> {
-                        token_rx
-                            .recv()
-                            .map_err(|_| SqfsError::Invalid("image writer stopped".into()))?;
-                        let my = seq;
-                        seq += 1;
-                        let done_tx = done_tx.clone();
-                        s.spawn(move |_| {
-                            let (stored, sparse_len) = match payload {
-                                Payload::Sparse(len) => (Ok((Vec::new(), false)), len),
-                                Payload::Data(d) => (pack_block(params, d), 0),
+                            frags[index as usize] = FragmentEntry {
+                                start: here,
+                                size: bytes.len() as u32
+                                    | if compressed { 0 } else { BLOCK_UNCOMPRESSED },
                             };
-                            let _ = done_tx.send(Msg::Done(Done {
-                                seq: my,
-                                target,
-                                stored,
-                                sparse_len,
-                            }));
-                        });
-                        Ok(())
-                    };
-                    for (fi, id) in order.iter().enumerate() {
-                        let InodeKind::File(content) = &tree.inode(*id).kind else {
-                            continue;
-                        };
-                        if content.size == 0 {
-                            continue;
-                        }
-                        let (hash, inline) = hash_content(content)?;
-                        if let Some(orig) = seen.get(&(content.size, hash)) {
-                            dups.push((fi, *orig));
-                            read_total += content.size;
-                            progress(read_total);
-                            continue;
-                        }
-                        seen.insert((content.size, hash), fi);
-                        let size = content.size;
-                        let tail_len = if params.fragments {
-                            (size % bs as u64) as usize
-                        } else {
-                            0
-                        };
-                        let nblocks = (size - tail_len as u64).div_ceil(bs as u64);
-                        let mut reader: Box<dyn Read + Send + '_> = match &inline {
-                            Some(buf) => Box::new(&buf[..]),
-                            None => content
-                                .source
-                                .open()
-                                .map_err(|e| SqfsError::io(content.source.describe(), e))?,
-                        };
-                        let mut check = Sha256::new();
-                        for b in 0..nblocks {
-                            let len = (size - b * bs as u64).min(bs as u64) as usize;
-                            let mut block = vec![0u8; len];
-                            reader
-                                .read_exact(&mut block)
-                                .map_err(|e| read_err(content, e))?;
-                            check.update(&block);
-                            read_total += len as u64;
-                            progress(read_total);
-                            let payload = if block.iter().all(|b| *b == 0) {
-                                Payload::Sparse(len as u64)
-                            } else {
-                                Payload::Data(block)
-                            };
-                            submit(
-                                Target::Block {
-                                    file: fi,
-                                    first: b == 0,
-                                },
-                                payload,
-                            )?;
-                        }
-                        if tail_len > 0 {
-                            let mut t = vec![0u8; tail_len];
-                            reader
-                                .read_exact(&mut t)
-                                .map_err(|e| read_err(content, e))?;
-                            check.update(&t);
-                            read_total += tail_len as u64;
-                            progress(read_total);
-                            if frag_buf.len() + tail_len > bs {
-                                let full = std::mem::replace(&mut frag_buf, Vec::with_capacity(bs));
-                                submit(
-                                    Target::Fragment { index: frag_count },
-                                    Payload::Data(full),
-                                )?;
-                                frag_count += 1;
-                            }
-                            frag_of[fi] = Some((frag_count, frag_buf.len() as u32));
-                            frag_buf.extend_from_slice(&t);
-                        }
-                        let mut extra = [0u8; 1];
-                        let more = reader.read(&mut extra).map_err(|e| read_err(content, e))?;
-                        if more != 0 || <[u8; 32]>::from(check.finalize()) != hash {
-                            return Err(SqfsError::Invalid(format!(
-                                "{}: file changed while it was being read",
-                                content.source.describe()
-                            )));
                         }
                     }
-                    if !frag_buf.is_empty() {
-                        let full = std::mem::take(&mut frag_buf);
-                        submit(Target::Fragment { index: frag_count }, Payload::Data(full))?;
-                        frag_count += 1;
+                    if let Err(e) = out.write_all(&bytes) {
+                        *emit_err = Some(SqfsError::io("writing image", e));
+                        continue;
                     }
-                    Ok(())
-                })?;
-                Ok((frag_of, dups, seq))
-            };
-            // Every spawned block has been sent once `produce` returns (the scope waits for them).
-            let result = produce();
-            match &result {
-                Ok((_, _, n)) => {
-                    let _ = done_tx.send(Msg::End(*n));
+                    *pos += bytes.len() as u64;
                 }
-                Err(_) => drop(done_tx),
             }
-            let _ = emitter.join();
-            result
         });
-    let (frag_of, dups, _) = produced?;
+
+        let produce = || -> Result<Produced> {
+            let mut seq = 0u64;
+            let mut read_total = 0u64;
+            let mut frag_of: Vec<Option<(u32, u32)>> = vec![None; order.len()];
+            let mut dups: Vec<(usize, usize)> = Vec::new();
+            let mut seen: HashMap<(u64, [u8; 32]), usize> = HashMap::new();
+            let mut frag_buf: Vec<u8> = Vec::with_capacity(bs);
+            let mut frag_count = 0u32;
+            pool.in_place_scope(|s| -> Result<()> {
+                let mut submit = |target: Target, payload: Payload| -> Result<()> {
+                    token_rx
+                        .recv()
+                        .map_err(|_| SqfsError::Invalid("image writer stopped".into()))?;
+                    let my = seq;
+                    seq += 1;
+                    let done_tx = done_tx.clone();
+                    s.spawn(move |_| {
+                        let (stored, sparse_len) = match payload {
+                            Payload::Sparse(len) => (Ok((Vec::new(), false)), len),
+                            Payload::Data(d) => (pack_block(params, d), 0),
+                        };
+                        let _ = done_tx.send(Msg::Done(Done {
+                            seq: my,
+                            target,
+                            stored,
+                            sparse_len,
+                        }));
+                    });
+                    Ok(())
+                };
+                for (fi, id) in order.iter().enumerate() {
+                    let InodeKind::File(content) = &tree.inode(*id).kind else {
+                        continue;
+                    };
+                    if content.size == 0 {
+                        continue;
+                    }
+                    let (hash, inline) = hash_content(content)?;
+                    if let Some(orig) = seen.get(&(content.size, hash)) {
+                        dups.push((fi, *orig));
+                        read_total += content.size;
+                        progress(read_total);
+                        continue;
+                    }
+                    seen.insert((content.size, hash), fi);
+                    let size = content.size;
+                    let tail_len = if params.fragments {
+                        (size % bs as u64) as usize
+                    } else {
+                        0
+                    };
+                    let nblocks = (size - tail_len as u64).div_ceil(bs as u64);
+                    let mut reader: Box<dyn Read + Send + '_> = match &inline {
+                        Some(buf) => Box::new(&buf[..]),
+                        None => content
+                            .source
+                            .open()
+                            .map_err(|e| SqfsError::io(content.source.describe(), e))?,
+                    };
+                    let mut check = Sha256::new();
+                    for b in 0..nblocks {
+                        let len = (size - b * bs as u64).min(bs as u64) as usize;
+                        let mut block = vec![0u8; len];
+                        reader
+                            .read_exact(&mut block)
+                            .map_err(|e| read_err(content, e))?;
+                        check.update(&block);
+                        read_total += len as u64;
+                        progress(read_total);
+                        let payload = if block.iter().all(|b| *b == 0) {
+                            Payload::Sparse(len as u64)
+                        } else {
+                            Payload::Data(block)
+                        };
+                        submit(
+                            Target::Block {
+                                file: fi,
+                                first: b == 0,
+                            },
+                            payload,
+                        )?;
+                    }
+                    if tail_len > 0 {
+                        let mut t = vec![0u8; tail_len];
+                        reader
+                            .read_exact(&mut t)
+                            .map_err(|e| read_err(content, e))?;
+                        check.update(&t);
+                        read_total += tail_len as u64;
+                        progress(read_total);
+                        if frag_buf.len() + tail_len > bs {
+                            let full = std::mem::replace(&mut frag_buf, Vec::with_capacity(bs));
+                            submit(Target::Fragment { index: frag_count }, Payload::Data(full))?;
+                            frag_count += 1;
+                        }
+                        frag_of[fi] = Some((frag_count, frag_buf.len() as u32));
+                        frag_buf.extend_from_slice(&t);
+                    }
+                    let mut extra = [0u8; 1];
+                    let more = reader.read(&mut extra).map_err(|e| read_err(content, e))?;
+                    if more != 0 || <[u8; 32]>::from(check.finalize()) != hash {
+                        return Err(SqfsError::Invalid(format!(
+                            "{}: file changed while it was being read",
+                            content.source.describe()
+                        )));
+                    }
+                }
+                if !frag_buf.is_empty() {
+                    let full = std::mem::take(&mut frag_buf);
+                    submit(Target::Fragment { index: frag_count }, Payload::Data(full))?;
+                    frag_count += 1;
+                }
+                Ok(())
+            })?;
+            Ok(Produced {
+                frag_of,
+                dups,
+                blocks: seq,
+            })
+        };
+        // Every spawned block has been sent once `produce` returns (the scope waits for them).
+        let result = produce();
+        match &result {
+            Ok(p) => {
+                let _ = done_tx.send(Msg::End(p.blocks));
+            }
+            Err(_) => drop(done_tx),
+        }
+        let _ = emitter.join();
+        result
+    });
+    let Produced { frag_of, dups, .. } = produced?;
     if let Some(e) = emit_err {
         return Err(e);
     }

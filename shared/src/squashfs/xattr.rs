@@ -21,6 +21,9 @@ pub const VALUE_OOL: u16 = 0x0100;
 pub const MAX_COUNT: u32 = 65_536;
 /// Largest value the reader accepts.
 pub const MAX_VALUE: u32 = 1 << 20;
+/// Most bytes (names and values) one attribute set may decode to: out-of-line values can make a
+/// few stored bytes stand for many decoded ones.
+pub const MAX_SET_BYTES: usize = 16 << 20;
 
 const PREFIXES: [(&[u8], u16); 3] = [(b"user.", 0), (b"trusted.", 1), (b"security.", 2)];
 
@@ -205,6 +208,7 @@ impl XattrReader {
         }
         let mut out = Vec::with_capacity(count.min(64) as usize);
         let mut pos = at;
+        let mut total = 0usize;
         let read = |pos: &mut MetaRef, n: usize| -> Result<Vec<u8>> {
             let (b, next) = meta.read(self.kv_start, kv_end, *pos, n)?;
             *pos = next;
@@ -240,6 +244,12 @@ impl XattrReader {
                 }
                 read(&mut pos, vsize as usize)?
             };
+            total = total.saturating_add(prefix.len() + name.len() + value.len());
+            if total > MAX_SET_BYTES {
+                return Err(corrupt!(
+                    "xattr id {idx} holds more than {MAX_SET_BYTES} bytes"
+                ));
+            }
             let mut full = prefix.to_vec();
             full.extend_from_slice(&name);
             out.push(Xattr { name: full, value });
