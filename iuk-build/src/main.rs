@@ -1,6 +1,7 @@
 //! `iuk-build`: builds deterministic incremental upgrade kits and the SquashFS images in them.
 //! Argument parsing, progress and output formatting only; the logic lives in the `iuk` library.
 
+mod build;
 mod inspect;
 mod pack;
 mod progress;
@@ -29,6 +30,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    Build(build::BuildArgs),
     Pack(pack::PackArgs),
     Inspect(inspect::InspectArgs),
 }
@@ -36,6 +38,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Build(a) => build::run(a),
         Command::Pack(a) => pack::run(a),
         Command::Inspect(a) => inspect::run(a),
     };

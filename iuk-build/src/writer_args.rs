@@ -79,6 +79,8 @@ pub struct ResolvedWriter {
     pub epoch: u32,
     /// Parsed sort file.
     pub sort: SortFile,
+    /// The sort file's text (recorded in kits).
+    pub sort_text: Option<String>,
 }
 
 /// Parses `1048576`, `1024K`, `1M`.
@@ -140,18 +142,24 @@ impl WriterArgs {
         compressor
             .validate(block_size)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let sort = match &self.sort_file {
+        let (sort, sort_text) = match &self.sort_file {
             Some(p) => {
                 let text = std::fs::read(p).with_context(|| format!("{}", p.display()))?;
-                SortFile::parse(&text, &p.display().to_string())?
+                let text = String::from_utf8(text)
+                    .map_err(|_| anyhow::anyhow!("{}: sort file is not UTF-8 text", p.display()))?;
+                (
+                    SortFile::parse(text.as_bytes(), &p.display().to_string())?,
+                    Some(text),
+                )
             }
-            None => SortFile::default(),
+            None => (SortFile::default(), None),
         };
         Ok(ResolvedWriter {
             compressor,
             block_size,
             epoch,
             sort,
+            sort_text,
         })
     }
 }

@@ -356,7 +356,23 @@ pub fn diff(
 /// present in both merge (with the upper's metadata), any other upper entry hides the lower one.
 /// Hard links stay grouped within each layer.
 pub fn merge(lower: &Tree, upper: &Tree) -> Result<Tree, DiffError> {
+    Ok(merge_with_origins(lower, upper)?.0)
+}
+
+/// Where an inode of a merged view comes from.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// This inode of the lower tree.
+    Lower(InodeId),
+    /// This inode of the upper tree.
+    Upper(InodeId),
+}
+
+/// [`merge`], plus the origin of every inode of the result (indexed by [`InodeId`]), so content
+/// hashes computed for the inputs serve the result.
+pub fn merge_with_origins(lower: &Tree, upper: &Tree) -> Result<(Tree, Vec<Origin>), DiffError> {
     let mut out = Tree::new(upper.node_inode(upper.root()).meta.clone());
+    let mut origins = vec![Origin::Upper(upper.node(upper.root()).inode)];
     let mut lower_map: HashMap<InodeId, InodeId> = HashMap::new();
     let mut upper_map: HashMap<InodeId, InodeId> = HashMap::new();
     // (output dir, lower dir, upper dir)
@@ -399,8 +415,14 @@ pub fn merge(lower: &Tree, upper: &Tree) -> Result<Tree, DiffError> {
             };
             let node = src_tree.node(src);
             let ino = src_tree.inode(node.inode);
+            let origin = if is_upper {
+                Origin::Upper(node.inode)
+            } else {
+                Origin::Lower(node.inode)
+            };
             if matches!(ino.kind, InodeKind::Dir) {
                 let c = out.add(dir, &node.name, ino.clone())?;
+                origins.push(origin);
                 let lower_dir = if is_upper {
                     lo.filter(|ln| matches!(lower.node_inode(*ln).kind, InodeKind::Dir))
                 } else {
@@ -414,13 +436,14 @@ pub fn merge(lower: &Tree, upper: &Tree) -> Result<Tree, DiffError> {
                     }
                     None => {
                         let c = out.add(dir, &node.name, ino.clone())?;
+                        origins.push(origin);
                         map.insert(node.inode, out.node(c).inode);
                     }
                 }
             }
         }
     }
-    Ok(out)
+    Ok((out, origins))
 }
 
 #[cfg(test)]

@@ -4,9 +4,14 @@
 //! SquashFS engine ([`squashfs`]) and the filesystem tree model ([`tree`]). See DESIGN.md beside the
 //! repository for the architecture and the invariants every module serves.
 
+pub mod boot;
+pub mod build;
 pub mod diff;
 pub mod hostdir;
 pub mod iso;
+pub mod kit;
 pub mod output;
+pub mod release;
 pub mod squashfs;
 pub mod tree;
+pub mod version;

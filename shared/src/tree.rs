@@ -482,6 +482,12 @@ pub fn content_hashes(
 /// Directory link counts and sizes are not part of it: they follow from the entries.
 /// `hashes` comes from [`content_hashes`].
 pub fn tree_digest(tree: &Tree, hashes: &[Option<[u8; 32]>]) -> [u8; 32] {
+    tree_digest_with(tree, |i| hashes.get(i.0 as usize).copied().flatten())
+}
+
+/// [`tree_digest`] with content hashes looked up by a function (for views such as a merged
+/// overlay whose inodes come from several trees).
+pub fn tree_digest_with(tree: &Tree, hash_of: impl Fn(InodeId) -> Option<[u8; 32]>) -> [u8; 32] {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
     h.update(TREE_DIGEST_TAG);
@@ -517,13 +523,7 @@ pub fn tree_digest(tree: &Tree, hashes: &[Option<[u8; 32]>]) -> [u8; 32] {
         match &ino.kind {
             InodeKind::File(c) => {
                 h.update(c.size.to_le_bytes());
-                h.update(
-                    hashes
-                        .get(node.inode.0 as usize)
-                        .copied()
-                        .flatten()
-                        .unwrap_or([0; 32]),
-                );
+                h.update(hash_of(node.inode).unwrap_or([0; 32]));
             }
             InodeKind::Symlink(t) => put(&mut h, t),
             InodeKind::CharDev(d) | InodeKind::BlockDev(d) => {

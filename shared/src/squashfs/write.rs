@@ -83,7 +83,8 @@ impl WriterParams {
         }
     }
 
-    fn validate(&self) -> Result<()> {
+    /// Checks the block size and the compressor settings.
+    pub fn validate(&self) -> Result<()> {
         if !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&self.block_size)
             || !self.block_size.is_power_of_two()
         {

@@ -1,0 +1,335 @@
+//! The boot tree of a release as installed on a medium, the protected names on a medium, and
+//! Tails' `delete_files` rules (DESIGN.md, "The medium"; REFERENCE.md, Tails IUK v2).
+//!
+//! Boot tree = every regular file of the release other than `live/filesystem.squashfs` and the
+//! protected names, with `isolinux/` renamed `syslinux/`, `isolinux.cfg` renamed `syslinux.cfg`
+//! and "/isolinux/" rewritten "/syslinux/" inside every file of `syslinux/` (as Tails does; the
+//! two strings have the same length, so binary files stay intact). Symlinks cannot live on a FAT
+//! medium: they are left out and reported.
+
+use std::collections::HashMap;
+use std::io::Read;
+
+use rayon::prelude::*;
+use sha2::{Digest, Sha256};
+
+use crate::release::{Release, ReleaseError, ReleaseFile, ReleaseFileKind, ROOTFS};
+use crate::tree::Content;
+
+/// Directories whose removed entries Tails lists in `delete_files` (non-recursively).
+pub const MONITORED_DIRS: [&str; 16] = [
+    "EFI",
+    "EFI/BOOT",
+    "EFI/BOOT/grub",
+    "EFI/BOOT/grub/i386-efi",
+    "EFI/BOOT/grub/x86_64-efi",
+    "EFI/debian",
+    "EFI/debian/grub",
+    "EFI/debian/grub/i386-efi",
+    "EFI/debian/grub/x86_64-efi",
+    "isolinux",
+    "live",
+    "syslinux",
+    "tails",
+    "utils",
+    "utils/mbr",
+    "utils/linux",
+];
+
+/// Directories a kit carries whole, as Tails does (after the isolinux → syslinux rename).
+pub const WHOLE_DIRS: [&str; 3] = ["EFI", "syslinux", "utils"];
+
+/// Largest boot-loader file rewritten in memory.
+const MAX_REWRITE: u64 = 64 << 20;
+
+/// Errors computing a boot tree.
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    /// Reading the release failed.
+    #[error("{0}")]
+    Release(#[from] ReleaseError),
+    /// A boot file cannot be installed on a FAT medium.
+    #[error("{release}: boot file {path}: {problem}")]
+    Unusable {
+        /// The release.
+        release: String,
+        /// The file.
+        path: String,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+/// One file of a boot tree.
+#[derive(Clone, Debug)]
+pub struct BootFile {
+    /// Path as installed on the medium (`/`-separated, UTF-8).
+    pub path: String,
+    /// Path inside the release it comes from.
+    pub source: Vec<u8>,
+    /// Size in bytes.
+    pub size: u64,
+    /// sha256 of the installed bytes.
+    pub sha256: [u8; 32],
+    /// The installed bytes.
+    pub content: Content,
+}
+
+/// A release's boot tree.
+#[derive(Clone, Debug, Default)]
+pub struct BootTree {
+    /// Files sorted bytewise by installed path.
+    pub files: Vec<BootFile>,
+    /// Symlinks of the release left out (FAT has none).
+    pub skipped_symlinks: Vec<String>,
+}
+
+impl BootTree {
+    /// The file installed at `path`, if any.
+    pub fn get(&self, path: &str) -> Option<&BootFile> {
+        self.files
+            .binary_search_by(|f| f.path.as_str().cmp(path))
+            .ok()
+            .map(|i| &self.files[i])
+    }
+}
+
+/// True for a path that belongs to iuk or to the layer stack on a medium, compared
+/// case-insensitively: module files, layer images, our state, keyrings, lock, journal, staging.
+pub fn is_protected(path: &str) -> bool {
+    let p = path.trim_matches('/').to_ascii_lowercase();
+    let Some(rest) = p.strip_prefix("live/") else {
+        return false;
+    };
+    if rest == "iuk-staging" || rest.starts_with("iuk-staging/") {
+        return true;
+    }
+    if rest.contains('/') {
+        return false;
+    }
+    const IMAGE_SUFFIXES: [&str; 5] = [".squashfs", ".erofs", ".xfs", ".jffs2", ".dir"];
+    rest.ends_with(".module")
+        || IMAGE_SUFFIXES.iter().any(|s| rest.ends_with(s))
+        || rest
+            .rsplit_once('.')
+            .is_some_and(|(_, ext)| ext.starts_with("ext"))
+        || rest == "iuk-state.yml"
+        || rest == "iuk.lock"
+        || rest == "iuk-journal"
+        || (rest.starts_with("iuk-keyring-") && rest.ends_with(".asc"))
+}
+
+/// The installed path of a release path: `isolinux/` → `syslinux/`, `isolinux.cfg` →
+/// `syslinux.cfg` there.
+pub fn installed_path(path: &str) -> String {
+    match path.strip_prefix("isolinux/") {
+        Some(rest) => {
+            let rest = if rest == "isolinux.cfg" {
+                "syslinux.cfg"
+            } else {
+                rest
+            };
+            format!("syslinux/{rest}")
+        }
+        None => path.to_string(),
+    }
+}
+
+fn rewrite(bytes: &[u8]) -> Vec<u8> {
+    const FROM: &[u8] = b"/isolinux/";
+    const TO: &[u8] = b"/syslinux/";
+    let mut out = bytes.to_vec();
+    let mut i = 0;
+    while i + FROM.len() <= out.len() {
+        if &out[i..i + FROM.len()] == FROM {
+            out[i..i + FROM.len()].copy_from_slice(TO);
+            i += FROM.len();
+        } else {
+            i += 1;
+        }
+    }
+    out
+}
+
+/// Computes the boot tree of `release`, hashing every file (in parallel).
+pub fn boot_tree(release: &Release) -> Result<BootTree, BootError> {
+    let name = release.path().display().to_string();
+    let unusable = |path: &str, problem: &str| BootError::Unusable {
+        release: name.clone(),
+        path: path.to_string(),
+        problem: problem.to_string(),
+    };
+    let mut picked: Vec<(&ReleaseFile, String)> = Vec::new();
+    let mut skipped = Vec::new();
+    let mut seen: HashMap<String, String> = HashMap::new();
+    for f in release.files() {
+        let Ok(p) = std::str::from_utf8(&f.path) else {
+            return Err(unusable(
+                &String::from_utf8_lossy(&f.path),
+                "name is not UTF-8",
+            ));
+        };
+        if p == ROOTFS || is_protected(p) {
+            continue;
+        }
+        if let ReleaseFileKind::Symlink(_) = f.kind {
+            skipped.push(p.to_string());
+            continue;
+        }
+        let installed = installed_path(p);
+        if let Some(other) = seen.insert(installed.to_ascii_lowercase(), p.to_string()) {
+            return Err(unusable(
+                p,
+                &format!("same name on a FAT medium as {other}"),
+            ));
+        }
+        picked.push((f, installed));
+    }
+    let files: Result<Vec<BootFile>, BootError> = picked
+        .par_iter()
+        .map(|(f, installed)| {
+            let content = release.content(&f.path)?;
+            let in_syslinux = installed.starts_with("syslinux/");
+            let content = if in_syslinux {
+                if content.size > MAX_REWRITE {
+                    return Err(unusable(installed, "boot-loader file too large to rewrite"));
+                }
+                let bytes = content
+                    .read_all()
+                    .map_err(|e| unusable(installed, &e.to_string()))?;
+                Content::from_bytes(rewrite(&bytes))
+            } else {
+                content
+            };
+            let sha256 = hash(&content).map_err(|e| unusable(installed, &e.to_string()))?;
+            Ok(BootFile {
+                path: installed.clone(),
+                source: f.path.clone(),
+                size: content.size,
+                sha256,
+                content,
+            })
+        })
+        .collect();
+    let mut files = files?;
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    skipped.sort();
+    Ok(BootTree {
+        files,
+        skipped_symlinks: skipped,
+    })
+}
+
+fn hash(c: &Content) -> std::io::Result<[u8; 32]> {
+    let mut r = c.source.open()?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        let n = r.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+        h.update(&buf[..n]);
+    }
+    if total != c.size {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "file size changed while reading",
+        ));
+    }
+    Ok(h.finalize().into())
+}
+
+/// Tails' `delete_files`: entries (files or directories) of a monitored directory present in
+/// the old release and absent from the new one, non-recursively, on release paths; entries that
+/// are or contain protected names are left out.
+pub fn delete_files(old: &Release, new: &Release) -> Vec<String> {
+    let entries = |r: &Release| -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for f in r.files() {
+            let p = String::from_utf8_lossy(&f.path).into_owned();
+            // The file itself and every ancestor directory are entries of their parents.
+            let mut cur = p.as_str();
+            loop {
+                out.push(cur.to_string());
+                match cur.rsplit_once('/') {
+                    Some((parent, _)) => cur = parent,
+                    None => break,
+                }
+            }
+        }
+        out.sort();
+        out.dedup();
+        out
+    };
+    let new_entries = entries(new);
+    let mut out: Vec<String> = entries(old)
+        .into_iter()
+        .filter(|p| {
+            let parent = p.rsplit_once('/').map_or("", |(d, _)| d);
+            MONITORED_DIRS.contains(&parent) && new_entries.binary_search(p).is_err()
+        })
+        .filter(|p| {
+            !is_protected(p)
+                && !old.files().iter().any(|f| {
+                    let fp = String::from_utf8_lossy(&f.path);
+                    fp.starts_with(&format!("{p}/")) && is_protected(&fp)
+                })
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn protected_names() {
+        for p in [
+            "live/Tails.module",
+            "LIVE/filesystem.squashfs",
+            "live/Tails_6.10_to_6.11.squashfs",
+            "live/iuk-state.yml",
+            "live/iuk-keyring-ab12.asc",
+            "live/iuk.lock",
+            "live/iuk-journal",
+            "live/iuk-staging",
+            "live/iuk-staging/x",
+            "live/foo.ext4",
+            "live/filesystem.Tails.module",
+        ] {
+            assert!(is_protected(p), "{p}");
+        }
+        for p in [
+            "live/vmlinuz",
+            "live/initrd.img",
+            "syslinux/x.module",
+            "live/filesystem.size",
+            "EFI/BOOT/grub.cfg",
+        ] {
+            assert!(!is_protected(p), "{p}");
+        }
+    }
+
+    #[test]
+    fn isolinux_becomes_syslinux() {
+        assert_eq!(
+            installed_path("isolinux/isolinux.cfg"),
+            "syslinux/syslinux.cfg"
+        );
+        assert_eq!(installed_path("isolinux/menu.cfg"), "syslinux/menu.cfg");
+        assert_eq!(
+            installed_path("isolinux/sub/isolinux.cfg"),
+            "syslinux/sub/isolinux.cfg"
+        );
+        assert_eq!(installed_path("EFI/BOOT/grub.cfg"), "EFI/BOOT/grub.cfg");
+        assert_eq!(
+            rewrite(b"include /isolinux/menu.cfg /isolinux//isolinux/"),
+            b"include /syslinux/menu.cfg /syslinux//syslinux/"
+        );
+    }
+}

@@ -1,0 +1,390 @@
+//! The kit container (FORMAT 2, Tails-compatible): a SquashFS holding `FORMAT`, `control.yml` and
+//! `overlay/`. Writing (deterministic layout and YAML) and reading (with validation).
+//!
+//! The container is written by our own writer with fixed settings: every entry owned by 0:0,
+//! files 0644, directories 0755, mtime = the declared epoch, metadata xz-compressed, data stored
+//! uncompressed and without fragments (the layer and boot files are compressed already), so the
+//! bytes of every file lie contiguous inside the kit.
+
+use std::io::Read;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::squashfs::compress::Compressor;
+use crate::squashfs::read::Archive;
+use crate::squashfs::sortfile::SortFile;
+use crate::squashfs::write::{WriterParams, WRITER_FORMAT_VERSION};
+use crate::squashfs::SqfsError;
+use crate::tree::{Content, Inode, InodeKind, Metadata, NodeId, Tree, TreeError};
+
+/// The kit format this module writes.
+pub const FORMAT: &str = "2";
+/// The `generator` value of our kits.
+pub const GENERATOR: &str = "iuk";
+/// Largest control.yml accepted when reading.
+pub const MAX_CONTROL: u64 = 64 << 20;
+
+/// Errors writing or reading a kit.
+#[derive(Debug, thiserror::Error)]
+pub enum KitError {
+    /// The kit image is unreadable.
+    #[error("{0}")]
+    Image(#[from] SqfsError),
+    /// The container tree could not be built.
+    #[error("{0}")]
+    Tree(#[from] TreeError),
+    /// The kit's content is not a valid kit.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Every parameter that shapes the diff layer's bytes, as recorded in control.yml.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct LayerParams {
+    /// `xz`, `zstd` or `gzip`.
+    pub compression: String,
+    /// Compression level.
+    pub level: i32,
+    /// `x86` or `none` (xz only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xz_bcj: Option<String>,
+    /// Dictionary size (xz only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xz_dict_size: Option<u32>,
+    /// Data block size.
+    pub block_size: u32,
+    /// The sort file's text, if one was used.
+    pub sort_file: Option<String>,
+    /// The declared epoch: superblock time and whiteout mtimes.
+    pub source_date_epoch: u32,
+}
+
+impl LayerParams {
+    /// Records writer parameters.
+    pub fn from_writer(p: &WriterParams, sort_text: Option<String>) -> LayerParams {
+        let (compression, level, xz_bcj, xz_dict_size) = match p.compressor {
+            Compressor::Xz {
+                level,
+                dict_size,
+                bcj_x86,
+            } => (
+                "xz",
+                level as i32,
+                Some(if bcj_x86 { "x86" } else { "none" }.to_string()),
+                Some(dict_size),
+            ),
+            Compressor::Zstd { level } => ("zstd", level, None, None),
+            Compressor::Gzip { level } => ("gzip", level as i32, None, None),
+            Compressor::Lz4 => ("lz4", 0, None, None),
+            Compressor::Lzma => ("lzma", 0, None, None),
+        };
+        LayerParams {
+            compression: compression.to_string(),
+            level,
+            xz_bcj,
+            xz_dict_size,
+            block_size: p.block_size,
+            sort_file: sort_text,
+            source_date_epoch: p.mod_time,
+        }
+    }
+
+    /// The writer parameters these record (threads: `jobs`).
+    pub fn to_writer(&self, jobs: usize) -> Result<WriterParams, KitError> {
+        let bad = |what: &str| KitError::Invalid(format!("control.yml: layer-params: {what}"));
+        let compressor = match self.compression.as_str() {
+            "xz" => Compressor::Xz {
+                level: u32::try_from(self.level).map_err(|_| bad("negative xz level"))?,
+                dict_size: self.xz_dict_size.unwrap_or(self.block_size),
+                bcj_x86: match self.xz_bcj.as_deref() {
+                    None | Some("none") => false,
+                    Some("x86") => true,
+                    Some(other) => return Err(bad(&format!("unknown xz-bcj {other:?}"))),
+                },
+            },
+            "zstd" => Compressor::Zstd { level: self.level },
+            "gzip" => Compressor::Gzip {
+                level: u32::try_from(self.level).map_err(|_| bad("negative gzip level"))?,
+            },
+            other => return Err(bad(&format!("unknown compression {other:?}"))),
+        };
+        let mut p = WriterParams::new(compressor, self.block_size, self.source_date_epoch);
+        if let Some(text) = &self.sort_file {
+            p.sort = SortFile::parse(text.as_bytes(), "control.yml sort-file")?;
+        }
+        p.jobs = jobs;
+        p.validate()?;
+        Ok(p)
+    }
+}
+
+/// A file's installed path, size and sha256.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileEntry {
+    /// Path relative to the medium's root (`/`-separated).
+    pub path: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Lower-case hex sha256.
+    pub sha256: String,
+}
+
+/// control.yml: Tails' `delete_files` plus our keys. Field order is the YAML key order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Control {
+    /// Entries Tails' installer deletes (recursively) after copying the overlay.
+    #[serde(rename = "delete_files")]
+    pub delete_files: Vec<String>,
+    /// Always `iuk`.
+    pub generator: String,
+    /// The writer format version the layer and the container were written with.
+    pub writer_format: u32,
+    /// Product name.
+    pub product: String,
+    /// Build target (`amd64`).
+    pub build_target: String,
+    /// Version the kit upgrades from.
+    pub from_version: String,
+    /// Version the kit upgrades to.
+    pub to_version: String,
+    /// Layer name: the layer is `overlay/live/<layer>.squashfs`.
+    pub layer: String,
+    /// Parameters of the layer's bytes.
+    pub layer_params: LayerParams,
+    /// sha256 of the old ISO (null when built from a directory).
+    pub old_iso_sha256: Option<String>,
+    /// sha256 of the new ISO (null when built from a directory).
+    pub new_iso_sha256: Option<String>,
+    /// Canonical tree digest of the old root filesystem.
+    pub old_tree_digest: String,
+    /// Canonical tree digest of the new root filesystem.
+    pub new_tree_digest: String,
+    /// Every file under `overlay/`, path relative to `overlay/`, sorted.
+    pub overlay: Vec<FileEntry>,
+    /// The new release's whole boot tree as installed, sorted.
+    pub boot_tree: Vec<FileEntry>,
+}
+
+impl Control {
+    /// Path of the layer relative to `overlay/`.
+    pub fn layer_path(&self) -> String {
+        format!("live/{}.squashfs", self.layer)
+    }
+
+    /// The deterministic YAML text.
+    pub fn to_yaml(&self) -> Result<String, KitError> {
+        serde_yaml_ng::to_string(self).map_err(|e| KitError::Invalid(format!("control.yml: {e}")))
+    }
+
+    /// Parses control.yml text.
+    pub fn from_yaml(text: &str) -> Result<Control, KitError> {
+        serde_yaml_ng::from_str(text).map_err(|e| KitError::Invalid(format!("control.yml: {e}")))
+    }
+}
+
+/// A file to put under `overlay/`.
+#[derive(Clone, Debug)]
+pub struct OverlayFile {
+    /// Path relative to `overlay/`.
+    pub path: String,
+    /// Its bytes.
+    pub content: Content,
+}
+
+/// The writer parameters of every kit container (see the module doc).
+pub fn container_params(epoch: u32, jobs: usize) -> WriterParams {
+    let mut p = WriterParams::new(
+        Compressor::Xz {
+            level: 6,
+            dict_size: 1 << 20,
+            bcj_x86: false,
+        },
+        1 << 20,
+        epoch,
+    );
+    p.fragments = false;
+    p.compress_data = false;
+    p.jobs = jobs;
+    p
+}
+
+/// The container tree: `FORMAT`, `control.yml`, `overlay/…`, all root-owned with fixed modes.
+pub fn container_tree(control: &Control, files: &[OverlayFile]) -> Result<Tree, KitError> {
+    let epoch = control.layer_params.source_date_epoch;
+    let dir_meta = Metadata {
+        perm: 0o755,
+        uid: 0,
+        gid: 0,
+        mtime: epoch,
+        xattrs: Vec::new(),
+    };
+    let file_meta = Metadata {
+        perm: 0o644,
+        ..dir_meta.clone()
+    };
+    let mut t = Tree::new(dir_meta.clone());
+    let file = |c: Content| Inode {
+        meta: file_meta.clone(),
+        kind: InodeKind::File(c),
+    };
+    let root = t.root();
+    t.add(
+        root,
+        b"FORMAT",
+        file(Content::from_bytes(FORMAT.as_bytes().to_vec())),
+    )?;
+    t.add(
+        root,
+        b"control.yml",
+        file(Content::from_bytes(control.to_yaml()?.into_bytes())),
+    )?;
+    let overlay = t.add(
+        root,
+        b"overlay",
+        Inode {
+            meta: dir_meta.clone(),
+            kind: InodeKind::Dir,
+        },
+    )?;
+    for f in files {
+        let mut parent: NodeId = overlay;
+        let parts: Vec<&str> = f.path.split('/').collect();
+        let Some((name, dirs)) = parts.split_last() else {
+            continue;
+        };
+        for d in dirs {
+            parent = match t.child(parent, d.as_bytes()) {
+                Some(c) => c,
+                None => t.add(
+                    parent,
+                    d.as_bytes(),
+                    Inode {
+                        meta: dir_meta.clone(),
+                        kind: InodeKind::Dir,
+                    },
+                )?,
+            };
+        }
+        t.add(parent, name.as_bytes(), file(f.content.clone()))?;
+    }
+    Ok(t)
+}
+
+/// An opened kit: its image, FORMAT and control.yml.
+pub struct Kit {
+    /// The kit image.
+    pub archive: Arc<Archive>,
+    /// The kit's tree (content read lazily).
+    pub tree: Tree,
+    /// The FORMAT file's text.
+    pub format: String,
+    /// The parsed control.yml.
+    pub control: Control,
+}
+
+impl Kit {
+    /// Opens a kit image and parses FORMAT and control.yml (no hashing).
+    pub fn open(path: &std::path::Path) -> Result<Kit, KitError> {
+        let archive = Archive::open(path)?;
+        let tree = archive.read_tree()?;
+        let read_small = |name: &[u8], limit: u64| -> Result<Vec<u8>, KitError> {
+            let what = String::from_utf8_lossy(name).into_owned();
+            let n = tree
+                .lookup(name)
+                .ok_or_else(|| KitError::Invalid(format!("no {what} in the kit")))?;
+            let InodeKind::File(c) = &tree.node_inode(n).kind else {
+                return Err(KitError::Invalid(format!("{what} is not a file")));
+            };
+            if c.size > limit {
+                return Err(KitError::Invalid(format!(
+                    "{what} is {} bytes, more than {limit}",
+                    c.size
+                )));
+            }
+            let mut out = Vec::new();
+            c.source
+                .open()
+                .and_then(|mut r| r.read_to_end(&mut out))
+                .map_err(|e| KitError::Invalid(format!("{what}: {e}")))?;
+            Ok(out)
+        };
+        let format = String::from_utf8_lossy(&read_small(b"FORMAT", 16)?).into_owned();
+        let text = read_small(b"control.yml", MAX_CONTROL)?;
+        let text = String::from_utf8(text)
+            .map_err(|_| KitError::Invalid("control.yml is not UTF-8".into()))?;
+        let control = Control::from_yaml(&text)?;
+        Ok(Kit {
+            archive,
+            tree,
+            format,
+            control,
+        })
+    }
+}
+
+/// The writer format version recorded in new kits.
+pub fn writer_format() -> u32 {
+    WRITER_FORMAT_VERSION
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn control() -> Control {
+        Control {
+            delete_files: vec!["live/a".into()],
+            generator: GENERATOR.into(),
+            writer_format: WRITER_FORMAT_VERSION,
+            product: "Tails".into(),
+            build_target: "amd64".into(),
+            from_version: "6.10".into(),
+            to_version: "6.11".into(),
+            layer: "Tails_6.10_to_6.11".into(),
+            layer_params: LayerParams {
+                compression: "xz".into(),
+                level: 6,
+                xz_bcj: Some("x86".into()),
+                xz_dict_size: Some(1 << 20),
+                block_size: 1 << 20,
+                sort_file: None,
+                source_date_epoch: 1_700_000_000,
+            },
+            old_iso_sha256: None,
+            new_iso_sha256: Some("ab".repeat(32)),
+            old_tree_digest: "00".repeat(32),
+            new_tree_digest: "11".repeat(32),
+            overlay: vec![FileEntry {
+                path: "live/vmlinuz".into(),
+                size: 3,
+                sha256: "22".repeat(32),
+            }],
+            boot_tree: vec![],
+        }
+    }
+
+    #[test]
+    fn yaml_roundtrip_keeps_versions_strings() {
+        let c = control();
+        let y = c.to_yaml().unwrap();
+        assert!(y.starts_with("delete_files:\n- live/a\n"), "{y}");
+        assert!(y.contains("from-version: '6.10'"), "{y}");
+        assert!(y.contains("old-iso-sha256: null"), "{y}");
+        assert_eq!(Control::from_yaml(&y).unwrap(), c);
+        assert_eq!(c.layer_path(), "live/Tails_6.10_to_6.11.squashfs");
+    }
+
+    #[test]
+    fn layer_params_roundtrip() {
+        let lp = control().layer_params;
+        let w = lp.to_writer(1).unwrap();
+        assert_eq!(LayerParams::from_writer(&w, None), lp);
+        let mut bad = lp.clone();
+        bad.compression = "lzo".into();
+        assert!(bad.to_writer(1).is_err());
+    }
+}
