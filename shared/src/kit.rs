@@ -79,6 +79,7 @@ impl LayerParams {
             Compressor::Gzip { level } => ("gzip", level as i32, None, None),
             Compressor::Lz4 => ("lz4", 0, None, None),
             Compressor::Lzma => ("lzma", 0, None, None),
+            Compressor::Lzo => ("lzo", 0, None, None),
         };
         LayerParams {
             compression: compression.to_string(),

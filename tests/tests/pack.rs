@@ -851,3 +851,122 @@ fn json_summary_matches_the_image() {
     assert_eq!(inodes, 5, "{v}");
     assert!(bin("iuk-build").is_file());
 }
+
+// ------------------------------------------------------------------------------------------------
+// Repacking an existing image, and inspecting images
+
+/// mksquashfs image of the full tree → `pack IMAGE` → the kernel's view of our image equals its
+/// view of mksquashfs's image exactly (hard links, xattrs, devices, sparse files, odd names), and
+/// the result does not depend on the thread count.
+#[test]
+fn repack_of_mksquashfs_image_is_exact() {
+    if !require_root_or_skip() || !kernel_or_skip() {
+        return;
+    }
+    let Some(mksquashfs) = tool_or_skip("mksquashfs") else {
+        return;
+    };
+    let f = full_tree();
+    let foreign = f.path("foreign.sqfs");
+    run_ok(Command::new(mksquashfs).arg(&f.src).arg(&foreign).args([
+        "-comp",
+        "xz",
+        "-b",
+        "1M",
+        "-noappend",
+        "-no-progress",
+        "-quiet",
+    ]));
+    let a = f.path("repacked-1.sqfs");
+    let b = f.path("repacked-2.sqfs");
+    pack(
+        &foreign,
+        &a,
+        EPOCH,
+        &["--jobs", "1", "--compression", "zstd"],
+    );
+    pack(
+        &foreign,
+        &b,
+        EPOCH,
+        &["--jobs", "2", "--compression", "zstd"],
+    );
+    assert_eq!(sha256_file(&a), sha256_file(&b), "repack depends on --jobs");
+    // The reference is the kernel's view of mksquashfs's image (mksquashfs itself stores
+    // hard-linked symlinks as separate inodes, so that image is not the source tree).
+    let original = mount_squashfs(&foreign);
+    let repacked = mount_squashfs(&a);
+    assert_same_tree(
+        &snapshot(original.path()),
+        &snapshot(repacked.path()),
+        "kernel view of the repacked image vs kernel view of mksquashfs's image",
+    );
+}
+
+#[test]
+fn inspect_reports_and_lists() {
+    let f = small_tree();
+    let img = f.path("img.sqfs");
+    pack(&f.src, &img, EPOCH, &[]);
+    let human = run_ok(iuk_command("iuk-build").arg("inspect").arg(&img));
+    assert!(
+        String::from_utf8_lossy(&human.stdout).contains("compressor       xz"),
+        "{human}"
+    );
+    let json = run_ok(
+        iuk_command("iuk-build")
+            .args(["inspect", "--json", "--list"])
+            .arg(&img),
+    );
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(v["superblock"]["mod_time"], EPOCH);
+    assert_eq!(v["counts"]["files"], 2);
+    assert_eq!(v["counts"]["symlinks"], 1);
+    let entries = v["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 5, "{entries:?}");
+    assert!(
+        entries
+            .iter()
+            .any(|e| e.as_str().unwrap().ends_with("squashfs-root/s -> a")),
+        "{entries:?}"
+    );
+}
+
+/// Truncated images are refused with one line naming the file; corrupted ones never panic.
+#[test]
+fn inspect_refuses_truncated_and_survives_corrupt_images() {
+    let f = small_tree();
+    let img = f.path("img.sqfs");
+    pack(&f.src, &img, EPOCH, &[]);
+    let bytes = fs::read(&img).unwrap();
+    let used = u64::from_le_bytes(bytes[40..48].try_into().unwrap()) as usize;
+    let bad = f.path("bad.sqfs");
+    for cut in [0usize, 10, 95, 96, 200, used / 2, used - 20, used - 1] {
+        fs::write(&bad, &bytes[..cut]).unwrap();
+        let r = expect_refusal(
+            &format!("inspect of an image cut at {cut}"),
+            iuk_command("iuk-build")
+                .args(["inspect", "--list"])
+                .arg(&bad),
+            &[f.tmp.path()],
+        );
+        assert!(r.stderr.contains("bad.sqfs"), "cut at {cut}: {r}");
+    }
+    let mut x = 0x9e37_79b9u32;
+    for i in 0..200 {
+        let mut m = bytes.clone();
+        for _ in 0..4 {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            let at = x as usize % m.len();
+            m[at] ^= 1 << (x % 8);
+        }
+        fs::write(&bad, &m).unwrap();
+        let r = run(iuk_command("iuk-build")
+            .args(["inspect", "--list"])
+            .arg(&bad));
+        assert!(matches!(r.code, Some(0) | Some(1)), "flip round {i}: {r}");
+        assert!(!r.stderr.contains("panicked"), "flip round {i}: {r}");
+    }
+}

@@ -62,6 +62,8 @@ pub enum Compressor {
     Lz4,
     /// Legacy LZMA (read only).
     Lzma,
+    /// LZO (read only).
+    Lzo,
 }
 
 /// mksquashfs's default gzip level.
@@ -89,6 +91,7 @@ impl Compressor {
             Compressor::Zstd { .. } => id::ZSTD,
             Compressor::Lz4 => id::LZ4,
             Compressor::Lzma => id::LZMA,
+            Compressor::Lzo => id::LZO,
         }
     }
 
@@ -100,6 +103,7 @@ impl Compressor {
             Compressor::Zstd { .. } => "zstd",
             Compressor::Lz4 => "lz4",
             Compressor::Lzma => "lzma",
+            Compressor::Lzo => "lzo",
         }
     }
 
@@ -130,10 +134,9 @@ impl Compressor {
             Compressor::Zstd { level } if !(1..=22).contains(&level) => Err(SqfsError::Invalid(
                 format!("zstd level {level} is outside 1..=22"),
             )),
-            Compressor::Lz4 | Compressor::Lzma => Err(SqfsError::Invalid(format!(
-                "{} images can be read but not written",
-                self.name()
-            ))),
+            Compressor::Lz4 | Compressor::Lzma | Compressor::Lzo => Err(SqfsError::Invalid(
+                format!("{} images can be read but not written", self.name()),
+            )),
             _ => Ok(()),
         }
     }
@@ -196,7 +199,7 @@ impl Compressor {
             }
             id::LZ4 => Ok(Compressor::Lz4),
             id::LZMA => Ok(Compressor::Lzma),
-            id::LZO => Err(SqfsError::Unsupported("LZO-compressed images".into())),
+            id::LZO => Ok(Compressor::Lzo),
             other => Err(corrupt!("unknown compressor id {other}")),
         }
     }
@@ -242,7 +245,7 @@ impl Compressor {
                     .map_err(|e| SqfsError::io("zstd", e))?;
                 c.compress(input).map_err(|e| SqfsError::io("zstd", e))?
             }
-            Compressor::Lz4 | Compressor::Lzma => {
+            Compressor::Lz4 | Compressor::Lzma | Compressor::Lzo => {
                 return Err(SqfsError::Invalid(format!(
                     "{} compression is not supported",
                     self.name()
@@ -297,6 +300,12 @@ impl Compressor {
                     max_out,
                     "lzma",
                 )?;
+            }
+            Compressor::Lzo => {
+                out.resize(max_out, 0);
+                let n = lzokay::decompress::decompress(input, &mut out)
+                    .map_err(|e| corrupt!("lzo block: {e:?}"))?;
+                out.truncate(n);
             }
             Compressor::Lz4 => {
                 out.resize(max_out, 0);
