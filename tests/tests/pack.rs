@@ -970,3 +970,19 @@ fn inspect_refuses_truncated_and_survives_corrupt_images() {
         assert!(!r.stderr.contains("panicked"), "flip round {i}: {r}");
     }
 }
+
+/// The compressors are vendored and linked statically: no host compression library is loaded,
+/// so image bytes cannot depend on the host's library versions.
+#[test]
+fn no_host_compression_library_is_linked() {
+    let Some(ldd) = tool_or_skip("ldd") else {
+        return;
+    };
+    for b in ["iuk-build", "iuk-apply"] {
+        let r = run_ok(Command::new(&ldd).arg(bin(b)));
+        let out = String::from_utf8_lossy(&r.stdout).into_owned();
+        for lib in ["liblzma", "libzstd", "libz.so", "liblz4", "liblzo"] {
+            assert!(!out.contains(lib), "{b} links {lib}:\n{out}");
+        }
+    }
+}
