@@ -8,10 +8,8 @@
 //! medium: they are left out and reported.
 
 use std::collections::HashMap;
-use std::io::Read;
 
 use rayon::prelude::*;
-use sha2::{Digest, Sha256};
 
 use crate::release::{Release, ReleaseError, ReleaseFile, ReleaseFileKind, ROOTFS};
 use crate::tree::Content;
@@ -201,7 +199,9 @@ pub fn boot_tree(release: &Release) -> Result<BootTree, BootError> {
             } else {
                 content
             };
-            let sha256 = hash(&content).map_err(|e| unusable(installed, &e.to_string()))?;
+            let sha256 = content
+                .sha256()
+                .map_err(|e| unusable(installed, &e.to_string()))?;
             Ok(BootFile {
                 path: installed.clone(),
                 source: f.path.clone(),
@@ -218,28 +218,6 @@ pub fn boot_tree(release: &Release) -> Result<BootTree, BootError> {
         files,
         skipped_symlinks: skipped,
     })
-}
-
-fn hash(c: &Content) -> std::io::Result<[u8; 32]> {
-    let mut r = c.source.open()?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut total = 0u64;
-    loop {
-        let n = r.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        total += n as u64;
-        h.update(&buf[..n]);
-    }
-    if total != c.size {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            "file size changed while reading",
-        ));
-    }
-    Ok(h.finalize().into())
 }
 
 /// Tails' `delete_files`: entries (files or directories) of a monitored directory present in

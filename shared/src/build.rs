@@ -14,7 +14,7 @@
 //! 6. Write the container under a temporary name and rename it into place.
 
 use std::fs::File;
-use std::io::{BufWriter, Read};
+use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -383,7 +383,7 @@ pub fn build(
         path: layer_tmp.clone(),
         source: e,
     })?;
-    let layer_sha = sha256_of(&layer_content).map_err(|e| OutputError::Io {
+    let layer_sha = layer_content.sha256().map_err(|e| OutputError::Io {
         path: layer_tmp.clone(),
         source: e,
     })?;
@@ -506,20 +506,6 @@ fn sum_sizes(t: &Tree) -> u64 {
             _ => 0,
         })
         .sum()
-}
-
-fn sha256_of(c: &crate::tree::Content) -> std::io::Result<[u8; 32]> {
-    let mut r = c.source.open()?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = r.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(h.finalize().into())
 }
 
 /// Default kit file name: `<product>_<target>_<from>_to_<to>.iuk` (Tails' naming).

@@ -89,6 +89,40 @@ impl Content {
         }
     }
 
+    /// The sha256 of the content, read in full; fails when the size differs from `size`.
+    pub fn sha256(&self) -> io::Result<[u8; 32]> {
+        self.sha256_with(|_| {})
+    }
+
+    /// [`Content::sha256`], reporting each chunk's length to `read` as it goes.
+    pub fn sha256_with(&self, read: impl Fn(u64)) -> io::Result<[u8; 32]> {
+        use sha2::{Digest, Sha256};
+        let mut r = self.source.open()?;
+        let mut h = Sha256::new();
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut total = 0u64;
+        loop {
+            let n = r.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            total += n as u64;
+            h.update(&buf[..n]);
+            read(n as u64);
+        }
+        if total != self.size {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{}: expected {} bytes, read {total}",
+                    self.source.describe(),
+                    self.size
+                ),
+            ));
+        }
+        Ok(h.finalize().into())
+    }
+
     /// Reads the whole content into memory (for small files and tests).
     pub fn read_all(&self) -> io::Result<Vec<u8>> {
         let mut out = Vec::with_capacity(self.size.min(1 << 24) as usize);
@@ -428,7 +462,6 @@ pub fn content_hashes(
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<Vec<Option<[u8; 32]>>, TreeError> {
     use rayon::prelude::*;
-    use sha2::{Digest, Sha256};
     use std::sync::atomic::{AtomicU64, Ordering};
     let done = AtomicU64::new(0);
     tree.inodes
@@ -437,30 +470,13 @@ pub fn content_hashes(
             let InodeKind::File(c) = &ino.kind else {
                 return Ok(None);
             };
-            let read_err = |e: io::Error| TreeError::Read {
-                what: c.source.describe(),
-                source: e,
-            };
-            let mut r = c.source.open().map_err(read_err)?;
-            let mut h = Sha256::new();
-            let mut buf = vec![0u8; 256 * 1024];
-            let mut total = 0u64;
-            loop {
-                let n = r.read(&mut buf).map_err(read_err)?;
-                if n == 0 {
-                    break;
-                }
-                total += n as u64;
-                h.update(&buf[..n]);
-                progress(done.fetch_add(n as u64, Ordering::Relaxed) + n as u64);
-            }
-            if total != c.size {
-                return Err(read_err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("expected {} bytes, read {total}", c.size),
-                )));
-            }
-            Ok(Some(h.finalize().into()))
+            let h = c
+                .sha256_with(|n| progress(done.fetch_add(n, Ordering::Relaxed) + n))
+                .map_err(|e| TreeError::Read {
+                    what: c.source.describe(),
+                    source: e,
+                })?;
+            Ok(Some(h))
         })
         .collect()
 }

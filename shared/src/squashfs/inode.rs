@@ -543,8 +543,26 @@ mod tests {
             body,
         };
         let bytes = ino.encode();
+        let (back, used) = decode_from(&bytes);
+        let back = back.unwrap();
+        assert_eq!(used, bytes.len());
+        assert_eq!(back.body, ino.body);
+        assert_eq!(
+            back.header.kind,
+            ino.body.basic_kind() + if ino.body.needs_extended() { 7 } else { 0 }
+        );
+        for cut in 0..bytes.len() {
+            assert!(
+                decode_from(&bytes[..cut]).0.is_err(),
+                "cut at {cut} accepted"
+            );
+        }
+    }
+
+    /// Decodes an inode from a byte slice; returns the result and the bytes consumed.
+    fn decode_from(bytes: &[u8]) -> (Result<DiskInode>, usize) {
         let mut pos = 0;
-        let back = DiskInode::decode(
+        let r = DiskInode::decode(
             |n| {
                 let s = bytes
                     .get(pos..pos + n)
@@ -554,29 +572,8 @@ mod tests {
                 Ok(s)
             },
             4096,
-        )
-        .unwrap();
-        assert_eq!(pos, bytes.len());
-        assert_eq!(back.body, ino.body);
-        assert_eq!(
-            back.header.kind,
-            ino.body.basic_kind() + if ino.body.needs_extended() { 7 } else { 0 }
         );
-        for cut in 0..bytes.len() {
-            let mut pos = 0;
-            let r = DiskInode::decode(
-                |n| {
-                    let s = bytes[..cut]
-                        .get(pos..pos + n)
-                        .ok_or_else(|| corrupt!("eof"))?
-                        .to_vec();
-                    pos += n;
-                    Ok(s)
-                },
-                4096,
-            );
-            assert!(r.is_err(), "cut at {cut} accepted");
-        }
+        (r, pos)
     }
 
     #[test]
