@@ -49,7 +49,8 @@ pub struct WriterArgs {
     /// mksquashfs-style sort file: `PATH PRIORITY` lines, higher priorities stored first
     #[arg(long, value_name = "FILE")]
     pub sort_file: Option<PathBuf>,
-    /// Reproducible timestamp (seconds since 1970) stamped into the superblock
+    /// Reproducible timestamp (seconds since 1970): the image's superblock time; in kits also
+    /// the mtime of whiteouts, of the layer file and of the kit's own entries
     #[arg(
         long,
         value_name = "SECONDS",

@@ -69,6 +69,9 @@ pub struct BootFile {
     pub size: u64,
     /// sha256 of the installed bytes.
     pub sha256: [u8; 32],
+    /// Modification time the release records for the file (kits carry it, so that a copy
+    /// that compares size and mtime, as Tails' installer's rsync does, sees every change).
+    pub mtime: Option<u32>,
     /// The installed bytes.
     pub content: Content,
 }
@@ -202,11 +205,18 @@ pub fn boot_tree(release: &Release) -> Result<BootTree, BootError> {
             let sha256 = content
                 .sha256()
                 .map_err(|e| unusable(installed, &e.to_string()))?;
+            let mtime = match f.mtime {
+                None => None,
+                Some(t) => Some(u32::try_from(t).map_err(|_| {
+                    unusable(installed, &format!("mtime {t} is outside 1970..2106"))
+                })?),
+            };
             Ok(BootFile {
                 path: installed.clone(),
                 source: f.path.clone(),
                 size: content.size,
                 sha256,
+                mtime,
                 content,
             })
         })

@@ -140,13 +140,6 @@ fn pick(
     progress: &dyn BuildProgress,
 ) -> Result<String, BuildError> {
     let v = match (flag, found) {
-        (Some(f), Some(o)) if f != o => {
-            progress.warn(&format!(
-                "{flag_name} {f} differs from {o} in {}:/etc/os-release; using {f}",
-                image.display()
-            ));
-            f
-        }
         (Some(f), _) => f,
         (None, Some(o)) => o,
         (None, None) => {
@@ -157,9 +150,22 @@ fn pick(
         }
     };
     if !version::is_safe_name(v) {
+        let origin = if flag.is_some() {
+            flag_name.to_string()
+        } else {
+            format!("{}:/etc/os-release", image.display())
+        };
         return Err(refuse(format!(
-            "{what} {v:?} may only hold letters, digits and . _ + ~ - (it becomes a file name on FAT)"
+            "{what} {v:?} from {origin} may only hold letters, digits and . _ + ~ - (it becomes a file name on FAT)"
         )));
+    }
+    if let (Some(f), Some(o)) = (flag, found) {
+        if f != o {
+            progress.warn(&format!(
+                "{flag_name} {f} differs from {o} in {}:/etc/os-release; using {f}",
+                image.display()
+            ));
+        }
     }
     Ok(v.to_string())
 }
@@ -285,6 +291,17 @@ pub fn build(
         )));
     }
 
+    let layer_path = format!("live/{layer_name}.squashfs");
+    if new
+        .files()
+        .iter()
+        .any(|f| String::from_utf8_lossy(&f.path).eq_ignore_ascii_case(&layer_path))
+    {
+        return Err(refuse(format!(
+            "layer name {layer_name} collides with {layer_path} in the new release"
+        )));
+    }
+
     let total = sum_sizes(&old_tree) + sum_sizes(&new_tree);
     progress.phase("hashing", total);
     let old_sizes = sum_sizes(&old_tree);
@@ -369,16 +386,6 @@ pub fn build(
             new_path.display()
         ));
     }
-    let layer_path = format!("live/{layer_name}.squashfs");
-    if new_boot
-        .files
-        .iter()
-        .any(|f| f.path.eq_ignore_ascii_case(&layer_path))
-    {
-        return Err(refuse(format!(
-            "layer name {layer_name} collides with {layer_path} in the new release"
-        )));
-    }
     let layer_content = release::host_content(layer_tmp.clone()).map_err(|e| OutputError::Io {
         path: layer_tmp.clone(),
         source: e,
@@ -391,6 +398,7 @@ pub fn build(
         OverlayFile {
             path: layer_path.clone(),
             content: layer_content.clone(),
+            mtime: None,
         },
         FileEntry {
             path: layer_path.clone(),
@@ -408,6 +416,7 @@ pub fn build(
                 OverlayFile {
                     path: f.path.clone(),
                     content: f.content.clone(),
+                    mtime: f.mtime,
                 },
                 FileEntry {
                     path: f.path.clone(),

@@ -2,9 +2,15 @@
 //! `overlay/`. Writing (deterministic layout and YAML) and reading (with validation).
 //!
 //! The container is written by our own writer with fixed settings: every entry owned by 0:0,
-//! files 0644, directories 0755, mtime = the declared epoch, metadata xz-compressed, data stored
-//! uncompressed and without fragments (the layer and boot files are compressed already), so the
-//! bytes of every file lie contiguous inside the kit.
+//! files 0644, directories 0755, metadata xz-compressed, data stored uncompressed and without
+//! fragments (the layer and boot files are compressed already), so the bytes of every file lie
+//! contiguous inside the kit. Directories, `FORMAT`, `control.yml` and the layer carry the
+//! declared epoch as mtime; every boot file under `overlay/` carries the mtime the new release
+//! records for it. (DESIGN.md stamps everything with the epoch; but Tails' installer copies the
+//! overlay with rsync, which skips a file whose size and mtime match the medium's: two kits built
+//! with the same epoch would then leave a changed, same-size boot file stale. The release's own
+//! mtimes change with the file, as a full install would see them, and are still a pure function
+//! of the inputs.)
 
 use std::io::Read;
 use std::sync::Arc;
@@ -176,14 +182,117 @@ impl Control {
         format!("live/{}.squashfs", self.layer)
     }
 
-    /// The deterministic YAML text.
-    pub fn to_yaml(&self) -> Result<String, KitError> {
-        serde_yaml_ng::to_string(self).map_err(|e| KitError::Invalid(format!("control.yml: {e}")))
+    /// The deterministic YAML text: keys in a fixed order, every string double-quoted (so that
+    /// no YAML 1.1 or 1.2 reader — Tails' Perl one included — takes a version such as 6.10 or
+    /// 6.11.1 for a number, or a path for a boolean), numbers plain, lists in block style.
+    pub fn to_yaml(&self) -> String {
+        let mut y = String::new();
+        strings(&mut y, "delete_files", &self.delete_files);
+        kv(&mut y, "generator", &quote(&self.generator));
+        kv(&mut y, "writer-format", &self.writer_format.to_string());
+        kv(&mut y, "product", &quote(&self.product));
+        kv(&mut y, "build-target", &quote(&self.build_target));
+        kv(&mut y, "from-version", &quote(&self.from_version));
+        kv(&mut y, "to-version", &quote(&self.to_version));
+        kv(&mut y, "layer", &quote(&self.layer));
+        let p = &self.layer_params;
+        y.push_str("layer-params:\n");
+        kv(&mut y, "  compression", &quote(&p.compression));
+        kv(&mut y, "  level", &p.level.to_string());
+        if let Some(b) = &p.xz_bcj {
+            kv(&mut y, "  xz-bcj", &quote(b));
+        }
+        if let Some(d) = p.xz_dict_size {
+            kv(&mut y, "  xz-dict-size", &d.to_string());
+        }
+        kv(&mut y, "  block-size", &p.block_size.to_string());
+        kv(&mut y, "  sort-file", &opt(p.sort_file.as_deref()));
+        kv(
+            &mut y,
+            "  source-date-epoch",
+            &p.source_date_epoch.to_string(),
+        );
+        kv(
+            &mut y,
+            "old-iso-sha256",
+            &opt(self.old_iso_sha256.as_deref()),
+        );
+        kv(
+            &mut y,
+            "new-iso-sha256",
+            &opt(self.new_iso_sha256.as_deref()),
+        );
+        kv(&mut y, "old-tree-digest", &quote(&self.old_tree_digest));
+        kv(&mut y, "new-tree-digest", &quote(&self.new_tree_digest));
+        entries(&mut y, "overlay", &self.overlay);
+        entries(&mut y, "boot-tree", &self.boot_tree);
+        y
     }
 
     /// Parses control.yml text.
     pub fn from_yaml(text: &str) -> Result<Control, KitError> {
         serde_yaml_ng::from_str(text).map_err(|e| KitError::Invalid(format!("control.yml: {e}")))
+    }
+}
+
+/// A YAML double-quoted scalar: `"` and `\\` escaped, control characters and the Unicode line
+/// breaks YAML recognizes written as escapes, everything else as is.
+pub fn quote(s: &str) -> String {
+    let mut q = String::with_capacity(s.len() + 2);
+    q.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => q.push_str("\\\""),
+            '\\' => q.push_str("\\\\"),
+            '\n' => q.push_str("\\n"),
+            '\t' => q.push_str("\\t"),
+            c if (c as u32) < 0x20 || c == '\u{7f}' => q.push_str(&format!("\\x{:02x}", c as u32)),
+            '\u{85}' | '\u{2028}' | '\u{2029}' | '\u{feff}' => {
+                q.push_str(&format!("\\u{:04x}", c as u32))
+            }
+            c => q.push(c),
+        }
+    }
+    q.push('"');
+    q
+}
+
+fn kv(y: &mut String, key: &str, value: &str) {
+    y.push_str(key);
+    y.push_str(": ");
+    y.push_str(value);
+    y.push('\n');
+}
+
+fn opt(v: Option<&str>) -> String {
+    v.map_or_else(|| "null".to_string(), quote)
+}
+
+fn strings(y: &mut String, key: &str, list: &[String]) {
+    if list.is_empty() {
+        kv(y, key, "[]");
+        return;
+    }
+    y.push_str(key);
+    y.push_str(":\n");
+    for s in list {
+        y.push_str("- ");
+        y.push_str(&quote(s));
+        y.push('\n');
+    }
+}
+
+fn entries(y: &mut String, key: &str, list: &[FileEntry]) {
+    if list.is_empty() {
+        kv(y, key, "[]");
+        return;
+    }
+    y.push_str(key);
+    y.push_str(":\n");
+    for e in list {
+        kv(y, "- path", &quote(&e.path));
+        kv(y, "  size", &e.size.to_string());
+        kv(y, "  sha256", &quote(&e.sha256));
     }
 }
 
@@ -194,6 +303,8 @@ pub struct OverlayFile {
     pub path: String,
     /// Its bytes.
     pub content: Content,
+    /// Its mtime in the kit; `None` for the declared epoch.
+    pub mtime: Option<u32>,
 }
 
 /// The writer parameters of every kit container (see the module doc).
@@ -228,20 +339,23 @@ pub fn container_tree(control: &Control, files: &[OverlayFile]) -> Result<Tree, 
         ..dir_meta.clone()
     };
     let mut t = Tree::new(dir_meta.clone());
-    let file = |c: Content| Inode {
-        meta: file_meta.clone(),
+    let file = |c: Content, mtime: Option<u32>| Inode {
+        meta: Metadata {
+            mtime: mtime.unwrap_or(epoch),
+            ..file_meta.clone()
+        },
         kind: InodeKind::File(c),
     };
     let root = t.root();
     t.add(
         root,
         b"FORMAT",
-        file(Content::from_bytes(FORMAT.as_bytes().to_vec())),
+        file(Content::from_bytes(FORMAT.as_bytes().to_vec()), None),
     )?;
     t.add(
         root,
         b"control.yml",
-        file(Content::from_bytes(control.to_yaml()?.into_bytes())),
+        file(Content::from_bytes(control.to_yaml().into_bytes()), None),
     )?;
     let overlay = t.add(
         root,
@@ -270,7 +384,7 @@ pub fn container_tree(control: &Control, files: &[OverlayFile]) -> Result<Tree, 
                 )?,
             };
         }
-        t.add(parent, name.as_bytes(), file(f.content.clone()))?;
+        t.add(parent, name.as_bytes(), file(f.content.clone(), f.mtime))?;
     }
     Ok(t)
 }
@@ -371,11 +485,25 @@ mod tests {
     #[test]
     fn yaml_roundtrip_keeps_versions_strings() {
         let c = control();
-        let y = c.to_yaml().unwrap();
-        assert!(y.starts_with("delete_files:\n- live/a\n"), "{y}");
-        assert!(y.contains("from-version: '6.10'"), "{y}");
+        let y = c.to_yaml();
+        assert!(y.starts_with("delete_files:\n- \"live/a\"\n"), "{y}");
+        assert!(y.contains("from-version: \"6.10\""), "{y}");
         assert!(y.contains("old-iso-sha256: null"), "{y}");
         assert_eq!(Control::from_yaml(&y).unwrap(), c);
+        let mut odd = c.clone();
+        odd.to_version = "6.11.1".into();
+        odd.delete_files = vec![
+            "yes".into(),
+            "0755".into(),
+            "a \"q\" \\ b".into(),
+            "x\ny\tz\u{1}\u{2028}é".into(),
+        ];
+        odd.layer_params.sort_file = Some("usr 10\n# comment: x\n".into());
+        odd.boot_tree = vec![];
+        let y = odd.to_yaml();
+        assert!(y.contains("to-version: \"6.11.1\""), "{y}");
+        assert!(y.contains("boot-tree: []"), "{y}");
+        assert_eq!(Control::from_yaml(&y).unwrap(), odd);
         assert_eq!(c.layer_path(), "live/Tails_6.10_to_6.11.squashfs");
     }
 

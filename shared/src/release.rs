@@ -6,6 +6,7 @@
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -79,6 +80,8 @@ pub struct ReleaseFile {
     pub path: Vec<u8>,
     /// File or symlink.
     pub kind: ReleaseFileKind,
+    /// Modification time as the release records it (seconds since 1970), if it does.
+    pub mtime: Option<i64>,
 }
 
 enum Source {
@@ -142,10 +145,12 @@ impl Release {
                 IsoKind::File { size } => Some(ReleaseFile {
                     path: e.path.clone(),
                     kind: ReleaseFileKind::File(*size),
+                    mtime: e.mtime,
                 }),
                 IsoKind::Symlink(t) => Some(ReleaseFile {
                     path: e.path.clone(),
                     kind: ReleaseFileKind::Symlink(t.clone()),
+                    mtime: e.mtime,
                 }),
                 _ => None,
             })
@@ -299,12 +304,14 @@ fn walk_dir(root: &Path, dir: &Path, out: &mut Vec<ReleaseFile>) -> Result<(), R
             out.push(ReleaseFile {
                 path: rel,
                 kind: ReleaseFileKind::File(md.len()),
+                mtime: Some(md.mtime()),
             });
         } else if md.file_type().is_symlink() {
             let t = std::fs::read_link(&p).map_err(|e| io_err(&p, e))?;
             out.push(ReleaseFile {
                 path: rel,
                 kind: ReleaseFileKind::Symlink(t.as_os_str().as_bytes().to_vec()),
+                mtime: Some(md.mtime()),
             });
         }
     }

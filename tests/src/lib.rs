@@ -682,6 +682,76 @@ impl Drop for Mounted {
     }
 }
 
+/// Mounts a read-only overlayfs view of `lowers` (leftmost on top, as `lowerdir=` orders them)
+/// with `xino=on`, so that `st_ino` alone is unique across layers; unmounted when dropped.
+/// Panics with mount's message (and the kernel's last messages) on failure. The lower paths
+/// must not contain `:` or `,`.
+pub fn mount_overlay(lowers: &[&Path]) -> Mounted {
+    assert!(
+        lowers.len() >= 2,
+        "a read-only overlay needs two lower layers or more"
+    );
+    let mut opts = OsString::from("ro,xino=on,lowerdir=");
+    for (i, l) in lowers.iter().enumerate() {
+        let b = l.as_os_str().as_bytes();
+        assert!(
+            !b.contains(&b':') && !b.contains(&b','),
+            "{}: `:` and `,` cannot appear in a lowerdir",
+            l.display()
+        );
+        if i > 0 {
+            opts.push(":");
+        }
+        opts.push(l.as_os_str());
+    }
+    let holder = tempfile::Builder::new()
+        .prefix("iuk-ovl-")
+        .tempdir()
+        .expect("mountpoint");
+    let point = holder.path().to_path_buf();
+    let r = run(Command::new("mount")
+        .args(["-t", "overlay", "-o"])
+        .arg(&opts)
+        .arg("overlay")
+        .arg(&point));
+    if !r.ok() {
+        panic!(
+            "mount -t overlay -o {} failed: {}\nkernel log tail:\n{}",
+            opts.to_string_lossy(),
+            r.stderr.trim(),
+            kernel_log_tail()
+        );
+    }
+    Mounted {
+        point,
+        holder: Some(holder),
+    }
+}
+
+fn kernel_log_tail() -> String {
+    Command::new("dmesg")
+        .output()
+        .map(|o| {
+            let s = String::from_utf8_lossy(&o.stdout).into_owned();
+            let lines: Vec<&str> = s.lines().collect();
+            lines[lines.len().saturating_sub(10)..].join("\n")
+        })
+        .unwrap_or_default()
+}
+
+// ------------------------------------------------------------------------------------------------
+// Fixtures
+
+/// A committed fixture of `testdata/` (the ISOs of testdata/README.md, golden hashes).
+pub fn fixture(name: &str) -> PathBuf {
+    repo_root().join("testdata").join(name)
+}
+
+/// Hex sha256 of bytes.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
