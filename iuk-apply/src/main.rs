@@ -1,24 +1,55 @@
 //! `iuk-apply`: verifies an incremental upgrade kit on an installed system and stacks it as one
-//! more SquashFS layer. Its commands arrive with the applier work (DESIGN.md, "The medium"); until
-//! then the binary only describes itself.
+//! more SquashFS layer. Argument parsing, progress and output only; the logic is in
+//! `iuk::medium`.
+
+mod commands;
+
+use std::process::ExitCode;
 
 use clap::Parser;
 
-/// Verify an incremental upgrade kit and stack it on an installed medium.
-///
-/// No commands are available in this version: init, adopt, check, apply, select, trust, verify,
-/// status and recover are described in DESIGN.md and are not implemented yet.
-#[derive(Parser)]
-#[command(
-    name = "iuk-apply",
-    version,
-    max_term_width = 100,
-    after_help = "Exit status:\n  0  help or version shown\n  2  invalid command line"
-)]
-struct Cli {}
+const EXIT_CODES: &str = "\
+Exit status:
+  0  success
+  1  refused or failed; the message names the file and the problem, and says what to do.
+     A refused command leaves the medium unchanged (its lock file aside).
+  2  invalid command line";
 
-fn main() {
-    Cli::parse();
-    let mut cmd = <Cli as clap::CommandFactory>::command();
-    let _ = cmd.print_help();
+/// Verify an incremental upgrade kit and stack it on an installed medium, crash-safely.
+///
+/// The medium is the mounted system partition (a directory; FAT32 on a USB stick). Every
+/// mutating command takes the medium's lock; `apply` first completes or discards an apply that
+/// a crash or a power cut interrupted.
+#[derive(Parser)]
+#[command(name = "iuk-apply", version, after_help = EXIT_CODES, max_term_width = 100)]
+struct Cli {
+    #[command(subcommand)]
+    command: commands::Command,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match commands::run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("iuk-apply: error: {}", one_line(&e));
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// The error and its causes on one line, each message once.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let m = cause.to_string();
+        if m.is_empty() || out.contains(&m) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&m);
+    }
+    out.replace(['\n', '\r'], " ")
 }

@@ -10,6 +10,7 @@ pub mod diff;
 pub mod hostdir;
 pub mod iso;
 pub mod kit;
+pub mod medium;
 pub mod output;
 pub mod release;
 pub mod squashfs;

@@ -1,0 +1,923 @@
+//! Applying a kit (DESIGN.md, "Applying"): [`plan`] verifies everything and writes nothing;
+//! [`execute`] performs the seven steps through a [`MediumFs`]; [`finish`] is steps 4–7, shared
+//! with `recover`.
+//!
+//! 1. Verify: FORMAT 2 kit made by iuk, every overlay file's size and sha256, product and
+//!    build target, the upgrade model and the tree digest it requires, paths (relative, FAT-safe,
+//!    never a protected name), the medium against its state, the layer name free, free space.
+//! 2. Write `iuk-staging/intent`; write the layer at its final name (no module file lists it
+//!    yet); stage a copy of every boot file whose content changes; fsync each file and every
+//!    directory that gained an entry; re-read each from the device and check its sha256.
+//! 3. Commit: write the journal, fsync it and `live/`.
+//! 4. Boot files: clear what is in the way, overwrite each changed file in place from its staged
+//!    copy; fsync each file and the directories that gained entries.
+//! 5. Module file, then state, rewritten in place; fsync each.
+//! 6. Delete superseded layers, removed boot files, `delete_files` and the staged copies.
+//! 7. Zero the journal, fsync, unlink it, fsync `live/`.
+
+use std::collections::HashSet;
+use std::fs::{self, File};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use super::fsops::{drop_cache, parent_of, rewrite_file, write_file, MediumFs};
+use super::journal::{self, Delete, Journal, Write};
+use super::state::{Layer, State};
+use super::{
+    io_err, safe_relative_path, sha_of, Medium, MediumError, INTENT_FILE, JOURNAL_FILE, STAGING_DIR,
+};
+use crate::boot::{is_protected, MONITORED_DIRS};
+use crate::kit::{Control, Kit, FORMAT, GENERATOR};
+use crate::squashfs::write::WRITER_FORMAT_VERSION;
+use crate::tree::{hex, Content, InodeKind};
+use crate::version;
+
+/// How a kit relates to the medium.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Model {
+    /// from-version = current: the layer goes on top of the stack.
+    Stacking,
+    /// from-version = base ≠ current: the layer replaces every diff layer.
+    Cumulative,
+}
+
+/// Options of `check` and `apply`.
+#[derive(Clone, Debug, Default)]
+pub struct ApplyOptions {
+    /// Overrides the state's bound on diff layers.
+    pub max_layers: Option<u32>,
+    /// The whole kit file must have this sha256 (from a signed UDF, or given by the user).
+    pub kit_sha256: Option<[u8; 32]>,
+}
+
+/// Receives progress of long steps.
+pub trait ApplyProgress {
+    /// A phase starts; `total` bytes to go.
+    fn phase(&self, name: &str, total: u64);
+    /// Bytes done in the current phase.
+    fn position(&self, done: u64);
+}
+
+/// A progress sink that shows nothing.
+pub struct NoProgress;
+
+impl ApplyProgress for NoProgress {
+    fn phase(&self, _: &str, _: u64) {}
+    fn position(&self, _: u64) {}
+}
+
+/// A boot file the apply writes.
+#[derive(Clone, Debug)]
+pub struct BootWrite {
+    /// Installed path (as the kit names it).
+    pub path: String,
+    /// sha256 of the new content.
+    pub sha256: [u8; 32],
+    /// The new content, read from the kit.
+    pub content: Content,
+    /// sha256 of the file it replaces, if one exists.
+    pub old: Option<[u8; 32]>,
+}
+
+/// Everything an apply will do, computed and verified without writing.
+pub struct Plan {
+    /// The kit.
+    pub control: Control,
+    /// Stacking or cumulative.
+    pub model: Model,
+    /// The state the apply starts from, its text's sha256.
+    pub old_state_sha: [u8; 32],
+    /// The state after the apply.
+    pub new_state: State,
+    /// The module file name in `live/`.
+    pub module_file: String,
+    /// `live/<layer>.squashfs`.
+    pub layer_rel: String,
+    /// The layer's bytes in the kit, and their sha256.
+    pub layer: (Content, [u8; 32]),
+    /// Boot files to write.
+    pub writes: Vec<BootWrite>,
+    /// Files and directories to delete after the commit.
+    pub deletes: Vec<Delete>,
+    /// Bytes of every file the kit carries (its overlay).
+    pub payload: u64,
+    /// Bytes the apply writes before anything is freed, plus 1 MiB.
+    pub needed: u64,
+    /// Free bytes on the medium (None where the filesystem does not say).
+    pub free: Option<u64>,
+    /// Things the user should know.
+    pub warnings: Vec<String>,
+    /// True when `syslinux/ldlinux.c32` changes: the boot loader must be reinstalled to match.
+    pub reinstall_bootloader: bool,
+}
+
+fn refuse(msg: impl Into<String>) -> MediumError {
+    MediumError::Refused(msg.into())
+}
+
+fn parse_hex(s: &str, what: &str) -> Result<[u8; 32], MediumError> {
+    journal::parse_sha256(s).ok_or_else(|| refuse(format!("{what}: {s:?} is not a sha256")))
+}
+
+/// Free bytes for an unprivileged writer, or None when the filesystem reports no size.
+pub fn free_space(path: &Path) -> Result<Option<u64>, MediumError> {
+    let c = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str()))
+        .map_err(|_| refuse(format!("{}: path holds a NUL byte", path.display())))?;
+    // SAFETY: a valid C string and a zeroed out-structure the call fills.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    if r != 0 {
+        return Err(io_err(path, std::io::Error::last_os_error()));
+    }
+    if st.f_blocks == 0 {
+        return Ok(None);
+    }
+    Ok(Some(st.f_bavail as u64 * st.f_frsize as u64))
+}
+
+/// Verifies a kit against a medium and computes what applying it would do. Writes nothing.
+pub fn plan(
+    medium: &Medium,
+    kit_path: &Path,
+    opts: &ApplyOptions,
+    progress: &dyn ApplyProgress,
+) -> Result<Plan, MediumError> {
+    let kit_name = kit_path.display().to_string();
+    let bad_kit = |what: String| refuse(format!("{kit_name}: {what}"));
+    if medium.journal_pending() || medium.staging_pending() {
+        return Err(MediumError::PendingRecovery(medium.root.clone()));
+    }
+    let (state, _, old_state_sha) = medium.read_state()?;
+
+    if let Some(want) = opts.kit_sha256 {
+        progress.phase(
+            "hashing kit",
+            fs::metadata(kit_path).map(|m| m.len()).unwrap_or(0),
+        );
+        let got = sha_of(kit_path)?;
+        if got != want {
+            return Err(bad_kit(format!(
+                "sha256 is {}, expected {}",
+                hex(&got),
+                hex(&want)
+            )));
+        }
+    }
+    let kit = Kit::open(kit_path).map_err(|e| bad_kit(e.to_string()))?;
+    if kit.format != FORMAT {
+        return Err(bad_kit(format!(
+            "FORMAT {:?} is not supported (this iuk-apply installs FORMAT 2 kits)",
+            kit.format
+        )));
+    }
+    let c = kit.control.clone();
+    if c.generator != GENERATOR {
+        return Err(bad_kit(format!(
+            "generator {:?}: not a kit made by iuk (kits of Tails' own tooling are not supported)",
+            c.generator
+        )));
+    }
+    if c.writer_format > WRITER_FORMAT_VERSION {
+        return Err(bad_kit(format!(
+            "writer format {} is newer than this iuk-apply knows",
+            c.writer_format
+        )));
+    }
+    for (what, v) in [
+        ("product", &c.product),
+        ("from-version", &c.from_version),
+        ("to-version", &c.to_version),
+        ("layer", &c.layer),
+    ] {
+        if !version::is_safe_name(v) {
+            return Err(bad_kit(format!("{what} {v:?} is not a safe name")));
+        }
+    }
+    if c.layer.eq_ignore_ascii_case("filesystem") {
+        return Err(bad_kit(
+            "layer name \"filesystem\" would replace the base".into(),
+        ));
+    }
+
+    // Paths: relative, FAT-safe, never protected; delete_files strictly inside monitored dirs.
+    for e in c.overlay.iter().chain(c.boot_tree.iter()) {
+        if !safe_relative_path(&e.path) {
+            return Err(bad_kit(format!(
+                "path {:?} is not a safe relative path on a FAT medium",
+                e.path
+            )));
+        }
+    }
+    let layer_rel = format!("live/{}.squashfs", c.layer);
+    for e in c.boot_tree.iter() {
+        if is_protected(&e.path) {
+            return Err(bad_kit(format!(
+                "boot file {:?} is a protected name",
+                e.path
+            )));
+        }
+    }
+    for e in &c.overlay {
+        if is_protected(&e.path) && !e.path.eq_ignore_ascii_case(&layer_rel) {
+            return Err(bad_kit(format!(
+                "overlay file {:?} is a protected name",
+                e.path
+            )));
+        }
+    }
+    for d in &c.delete_files {
+        let inside = MONITORED_DIRS
+            .iter()
+            .any(|m| d.starts_with(&format!("{m}/")));
+        // Protected files live directly in live/ or in live/iuk-staging/, which is protected
+        // itself: an entry strictly inside a monitored directory contains none of them.
+        if !safe_relative_path(d) || !inside || is_protected(d) {
+            return Err(bad_kit(format!("delete_files entry {d:?} is not allowed")));
+        }
+    }
+
+    // Every overlay file is in the kit with the recorded size and sha256, and nothing else is.
+    let payload: u64 = c.overlay.iter().map(|e| e.size).sum();
+    progress.phase("verifying kit", payload);
+    let done = std::cell::Cell::new(0u64);
+    let mut listed: HashSet<Vec<u8>> = HashSet::new();
+    let mut layer: Option<(Content, [u8; 32])> = None;
+    let mut overlay_content: std::collections::HashMap<String, (Content, [u8; 32])> =
+        Default::default();
+    for e in &c.overlay {
+        let kit_path_in = format!("overlay/{}", e.path);
+        listed.insert(kit_path_in.clone().into_bytes());
+        let node = kit
+            .tree
+            .lookup(kit_path_in.as_bytes())
+            .ok_or_else(|| bad_kit(format!("{kit_path_in} is missing")))?;
+        let InodeKind::File(content) = &kit.tree.node_inode(node).kind else {
+            return Err(bad_kit(format!("{kit_path_in} is not a regular file")));
+        };
+        if content.size != e.size {
+            return Err(bad_kit(format!(
+                "{kit_path_in} has {} bytes, control.yml says {}",
+                content.size, e.size
+            )));
+        }
+        let want = parse_hex(&e.sha256, &kit_path_in)?;
+        let got = content
+            .sha256_with(|n| {
+                done.set(done.get() + n);
+                progress.position(done.get());
+            })
+            .map_err(|err| bad_kit(format!("{kit_path_in}: {err}")))?;
+        if got != want {
+            return Err(bad_kit(format!(
+                "{kit_path_in} does not have the sha256 control.yml records"
+            )));
+        }
+        if e.path.eq_ignore_ascii_case(&layer_rel) {
+            layer = Some((content.clone(), got));
+        }
+        overlay_content.insert(e.path.to_ascii_lowercase(), (content.clone(), got));
+    }
+    for id in kit.tree.walk() {
+        let p = kit.tree.path(id);
+        if p.starts_with(b"overlay/")
+            && !matches!(kit.tree.node_inode(id).kind, InodeKind::Dir)
+            && !listed.contains(&p)
+        {
+            return Err(bad_kit(format!(
+                "{} is not listed in control.yml",
+                String::from_utf8_lossy(&p)
+            )));
+        }
+    }
+    let layer = layer.ok_or_else(|| bad_kit(format!("overlay/{layer_rel} is missing")))?;
+
+    // Product, target, model.
+    if c.product != state.product {
+        return Err(refuse(format!(
+            "{kit_name} is for {}, this medium holds {}",
+            c.product, state.product
+        )));
+    }
+    if c.build_target != state.build_target {
+        return Err(refuse(format!(
+            "{kit_name} is for build target {}, this medium is {}",
+            c.build_target, state.build_target
+        )));
+    }
+    if version::compare(&c.to_version, &state.current_version) != std::cmp::Ordering::Greater {
+        return Err(refuse(format!(
+            "{kit_name} upgrades to {}, but the medium already runs {} (no downgrade, no replay)",
+            c.to_version, state.current_version
+        )));
+    }
+    let model = if c.from_version == state.current_version {
+        if c.old_tree_digest != state.current_tree_digest {
+            return Err(refuse(format!(
+                "{kit_name} was built against another {} than the one on this medium (tree digests differ)",
+                c.from_version
+            )));
+        }
+        Model::Stacking
+    } else if c.from_version == state.base_version {
+        if c.old_tree_digest != state.base_tree_digest {
+            return Err(refuse(format!(
+                "{kit_name} was built against another {} than this medium's base (tree digests differ)",
+                c.from_version
+            )));
+        }
+        Model::Cumulative
+    } else {
+        return Err(refuse(format!(
+            "{kit_name} upgrades from {}, but the medium runs {} on a {} base: this kit does not apply",
+            c.from_version, state.current_version, state.base_version
+        )));
+    };
+    let max_layers = opts.max_layers.unwrap_or(state.max_layers);
+    if model == Model::Stacking && state.layers.len() as u32 + 1 > max_layers {
+        return Err(refuse(format!(
+            "{}: the medium already has {} diff layers (at most {max_layers}); apply a cumulative kit from {} or do a full upgrade",
+            medium.root.display(),
+            state.layers.len(),
+            state.base_version
+        )));
+    }
+
+    // The medium still matches its state; the layer name is free.
+    medium.check_consistent(&state, false)?;
+    if medium.find(&layer_rel).is_some()
+        || state
+            .layers
+            .iter()
+            .any(|l| l.name.eq_ignore_ascii_case(&c.layer))
+    {
+        return Err(refuse(format!(
+            "{}: {layer_rel} already exists (kit already applied?)",
+            medium.root.display()
+        )));
+    }
+
+    // Boot files: every file of the new boot tree either is on the medium already or in the kit.
+    let mut writes = Vec::new();
+    let mut written: HashSet<String> = HashSet::new();
+    for e in &c.boot_tree {
+        let want = parse_hex(&e.sha256, &e.path)?;
+        let current = state
+            .boot_files
+            .iter()
+            .find(|f| f.path.eq_ignore_ascii_case(&e.path));
+        let on_medium_same = match current {
+            Some(f) => f.sha256 == e.sha256 && medium.find(&e.path).is_some(),
+            None => false,
+        };
+        if on_medium_same {
+            continue;
+        }
+        let (content, sha) = overlay_content
+            .get(&e.path.to_ascii_lowercase())
+            .ok_or_else(|| {
+                bad_kit(format!(
+                    "boot file {} changes but the kit does not carry it",
+                    e.path
+                ))
+            })?;
+        if *sha != want {
+            return Err(bad_kit(format!(
+                "boot file {} differs from its overlay copy",
+                e.path
+            )));
+        }
+        let old = match medium.find(&e.path) {
+            Some(p) if p.is_file() => Some(sha_of(&p)?),
+            _ => None,
+        };
+        written.insert(e.path.to_ascii_lowercase());
+        writes.push(BootWrite {
+            path: e.path.clone(),
+            sha256: want,
+            content: content.clone(),
+            old,
+        });
+    }
+
+    // Deletions: superseded layers, boot files the new tree lacks, delete_files.
+    let mut deletes: Vec<Delete> = Vec::new();
+    if model == Model::Cumulative {
+        for l in &state.layers {
+            deletes.push(Delete {
+                path: format!("live/{}.squashfs", l.name),
+                old: Some(parse_hex(&l.sha256, &l.name)?),
+            });
+        }
+    }
+    for f in &state.boot_files {
+        if !c
+            .boot_tree
+            .iter()
+            .any(|e| e.path.eq_ignore_ascii_case(&f.path))
+            && !written.contains(&f.path.to_ascii_lowercase())
+        {
+            deletes.push(Delete {
+                path: f.path.clone(),
+                old: Some(parse_hex(&f.sha256, &f.path)?),
+            });
+        }
+    }
+    for d in &c.delete_files {
+        let Some(p) = medium.find(d) else { continue };
+        collect_deletes(medium, &p, &written, &mut deletes)?;
+    }
+    let mut seen = HashSet::new();
+    deletes.retain(|d| seen.insert(d.path.to_ascii_lowercase()));
+
+    // Space: the layer, the staged copies and the growth of files overwritten in place.
+    let staged: u64 = writes.iter().map(|w| w.content.size).sum();
+    let mut growth = 0u64;
+    for w in &writes {
+        if let Some(p) = medium.find(&w.path) {
+            let old = fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
+            growth += w.content.size.saturating_sub(old);
+        } else {
+            growth += w.content.size;
+        }
+    }
+    let needed = layer.0.size + staged + growth + 2 * 65536 + (1 << 20);
+    let free = free_space(&medium.root)?;
+    let mut warnings = Vec::new();
+    match free {
+        Some(f) if f < needed => {
+            return Err(refuse(format!(
+                "{}: {needed} bytes needed, {f} free; free some space or use a larger medium",
+                medium.root.display()
+            )))
+        }
+        None => warnings.push(format!(
+            "{}: the filesystem does not report its free space; not checked",
+            medium.root.display()
+        )),
+        _ => {}
+    }
+
+    let mut new_state = state.clone();
+    let new_layer = Layer {
+        name: c.layer.clone(),
+        size: layer.0.size,
+        sha256: hex(&layer.1),
+        version: c.to_version.clone(),
+    };
+    match model {
+        Model::Stacking => new_state.layers.push(new_layer),
+        Model::Cumulative => new_state.layers = vec![new_layer],
+    }
+    new_state.current_version = c.to_version.clone();
+    new_state.current_tree_digest = c.new_tree_digest.clone();
+    new_state.boot_files = c.boot_tree.clone();
+    new_state.writer_format = c.writer_format;
+    if let Some(m) = opts.max_layers {
+        new_state.max_layers = m;
+    }
+    let reinstall_bootloader = writes
+        .iter()
+        .any(|w| w.path.eq_ignore_ascii_case("syslinux/ldlinux.c32"));
+    Ok(Plan {
+        module_file: state.module_file.clone(),
+        control: c,
+        model,
+        old_state_sha,
+        new_state,
+        layer_rel,
+        layer,
+        writes,
+        deletes,
+        payload,
+        needed,
+        free,
+        warnings,
+        reinstall_bootloader,
+    })
+}
+
+/// Adds the files (with their sha256) and directories below `path` to `deletes`, deepest first,
+/// leaving out protected names and files the apply writes.
+fn collect_deletes(
+    medium: &Medium,
+    path: &Path,
+    written: &HashSet<String>,
+    deletes: &mut Vec<Delete>,
+) -> Result<(), MediumError> {
+    let rel = path
+        .strip_prefix(&medium.root)
+        .unwrap_or(path)
+        .to_string_lossy()
+        .into_owned();
+    if is_protected(&rel) || written.contains(&rel.to_ascii_lowercase()) {
+        return Ok(());
+    }
+    let md = fs::symlink_metadata(path).map_err(|e| io_err(path, e))?;
+    if md.is_dir() {
+        let mut children: Vec<PathBuf> = fs::read_dir(path)
+            .map_err(|e| io_err(path, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        children.sort();
+        for ch in children {
+            collect_deletes(medium, &ch, written, deletes)?;
+        }
+        deletes.push(Delete {
+            path: rel,
+            old: None,
+        });
+    } else {
+        deletes.push(Delete {
+            path: rel,
+            old: Some(sha_of(path)?),
+        });
+    }
+    Ok(())
+}
+
+/// What an apply did.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ApplyReport {
+    /// Stacking or cumulative.
+    pub model: Model,
+    /// Version before.
+    pub from_version: String,
+    /// Version after.
+    pub to_version: String,
+    /// Layer added.
+    pub layer: String,
+    /// Bytes written (layer + staged copies + boot files).
+    pub bytes_written: u64,
+    /// Boot files written.
+    pub boot_files_written: usize,
+    /// Files and directories deleted.
+    pub deleted: usize,
+    /// The boot loader must be reinstalled (syslinux/ldlinux.c32 changed).
+    pub reinstall_bootloader: bool,
+}
+
+const CHUNK: usize = 1 << 20;
+
+/// Copies `content` into a new file at `path` through `fs`, fsyncs and closes it; returns the
+/// sha256 of what was written.
+fn copy_in(
+    fs: &mut dyn MediumFs,
+    path: &Path,
+    content: &Content,
+    progress: &dyn ApplyProgress,
+    done: &mut u64,
+) -> Result<[u8; 32], MediumError> {
+    let h = fs.create(path).map_err(|e| io_err(path, e))?;
+    let mut r = content.source.open().map_err(|e| io_err(path, e))?;
+    let mut buf = vec![0u8; CHUNK];
+    let mut off = 0u64;
+    let mut sha = Sha256::new();
+    loop {
+        let n = r.read(&mut buf).map_err(|e| io_err(path, e))?;
+        if n == 0 {
+            break;
+        }
+        sha.update(&buf[..n]);
+        fs.write_at(h, off, &buf[..n])
+            .map_err(|e| io_err(path, e))?;
+        off += n as u64;
+        *done += n as u64;
+        progress.position(*done);
+    }
+    fs.fsync(h).map_err(|e| io_err(path, e))?;
+    fs.close(h).map_err(|e| io_err(path, e))?;
+    Ok(sha.finalize().into())
+}
+
+/// Re-reads a file from the device (page cache dropped first) and checks its sha256.
+fn verify_written(path: &Path, want: &[u8; 32]) -> Result<(), MediumError> {
+    drop_cache(path);
+    if sha_of(path)? != *want {
+        return Err(refuse(format!(
+            "{}: read back with another sha256 than written (failing medium?)",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Performs a verified plan (steps 2 to 7). The caller holds the medium's lock.
+pub fn execute(
+    medium: &Medium,
+    plan: &Plan,
+    fs: &mut dyn MediumFs,
+    progress: &dyn ApplyProgress,
+) -> Result<ApplyReport, MediumError> {
+    let live = medium.live();
+    let staging = medium.staging();
+    if !staging.is_dir() {
+        fs.mkdir(&staging).map_err(|e| io_err(&staging, e))?;
+        fs.fsync_dir(&live).map_err(|e| io_err(&live, e))?;
+    }
+    // Step 2: intent, layer, staged copies; every file and directory entry made durable; each
+    // re-read from the device.
+    let intent = staging.join(INTENT_FILE);
+    let intent_text = format!(
+        "layer {}\nstate {}\n",
+        plan.control.layer,
+        hex(&plan.old_state_sha)
+    );
+    write_file(fs, &intent, intent_text.as_bytes()).map_err(|e| io_err(&intent, e))?;
+    fs.fsync_dir(&staging).map_err(|e| io_err(&staging, e))?;
+
+    let total = plan.layer.0.size + plan.writes.iter().map(|w| w.content.size).sum::<u64>();
+    progress.phase("staging", total);
+    let mut done = 0u64;
+    let layer_path = medium.root.join(&plan.layer_rel);
+    let sha = copy_in(fs, &layer_path, &plan.layer.0, progress, &mut done)?;
+    fs.fsync_dir(&live).map_err(|e| io_err(&live, e))?;
+    if sha != plan.layer.1 {
+        return Err(refuse(format!(
+            "{}: the kit changed while it was being applied",
+            plan.layer_rel
+        )));
+    }
+    let mut jwrites = Vec::new();
+    for (i, w) in plan.writes.iter().enumerate() {
+        let name = format!("{i:05}");
+        let p = staging.join(&name);
+        let sha = copy_in(fs, &p, &w.content, progress, &mut done)?;
+        if sha != w.sha256 {
+            return Err(refuse(format!(
+                "{}: the kit changed while it was being applied",
+                w.path
+            )));
+        }
+        jwrites.push(Write {
+            path: w.path.clone(),
+            old: w.old,
+            new: w.sha256,
+            size: w.content.size,
+            staged: name,
+        });
+    }
+    if !plan.writes.is_empty() {
+        fs.fsync_dir(&staging).map_err(|e| io_err(&staging, e))?;
+    }
+    progress.phase("verifying", total);
+    verify_written(&layer_path, &plan.layer.1)?;
+    for w in &jwrites {
+        verify_written(&staging.join(&w.staged), &w.new)?;
+    }
+
+    // Step 3: the commit point.
+    let journal = Journal {
+        old_state: plan.old_state_sha,
+        module_file: plan.module_file.clone(),
+        module_text: plan.new_state.module_text(),
+        state_text: plan.new_state.to_yaml(),
+        writes: jwrites,
+        deletes: plan.deletes.clone(),
+    };
+    let jpath = medium.live_file(JOURNAL_FILE);
+    write_file(fs, &jpath, &journal.encode()).map_err(|e| io_err(&jpath, e))?;
+    fs.fsync_dir(&live).map_err(|e| io_err(&live, e))?;
+
+    // Steps 4 to 7.
+    let deleted = finish(medium, &journal, fs)?;
+    Ok(ApplyReport {
+        model: plan.model,
+        from_version: plan.control.from_version.clone(),
+        to_version: plan.control.to_version.clone(),
+        layer: plan.control.layer.clone(),
+        bytes_written: total * 2 - plan.layer.0.size,
+        boot_files_written: plan.writes.len(),
+        deleted,
+        reinstall_bootloader: plan.reinstall_bootloader,
+    })
+}
+
+/// Removes a file or a directory tree through `fs`; notes the parent directories touched.
+fn remove_tree(
+    fs: &mut dyn MediumFs,
+    path: &Path,
+    touched: &mut Vec<PathBuf>,
+) -> Result<(), MediumError> {
+    let md = std::fs::symlink_metadata(path).map_err(|e| io_err(path, e))?;
+    if md.is_dir() {
+        let mut children: Vec<PathBuf> = std::fs::read_dir(path)
+            .map_err(|e| io_err(path, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        children.sort();
+        for c in children {
+            remove_tree(fs, &c, touched)?;
+        }
+        fs.rmdir(path).map_err(|e| io_err(path, e))?;
+    } else {
+        fs.unlink(path).map_err(|e| io_err(path, e))?;
+    }
+    touched.push(parent_of(path));
+    Ok(())
+}
+
+/// Makes sure the directory holding `rel` exists as a directory, clearing files in the way;
+/// returns the full path of `rel` (the existing spelling of its components where they exist).
+fn prepare_parent(
+    medium: &Medium,
+    rel: &str,
+    fs: &mut dyn MediumFs,
+    touched: &mut Vec<PathBuf>,
+) -> Result<PathBuf, MediumError> {
+    let comps: Vec<&str> = rel.split('/').collect();
+    let mut cur = medium.root.clone();
+    for (i, comp) in comps.iter().enumerate() {
+        let last = i + 1 == comps.len();
+        let existing = find_child(&cur, comp);
+        let path = existing.clone().unwrap_or_else(|| cur.join(comp));
+        let md = existing
+            .as_ref()
+            .and_then(|p| std::fs::symlink_metadata(p).ok());
+        if last {
+            if md.as_ref().is_some_and(|m| m.is_dir()) {
+                remove_tree(fs, &path, touched)?;
+            }
+            return Ok(path);
+        }
+        match md {
+            Some(m) if m.is_dir() => {}
+            Some(_) => {
+                fs.unlink(&path).map_err(|e| io_err(&path, e))?;
+                fs.mkdir(&path).map_err(|e| io_err(&path, e))?;
+                touched.push(cur.clone());
+            }
+            None => {
+                fs.mkdir(&path).map_err(|e| io_err(&path, e))?;
+                touched.push(cur.clone());
+            }
+        }
+        cur = path;
+    }
+    Ok(cur)
+}
+
+/// The existing child of `dir` named `name`, compared case-insensitively (exact match first).
+fn find_child(dir: &Path, name: &str) -> Option<PathBuf> {
+    let exact = dir.join(name);
+    if std::fs::symlink_metadata(&exact).is_ok() {
+        return Some(exact);
+    }
+    let lower = name.to_lowercase();
+    std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .find(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.to_lowercase() == lower)
+        })
+        .map(|e| e.path())
+}
+
+fn sync_dirs(fs: &mut dyn MediumFs, dirs: &mut Vec<PathBuf>) -> Result<(), MediumError> {
+    dirs.sort();
+    dirs.dedup();
+    for d in dirs.drain(..) {
+        if d.is_dir() {
+            fs.fsync_dir(&d).map_err(|e| io_err(&d, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Steps 4 to 7 of a committed journal. Idempotent: each write and delete is decided by the
+/// content sha256 the journal records, never by whether a name exists, so `recover` can run it
+/// again from any point. Returns the number of entries deleted.
+pub fn finish(medium: &Medium, j: &Journal, fs: &mut dyn MediumFs) -> Result<usize, MediumError> {
+    let staging = medium.staging();
+    let mut touched: Vec<PathBuf> = Vec::new();
+    // Step 4: boot files in place from their staged copies.
+    for w in &j.writes {
+        let target = prepare_parent(medium, &w.path, fs, &mut touched)?;
+        let exists = target.is_file();
+        if exists && sha_of(&target)? == w.new {
+            continue;
+        }
+        let staged = staging.join(&w.staged);
+        if !staged.is_file() || sha_of(&staged)? != w.new {
+            return Err(MediumError::Refused(format!(
+                "{}: cannot complete the upgrade: the staged copy of {} is missing or damaged; run `iuk-apply adopt`",
+                medium.root.display(),
+                w.path
+            )));
+        }
+        let mut src = File::open(&staged).map_err(|e| io_err(&staged, e))?;
+        let h = if exists {
+            fs.open_write(&target).map_err(|e| io_err(&target, e))?
+        } else {
+            touched.push(parent_of(&target));
+            fs.create(&target).map_err(|e| io_err(&target, e))?
+        };
+        let mut buf = vec![0u8; CHUNK];
+        let mut off = 0u64;
+        loop {
+            let n = src.read(&mut buf).map_err(|e| io_err(&staged, e))?;
+            if n == 0 {
+                break;
+            }
+            fs.write_at(h, off, &buf[..n])
+                .map_err(|e| io_err(&target, e))?;
+            off += n as u64;
+        }
+        fs.truncate(h, w.size).map_err(|e| io_err(&target, e))?;
+        fs.fsync(h).map_err(|e| io_err(&target, e))?;
+        fs.close(h).map_err(|e| io_err(&target, e))?;
+    }
+    sync_dirs(fs, &mut touched)?;
+
+    // Step 5: module file, then state, in place.
+    let module = medium.live().join(&j.module_file);
+    let module = find_child(&medium.live(), &j.module_file).unwrap_or(module);
+    if std::fs::read(&module).ok().as_deref() != Some(j.module_text.as_bytes()) {
+        rewrite_file(fs, &module, j.module_text.as_bytes()).map_err(|e| io_err(&module, e))?;
+    }
+    let state = medium.live_file(super::STATE_FILE);
+    if std::fs::read(&state).ok().as_deref() != Some(j.state_text.as_bytes()) {
+        rewrite_file(fs, &state, j.state_text.as_bytes()).map_err(|e| io_err(&state, e))?;
+    }
+
+    // Step 6: deletions (never a file written in step 4), then the staged copies.
+    let written: HashSet<String> = j
+        .writes
+        .iter()
+        .map(|w| w.path.to_ascii_lowercase())
+        .collect();
+    let mut deleted = 0;
+    for d in &j.deletes {
+        if written.contains(&d.path.to_ascii_lowercase()) || is_protected_keep(&d.path) {
+            continue;
+        }
+        let Some(p) = medium.find(&d.path) else {
+            continue;
+        };
+        match d.old {
+            Some(old) => {
+                if p.is_file() && sha_of(&p)? == old {
+                    fs.unlink(&p).map_err(|e| io_err(&p, e))?;
+                    touched.push(parent_of(&p));
+                    deleted += 1;
+                }
+            }
+            None => {
+                if p.is_dir()
+                    && std::fs::read_dir(&p)
+                        .map(|mut r| r.next().is_none())
+                        .unwrap_or(false)
+                {
+                    fs.rmdir(&p).map_err(|e| io_err(&p, e))?;
+                    touched.push(parent_of(&p));
+                    deleted += 1;
+                }
+            }
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir(&staging) {
+        let mut names: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        names.sort();
+        for p in names {
+            if p.file_name().is_some_and(|n| n != INTENT_FILE) {
+                fs.unlink(&p).map_err(|e| io_err(&p, e))?;
+            }
+        }
+        let intent = staging.join(INTENT_FILE);
+        if intent.exists() {
+            fs.unlink(&intent).map_err(|e| io_err(&intent, e))?;
+        }
+        touched.push(staging.clone());
+    }
+    sync_dirs(fs, &mut touched)?;
+
+    // Step 7: zero the journal, fsync it, unlink it, fsync live/.
+    let jpath = medium.live_file(JOURNAL_FILE);
+    if let Ok(md) = std::fs::metadata(&jpath) {
+        let h = fs.open_write(&jpath).map_err(|e| io_err(&jpath, e))?;
+        let zeros = vec![0u8; md.len() as usize];
+        fs.write_at(h, 0, &zeros).map_err(|e| io_err(&jpath, e))?;
+        fs.fsync(h).map_err(|e| io_err(&jpath, e))?;
+        fs.close(h).map_err(|e| io_err(&jpath, e))?;
+        fs.unlink(&jpath).map_err(|e| io_err(&jpath, e))?;
+        let live = medium.live();
+        fs.fsync_dir(&live).map_err(|e| io_err(&live, e))?;
+    }
+    Ok(deleted)
+}
+
+/// Names a deletion must never touch: the base, module files, our own files.
+fn is_protected_keep(path: &str) -> bool {
+    let p = path.to_ascii_lowercase();
+    p == super::BASE
+        || p.ends_with(".module")
+        || p == format!("live/{}", super::STATE_FILE)
+        || p == format!("live/{}", super::LOCK_FILE)
+        || p == format!("live/{JOURNAL_FILE}")
+        || p.starts_with(&format!("live/{STAGING_DIR}"))
+        || (p.starts_with("live/iuk-keyring-") && p.ends_with(".asc"))
+}

@@ -1,0 +1,325 @@
+//! The installed medium (DESIGN.md, "The medium"): a directory laid out like the ISO — the base
+//! `live/filesystem.squashfs`, diff layers `live/<layer>.squashfs`, the module file, the boot
+//! files — plus iuk's own files in `live/`: the state, the lock, the journal and the staging
+//! directory. Every name comparison on a medium is case-insensitive (FAT).
+//!
+//! [`init`] installs an ISO, [`apply`] verifies and stacks a kit in the crash-safe order of
+//! DESIGN.md, [`recover`] completes or discards an interrupted apply.
+
+pub mod apply;
+#[cfg(test)]
+pub mod crashsim;
+pub mod fsops;
+pub mod init;
+pub mod journal;
+pub mod recover;
+pub mod state;
+
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use state::State;
+
+/// State file name in `live/`.
+pub const STATE_FILE: &str = "iuk-state.yml";
+/// Lock file name in `live/`.
+pub const LOCK_FILE: &str = "iuk.lock";
+/// Journal file name in `live/`.
+pub const JOURNAL_FILE: &str = "iuk-journal";
+/// Staging directory name in `live/`.
+pub const STAGING_DIR: &str = "iuk-staging";
+/// Intent file name in the staging directory.
+pub const INTENT_FILE: &str = "intent";
+/// The base image, relative to the medium root.
+pub const BASE: &str = "live/filesystem.squashfs";
+/// Default bound on the number of diff layers.
+pub const DEFAULT_MAX_LAYERS: u32 = 8;
+
+/// Errors of medium operations. Each message names the medium or file and says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum MediumError {
+    /// An I/O error on a path.
+    #[error("{}: {error}", path.display())]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        error: io::Error,
+    },
+    /// The medium has no readable iuk state.
+    #[error("{}: {problem}", path.display())]
+    State {
+        /// The medium.
+        path: PathBuf,
+        /// What is wrong, with advice.
+        problem: String,
+    },
+    /// The request is refused; nothing was written.
+    #[error("{0}")]
+    Refused(String),
+    /// Another iuk-apply holds the medium's lock.
+    #[error("{}: another iuk-apply is working on this medium", .0.display())]
+    Locked(PathBuf),
+    /// An interrupted apply must be recovered first.
+    #[error("{}: an interrupted apply is pending; run `iuk-apply recover --medium {}` first", .0.display(), .0.display())]
+    PendingRecovery(PathBuf),
+}
+
+/// Shorthand for an I/O error on a path.
+pub fn io_err(path: &Path, error: io::Error) -> MediumError {
+    MediumError::Io {
+        path: path.to_path_buf(),
+        error,
+    }
+}
+
+/// A medium directory.
+#[derive(Clone, Debug)]
+pub struct Medium {
+    /// The medium's root (the mounted system partition).
+    pub root: PathBuf,
+}
+
+/// The medium's exclusive lock, released when dropped.
+pub struct Lock {
+    _file: File,
+}
+
+impl Medium {
+    /// A medium at `root`.
+    pub fn new(root: &Path) -> Medium {
+        Medium {
+            root: root.to_path_buf(),
+        }
+    }
+
+    /// `live/`.
+    pub fn live(&self) -> PathBuf {
+        self.root.join("live")
+    }
+
+    /// A file in `live/`.
+    pub fn live_file(&self, name: &str) -> PathBuf {
+        self.live().join(name)
+    }
+
+    /// The staging directory.
+    pub fn staging(&self) -> PathBuf {
+        self.live_file(STAGING_DIR)
+    }
+
+    /// Finds an existing path under the root, each component compared case-insensitively (an
+    /// exact match wins). Returns the path as it exists.
+    pub fn find(&self, rel: &str) -> Option<PathBuf> {
+        let mut cur = self.root.clone();
+        for comp in rel.split('/').filter(|c| !c.is_empty()) {
+            let exact = cur.join(comp);
+            if fs::symlink_metadata(&exact).is_ok() {
+                cur = exact;
+                continue;
+            }
+            let lower = comp.to_lowercase();
+            let found = fs::read_dir(&cur).ok()?.filter_map(|e| e.ok()).find(|e| {
+                e.file_name()
+                    .to_str()
+                    .is_some_and(|n| n.to_lowercase() == lower)
+            })?;
+            cur = found.path();
+        }
+        Some(cur)
+    }
+
+    /// Takes the exclusive lock on `live/iuk.lock` (which init and adopt create).
+    pub fn lock(&self) -> Result<Lock, MediumError> {
+        let path = self.live_file(LOCK_FILE);
+        let file = File::open(&path).map_err(|e| MediumError::State {
+            path: self.root.clone(),
+            problem: format!(
+                "no {LOCK_FILE} ({e}); is this a medium made by `iuk-apply init` or `adopt`?"
+            ),
+        })?;
+        // SAFETY: a valid descriptor; flock only takes an advisory lock.
+        let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if r != 0 {
+            return Err(MediumError::Locked(self.root.clone()));
+        }
+        Ok(Lock { _file: file })
+    }
+
+    /// Reads the state, returning it with its text and the sha256 of its bytes.
+    pub fn read_state(&self) -> Result<(State, String, [u8; 32]), MediumError> {
+        let path = self.live_file(STATE_FILE);
+        let bytes = read_limited(&path, state::MAX_STATE).map_err(|e| MediumError::State {
+            path: self.root.clone(),
+            problem: if e.kind() == io::ErrorKind::NotFound {
+                format!("no live/{STATE_FILE}: not a medium of iuk-apply (use `iuk-apply init` or `adopt`)")
+            } else {
+                format!("live/{STATE_FILE}: {e}")
+            },
+        })?;
+        let sha: [u8; 32] = Sha256::digest(&bytes).into();
+        let text = String::from_utf8(bytes).map_err(|_| MediumError::State {
+            path: self.root.clone(),
+            problem: format!("live/{STATE_FILE} is not UTF-8 text; run `iuk-apply adopt`"),
+        })?;
+        let state = State::from_yaml(&text).map_err(|e| MediumError::State {
+            path: self.root.clone(),
+            problem: format!("live/{STATE_FILE}: {e}; run `iuk-apply adopt`"),
+        })?;
+        Ok((state, text, sha))
+    }
+
+    /// True when a journal file exists (an apply may need recovery).
+    pub fn journal_pending(&self) -> bool {
+        self.live_file(JOURNAL_FILE).exists()
+    }
+
+    /// True when the staging directory holds anything (an interrupted apply left work).
+    pub fn staging_pending(&self) -> bool {
+        fs::read_dir(self.staging())
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(false)
+    }
+
+    /// Checks that the medium still matches its state: module file content, base present, every
+    /// layer present with its recorded size. `deep` also hashes every layer and boot file.
+    pub fn check_consistent(&self, state: &State, deep: bool) -> Result<(), MediumError> {
+        let changed = |what: String| {
+            MediumError::Refused(format!(
+                "{}: {what}; the medium was changed by something else than iuk-apply (run `iuk-apply adopt` to take it over again)",
+                self.root.display()
+            ))
+        };
+        let module = self.live_file(&state.module_file);
+        let text =
+            fs::read(&module).map_err(|e| changed(format!("live/{}: {e}", state.module_file)))?;
+        if text != state.module_text().as_bytes() {
+            return Err(changed(format!(
+                "live/{} does not list the recorded layers",
+                state.module_file
+            )));
+        }
+        if self.find(BASE).is_none() {
+            return Err(changed(format!("{BASE} is missing")));
+        }
+        for l in &state.layers {
+            let rel = format!("live/{}.squashfs", l.name);
+            let p = self
+                .find(&rel)
+                .ok_or_else(|| changed(format!("{rel} is missing")))?;
+            let size = fs::metadata(&p)
+                .map(|m| m.len())
+                .map_err(|e| io_err(&p, e))?;
+            if size != l.size {
+                return Err(changed(format!(
+                    "{rel} has {size} bytes, the state says {}",
+                    l.size
+                )));
+            }
+            if deep && hex_sha_of(&p)? != l.sha256 {
+                return Err(changed(format!("{rel} does not have the recorded sha256")));
+            }
+        }
+        if deep {
+            for f in &state.boot_files {
+                let p = self
+                    .find(&f.path)
+                    .ok_or_else(|| changed(format!("boot file {} is missing", f.path)))?;
+                if hex_sha_of(&p)? != f.sha256 {
+                    return Err(changed(format!(
+                        "boot file {} does not have the recorded sha256",
+                        f.path
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads a whole file of at most `limit` bytes.
+pub fn read_limited(path: &Path, limit: usize) -> io::Result<Vec<u8>> {
+    let f = File::open(path)?;
+    let mut out = Vec::new();
+    f.take(limit as u64 + 1).read_to_end(&mut out)?;
+    if out.len() > limit {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("larger than {limit} bytes"),
+        ));
+    }
+    Ok(out)
+}
+
+/// The sha256 of a file on the medium.
+pub fn sha_of(path: &Path) -> Result<[u8; 32], MediumError> {
+    let mut f = File::open(path).map_err(|e| io_err(path, e))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(|e| io_err(path, e))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().into())
+}
+
+/// [`sha_of`] in lower-case hex.
+pub fn hex_sha_of(path: &Path) -> Result<String, MediumError> {
+    Ok(crate::tree::hex(&sha_of(path)?))
+}
+
+/// True when a name can be created on a FAT filesystem (no control characters, none of
+/// `"*:<>?\|`, no trailing dot or space, at most 255 bytes).
+pub fn fat_safe_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && name != "."
+        && name != ".."
+        && !name.ends_with('.')
+        && !name.ends_with(' ')
+        && !name
+            .chars()
+            .any(|c| (c as u32) < 0x20 || "\"*:<>?\\|".contains(c))
+}
+
+/// True when `path` is relative, made of FAT-safe components, without `.`/`..` or empty parts.
+pub fn safe_relative_path(path: &str) -> bool {
+    !path.is_empty() && !path.starts_with('/') && path.split('/').all(fat_safe_name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_rules() {
+        for ok in ["EFI/BOOT/grub.cfg", "live/vmlinuz", "a b/c-d_e.f"] {
+            assert!(safe_relative_path(ok), "{ok}");
+        }
+        for bad in [
+            "", "/etc/x", "a/../b", "a/./b", "a//b", "a\\b", "x:y", "a/b.", "ctl\u{1}",
+        ] {
+            assert!(!safe_relative_path(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn finds_names_case_insensitively() {
+        let d = tempfile::tempdir().unwrap();
+        fs::create_dir_all(d.path().join("EFI/Boot")).unwrap();
+        fs::write(d.path().join("EFI/Boot/GRUB.cfg"), b"x").unwrap();
+        let m = Medium::new(d.path());
+        assert_eq!(
+            m.find("efi/boot/grub.cfg"),
+            Some(d.path().join("EFI/Boot/GRUB.cfg"))
+        );
+        assert_eq!(m.find("efi/boot/none"), None);
+    }
+}
