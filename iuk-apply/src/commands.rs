@@ -17,6 +17,7 @@ use iuk::medium::{Medium, MediumError};
 #[derive(Subcommand)]
 pub enum Command {
     Init(InitArgs),
+    Adopt(AdoptArgs),
     Check(KitArgs),
     Apply(KitArgs),
     Recover(MediumArgs),
@@ -43,6 +44,35 @@ pub struct InitArgs {
     /// Version [default: from os-release]
     #[arg(long, value_name = "V")]
     version: Option<String>,
+    /// Build target [default: amd64]
+    #[arg(long, value_name = "T")]
+    build_target: Option<String>,
+    /// Update channel [default: stable]
+    #[arg(long, value_name = "C")]
+    channel: Option<String>,
+    /// Most diff layers the stack may hold [default: 8]
+    #[arg(long, value_name = "N")]
+    max_layers: Option<u32>,
+    /// Print the result as JSON
+    #[arg(long)]
+    json: bool,
+}
+
+/// Take over a medium another installer made and upgraded (Tails' own installer included).
+///
+/// Reads the module file (live/filesystem.<P>.module, else live/<P>.module, as live-boot does),
+/// stacks the layers it lists in userspace, reads the base and current versions from
+/// /etc/os-release, records both tree digests, hashes the layers and the boot files (never
+/// installer-made ones such as syslinux/ldlinux.sys), then writes iuk's state and lock file.
+/// An inconsistent medium (a listed layer missing or corrupt) is refused, nothing written.
+#[derive(Args)]
+pub struct AdoptArgs {
+    /// The medium (the mounted system partition)
+    #[arg(long, value_name = "DIR")]
+    medium: PathBuf,
+    /// Product name [default: from the base's os-release]
+    #[arg(long, value_name = "P")]
+    product: Option<String>,
     /// Build target [default: amd64]
     #[arg(long, value_name = "T")]
     build_target: Option<String>,
@@ -110,6 +140,7 @@ pub struct VerifyArgs {
 pub fn run(c: Command) -> Result<()> {
     match c {
         Command::Init(a) => init_cmd(a),
+        Command::Adopt(a) => adopt_cmd(a),
         Command::Check(a) => check_cmd(a),
         Command::Apply(a) => apply_cmd(a),
         Command::Recover(a) => recover_cmd(a),
@@ -199,6 +230,36 @@ fn init_cmd(a: InitArgs) -> Result<()> {
     Ok(())
 }
 
+fn adopt_cmd(a: AdoptArgs) -> Result<()> {
+    let m = Medium::new(&a.medium);
+    let _lock = if m.live_file(iuk::medium::LOCK_FILE).exists() {
+        Some(m.lock()?)
+    } else {
+        None
+    };
+    let opts = iuk::medium::adopt::AdoptOptions {
+        product: a.product,
+        build_target: a.build_target,
+        channel: a.channel,
+        max_layers: a.max_layers,
+    };
+    let r = iuk::medium::adopt::adopt(&m, &opts, &mut RealFs::new())?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        println!(
+            "{}: adopted {} {} on a {} base ({} diff layers, {} boot files)",
+            a.medium.display(),
+            r.product,
+            r.current_version,
+            r.base_version,
+            r.layers.len(),
+            r.boot_files
+        );
+    }
+    Ok(())
+}
+
 fn describe_plan(p: &Plan) -> serde_json::Value {
     serde_json::json!({
         "model": p.model,
@@ -231,9 +292,8 @@ fn check_cmd(a: KitArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&describe_plan(&plan))?);
     } else {
         println!(
-            "{}: {} would {} {} {} -> {} ({} boot files to write, {} entries to delete, {} bytes needed{})",
+            "{}: apply would {} {} {} -> {} ({} boot files to write, {} entries to delete, {} bytes needed{})",
             a.kit.display(),
-            "apply",
             match plan.model {
                 apply::Model::Stacking => "stack layer",
                 apply::Model::Cumulative => "replace every diff layer with",

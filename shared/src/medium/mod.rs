@@ -6,6 +6,7 @@
 //! [`init`] installs an ISO, [`apply`] verifies and stacks a kit in the crash-safe order of
 //! DESIGN.md, [`recover`] completes or discards an interrupted apply.
 
+pub mod adopt;
 pub mod apply;
 #[cfg(test)]
 pub mod crashsim;
@@ -194,10 +195,18 @@ impl Medium {
                 self.root.display()
             ))
         };
-        let module = self.live_file(&state.module_file);
+        let module = self
+            .find(&format!("live/{}", state.module_file))
+            .ok_or_else(|| changed(format!("live/{} is missing", state.module_file)))?;
         let text =
             fs::read(&module).map_err(|e| changed(format!("live/{}: {e}", state.module_file)))?;
-        if text != state.module_text().as_bytes() {
+        let lines = |t: &str| -> Vec<String> {
+            t.lines()
+                .map(|l| l.trim().to_lowercase())
+                .filter(|l| !l.is_empty())
+                .collect()
+        };
+        if lines(&String::from_utf8_lossy(&text)) != lines(&state.module_text()) {
             return Err(changed(format!(
                 "live/{} does not list the recorded layers",
                 state.module_file

@@ -1,0 +1,271 @@
+//! `adopt`: takes over a medium that another installer made and upgraded (Tails' own installer
+//! leaves the base plus one diff layer named in `live/<Product>.module`). Reads the module list
+//! (`filesystem.<P>.module` first, as live-boot does), stacks the layers in userspace, reads the
+//! base and current versions from the base's and the stacked tree's `/etc/os-release`, records
+//! both tree digests, hashes the layers and the boot files (never installer-made files such as
+//! `syslinux/ldlinux.sys`), then writes the state, the lock file and the staging directory.
+//! An inconsistent medium is refused before anything is written.
+
+use std::fs;
+use std::path::Path;
+
+use super::fsops::{write_file, MediumFs};
+use super::state::{Layer, State, STATE_FORMAT};
+use super::{
+    io_err, sha_of, Medium, MediumError, BASE, DEFAULT_MAX_LAYERS, JOURNAL_FILE, LOCK_FILE,
+    STAGING_DIR, STATE_FILE,
+};
+use crate::boot::is_protected;
+use crate::diff::{merge_with_origins, Origin};
+use crate::kit::FileEntry;
+use crate::release;
+use crate::squashfs::read::Archive;
+use crate::tree::{content_hashes, hex, tree_digest_with, Tree};
+use crate::version;
+
+/// Files a boot-loader installer writes that no ISO has: never recorded as boot files.
+pub const INSTALLER_FILES: [&str; 1] = ["syslinux/ldlinux.sys"];
+
+/// What `adopt` needs besides the medium.
+#[derive(Clone, Debug, Default)]
+pub struct AdoptOptions {
+    /// Product name (default: the base's os-release).
+    pub product: Option<String>,
+    /// Build target (default `amd64`).
+    pub build_target: Option<String>,
+    /// Channel (default `stable`).
+    pub channel: Option<String>,
+    /// Bound on diff layers (default 8).
+    pub max_layers: Option<u32>,
+}
+
+/// What `adopt` found.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct AdoptReport {
+    /// Product.
+    pub product: String,
+    /// Base version.
+    pub base_version: String,
+    /// Current version.
+    pub current_version: String,
+    /// Diff layers, bottom first.
+    pub layers: Vec<String>,
+    /// Boot files recorded.
+    pub boot_files: usize,
+}
+
+fn refuse(m: String) -> MediumError {
+    MediumError::Refused(m)
+}
+
+/// Takes over the medium.
+pub fn adopt(
+    medium: &Medium,
+    opts: &AdoptOptions,
+    fs: &mut dyn MediumFs,
+) -> Result<AdoptReport, MediumError> {
+    let root = medium.root.display().to_string();
+    if medium.live_file(JOURNAL_FILE).exists() {
+        return Err(MediumError::PendingRecovery(medium.root.clone()));
+    }
+    let base_path = medium
+        .find(BASE)
+        .ok_or_else(|| refuse(format!("{root}: no {BASE}: not an installed live system")))?;
+    let base =
+        Archive::open(&base_path).map_err(|e| refuse(format!("{}: {e}", base_path.display())))?;
+    let base_tree = base
+        .read_tree()
+        .map_err(|e| refuse(format!("{}: {e}", base_path.display())))?;
+    let base_os = release::os_release(&base_tree).unwrap_or_default();
+    let product = opts
+        .product
+        .clone()
+        .or(base_os.product.clone())
+        .ok_or_else(|| {
+            refuse(format!(
+                "{root}: no product in the base's /etc/os-release; pass --product"
+            ))
+        })?;
+    if !version::is_safe_name(&product) {
+        return Err(refuse(format!(
+            "product {product:?} may only hold letters, digits and . _ + ~ -"
+        )));
+    }
+    let base_version = base_os
+        .version
+        .clone()
+        .ok_or_else(|| refuse(format!("{root}: no version in the base's /etc/os-release")))?;
+
+    // The module file, as live-boot looks for it.
+    let (module_name, module_path) = [
+        format!("filesystem.{product}.module"),
+        format!("{product}.module"),
+    ]
+    .into_iter()
+    .find_map(|n| {
+        medium.find(&format!("live/{n}")).map(|p| {
+            (
+                p.file_name()
+                    .map(|f| f.to_string_lossy().into_owned())
+                    .unwrap_or(n),
+                p,
+            )
+        })
+    })
+    .ok_or_else(|| {
+        refuse(format!(
+            "{root}: no live/filesystem.{product}.module or live/{product}.module"
+        ))
+    })?;
+    let text = fs::read_to_string(&module_path).map_err(|e| io_err(&module_path, e))?;
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    if lines
+        .first()
+        .is_none_or(|l| !l.eq_ignore_ascii_case("filesystem.squashfs"))
+    {
+        return Err(refuse(format!(
+            "{}: the first layer is not filesystem.squashfs",
+            module_path.display()
+        )));
+    }
+    let mut hashes = content_hashes(&base_tree, &|_| {}).map_err(|e| refuse(e.to_string()))?;
+    let base_digest = hex(&tree_digest_with(&base_tree, |i| {
+        hashes.get(i.0 as usize).copied().flatten()
+    }));
+    let mut merged: Tree = base_tree;
+    let mut layers = Vec::new();
+    let mut current_version = base_version.clone();
+    for line in &lines[1..] {
+        let Some(name) = line.strip_suffix(".squashfs") else {
+            return Err(refuse(format!(
+                "{}: layer {line:?} is not a SquashFS image",
+                module_path.display()
+            )));
+        };
+        if !version::is_safe_name(name) || name.eq_ignore_ascii_case("filesystem") {
+            return Err(refuse(format!(
+                "{}: layer name {name:?} is not usable",
+                module_path.display()
+            )));
+        }
+        let rel = format!("live/{line}");
+        let p = medium.find(&rel).ok_or_else(|| {
+            refuse(format!(
+                "{root}: the module file lists {rel}, which is missing"
+            ))
+        })?;
+        let a = Archive::open(&p).map_err(|e| refuse(format!("{}: {e}", p.display())))?;
+        let t = a
+            .read_tree()
+            .map_err(|e| refuse(format!("{}: {e}", p.display())))?;
+        let lh =
+            content_hashes(&t, &|_| {}).map_err(|e| refuse(format!("{}: {e}", p.display())))?;
+        let (m, origins) =
+            merge_with_origins(&merged, &t).map_err(|e| refuse(format!("{}: {e}", p.display())))?;
+        hashes = origins
+            .iter()
+            .map(|o| match o {
+                Origin::Lower(i) => hashes.get(i.0 as usize).copied().flatten(),
+                Origin::Upper(i) => lh.get(i.0 as usize).copied().flatten(),
+            })
+            .collect();
+        merged = m;
+        let v = release::os_release(&merged)
+            .unwrap_or_default()
+            .version
+            .ok_or_else(|| {
+                refuse(format!(
+                    "{root}: no version in /etc/os-release with {line} stacked"
+                ))
+            })?;
+        let size = fs::metadata(&p).map_err(|e| io_err(&p, e))?.len();
+        layers.push(Layer {
+            name: name.to_string(),
+            size,
+            sha256: hex(&sha_of(&p)?),
+            version: v.clone(),
+        });
+        current_version = v;
+    }
+    let current_digest = hex(&tree_digest_with(&merged, |i| {
+        hashes.get(i.0 as usize).copied().flatten()
+    }));
+
+    // Boot files: every other file on the medium.
+    let mut boot_files = Vec::new();
+    collect(medium, &medium.root, &mut boot_files)?;
+    boot_files.sort_by(|a, b| a.path.cmp(&b.path));
+
+    let state = State {
+        state_format: STATE_FORMAT,
+        product: product.clone(),
+        build_target: opts.build_target.clone().unwrap_or_else(|| "amd64".into()),
+        channel: opts.channel.clone().unwrap_or_else(|| "stable".into()),
+        base_version: base_version.clone(),
+        base_tree_digest: base_digest,
+        current_version: current_version.clone(),
+        current_tree_digest: current_digest,
+        module_file: module_name,
+        max_layers: opts.max_layers.unwrap_or(DEFAULT_MAX_LAYERS),
+        layers: layers.clone(),
+        boot_files,
+        keyring: None,
+        key_fingerprints: Vec::new(),
+        writer_format: 0,
+    };
+    let live = medium.live();
+    let lock = live.join(LOCK_FILE);
+    if !lock.exists() {
+        write_file(fs, &lock, b"").map_err(|e| io_err(&lock, e))?;
+    }
+    let staging = live.join(STAGING_DIR);
+    if !staging.is_dir() {
+        fs.mkdir(&staging).map_err(|e| io_err(&staging, e))?;
+    }
+    write_file(fs, &live.join(STATE_FILE), state.to_yaml().as_bytes())
+        .map_err(|e| io_err(&live, e))?;
+    fs.fsync_dir(&live).map_err(|e| io_err(&live, e))?;
+    Ok(AdoptReport {
+        product,
+        base_version,
+        current_version,
+        layers: layers.into_iter().map(|l| l.name).collect(),
+        boot_files: state.boot_files.len(),
+    })
+}
+
+fn collect(medium: &Medium, dir: &Path, out: &mut Vec<FileEntry>) -> Result<(), MediumError> {
+    let mut entries: Vec<_> = fs::read_dir(dir)
+        .map_err(|e| io_err(dir, e))?
+        .filter_map(|e| e.ok())
+        .collect();
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let p = e.path();
+        let rel = p
+            .strip_prefix(&medium.root)
+            .unwrap_or(&p)
+            .to_string_lossy()
+            .into_owned();
+        let md = fs::symlink_metadata(&p).map_err(|e| io_err(&p, e))?;
+        if md.is_dir() {
+            if !is_protected(&rel) {
+                collect(medium, &p, out)?;
+            }
+        } else if md.is_file()
+            && !is_protected(&rel)
+            && !INSTALLER_FILES.iter().any(|f| f.eq_ignore_ascii_case(&rel))
+        {
+            out.push(FileEntry {
+                path: rel,
+                size: md.len(),
+                sha256: hex(&sha_of(&p)?),
+            });
+        }
+    }
+    Ok(())
+}
