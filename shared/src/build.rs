@@ -187,6 +187,16 @@ fn out_canonical(out: &Path) -> Option<PathBuf> {
 
 /// Builds the kit upgrading `old` to `new` into `out` (default: [`default_kit_name`] in the
 /// current directory). Nothing is left at the output path on failure.
+///
+/// Determinism (audited; invariant 2). What reaches the bytes: the two releases' content (root
+/// filesystems, boot files and the mtimes the release records for them — for a directory input,
+/// the host files' mtimes, so a rebuild from directories needs an extraction that keeps them, as
+/// `osirrox -extract` does), the sha256 of the ISO files, and `opts` except `layer.jobs`. What
+/// never does: the input and output paths (only sha256s are recorded), the clock (`Instant` only
+/// times the report), the process id (only in temporary file names), thread count and
+/// scheduling (hashes are collected by index, boot files sorted, blocks emitted in order),
+/// readdir order (directory inputs are sorted), the user, host name, locale and time zone (ISO
+/// timestamps use the offset the ISO records), the umask (kit entries get fixed modes).
 pub fn build(
     old_path: &Path,
     new_path: &Path,
@@ -456,7 +466,7 @@ pub fn build(
     };
     let files: Vec<OverlayFile> = overlay.into_iter().map(|(f, _)| f).collect();
     let kit_tree = kit::container_tree(&control, &files)?;
-    let params = kit::container_params(epoch, opts.layer.jobs);
+    let params = kit::container_params(epoch, opts.layer.jobs, &layer_path);
     let kit_total: u64 = files.iter().map(|f| f.content.size).sum();
     progress.phase("writing kit", kit_total);
     let kit_sha = write_new_file(out, |f| -> Result<[u8; 32], BuildError> {

@@ -2,9 +2,12 @@
 //! `overlay/`. Writing (deterministic layout and YAML) and reading (with validation).
 //!
 //! The container is written by our own writer with fixed settings: every entry owned by 0:0,
-//! files 0644, directories 0755, metadata xz-compressed, data stored uncompressed and without
-//! fragments (the layer and boot files are compressed already), so the bytes of every file lie
-//! contiguous inside the kit. Directories, `FORMAT`, `control.yml` and the layer carry the
+//! files 0644, directories 0755, metadata xz-compressed, no fragments. The layer is stored
+//! uncompressed (it is compressed already), so its bytes lie contiguous and findable inside the
+//! kit; every other file is compressed when its first block shrinks (boot-loader files and
+//! configuration do; kernels and initrds, compressed already, are stored without a second try).
+//! (DESIGN.md stores all data uncompressed; but Tails' container compresses the boot files, and
+//! a kit must never be larger than Tails' for the same pair.) Directories, `FORMAT`, `control.yml` and the layer carry the
 //! declared epoch as mtime; every boot file under `overlay/` carries the mtime the new release
 //! records for it. (DESIGN.md stamps everything with the epoch; but Tails' installer copies the
 //! overlay with rsync, which skips a file whose size and mtime match the medium's: two kits built
@@ -20,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use crate::squashfs::compress::Compressor;
 use crate::squashfs::read::Archive;
 use crate::squashfs::sortfile::SortFile;
-use crate::squashfs::write::{WriterParams, WRITER_FORMAT_VERSION};
+use crate::squashfs::write::{DataCompression, WriterParams, WRITER_FORMAT_VERSION};
 use crate::squashfs::SqfsError;
 use crate::tree::{Content, Inode, InodeKind, Metadata, NodeId, Tree, TreeError};
 
@@ -307,8 +310,9 @@ pub struct OverlayFile {
     pub mtime: Option<u32>,
 }
 
-/// The writer parameters of every kit container (see the module doc).
-pub fn container_params(epoch: u32, jobs: usize) -> WriterParams {
+/// The writer parameters of every kit container (see the module doc): the layer at
+/// `layer_path` stored as it is, every other file compressed when its first block shrinks.
+pub fn container_params(epoch: u32, jobs: usize, layer_path: &str) -> WriterParams {
     let mut p = WriterParams::new(
         Compressor::Xz {
             level: 6,
@@ -319,7 +323,8 @@ pub fn container_params(epoch: u32, jobs: usize) -> WriterParams {
         epoch,
     );
     p.fragments = false;
-    p.compress_data = false;
+    p.data = DataCompression::Probe;
+    p.stored_paths = vec![format!("overlay/{layer_path}").into_bytes()];
     p.jobs = jobs;
     p
 }

@@ -58,8 +58,11 @@ pub struct WriterParams {
     pub mod_time: u32,
     /// Pack file tails into fragment blocks (off for the kit container).
     pub fragments: bool,
-    /// Compress data blocks (off for the kit container, whose files are compressed already).
-    pub compress_data: bool,
+    /// How data blocks are compressed.
+    pub data: DataCompression,
+    /// Files (paths relative to the root) whose data is stored uncompressed whatever `data`
+    /// says (the kit container's layer, which is compressed already).
+    pub stored_paths: Vec<Vec<u8>>,
     /// Write the export (NFS) table, as mksquashfs does by default.
     pub exportable: bool,
     /// Optional data-order priorities.
@@ -76,7 +79,8 @@ impl WriterParams {
             block_size,
             mod_time,
             fragments: true,
-            compress_data: true,
+            data: DataCompression::All,
+            stored_paths: Vec::new(),
             exportable: true,
             sort: SortFile::default(),
             jobs: std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -95,6 +99,20 @@ impl WriterParams {
         }
         self.compressor.validate(self.block_size)
     }
+}
+
+/// How the writer treats data blocks. Every block it compresses is kept compressed only when
+/// that makes it smaller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DataCompression {
+    /// Compress every block.
+    All,
+    /// Store every block uncompressed.
+    None,
+    /// Compress the first block of each file; when it does not shrink, store the whole file
+    /// uncompressed without trying the rest (kit containers: most boot files are compressed
+    /// already, configuration and boot-loader files are not).
+    Probe,
 }
 
 /// Figures about a written image.
@@ -136,7 +154,12 @@ enum Target {
 enum Payload {
     /// An all-zero block of this many bytes: not stored.
     Sparse(u64),
+    /// A block to compress.
     Data(Vec<u8>),
+    /// A block to store as it is.
+    Stored(Vec<u8>),
+    /// A block already compressed (by a probe).
+    Packed(Vec<u8>),
 }
 
 /// What the producer decided while reading files.
@@ -163,6 +186,15 @@ struct Done {
 }
 
 /// Writes `tree` as a SquashFS image to `out` (which must be empty and positioned at 0).
+///
+/// Determinism (audited): what reaches the bytes is the tree — names, kinds, metadata, content,
+/// hard-link grouping — and `params` except `jobs`, through the layout rules of the module doc
+/// and the vendored, pinned, single-threaded compressors. What never does: the clock (superblock
+/// time = `params.mod_time`), the number of threads and their scheduling (blocks are compressed
+/// in parallel and emitted in sequence order), hash-map iteration order (the maps here are only
+/// looked up; ids and xattr sets are numbered in first-use order along the fixed traversal),
+/// the order the source was read in ([`Tree`] keeps children sorted), and the host: no uid,
+/// host name, pid, locale, time zone, umask or environment variable is read.
 pub fn write_image<W: Write + Seek + Send>(
     tree: &Tree,
     params: &WriterParams,
@@ -183,13 +215,23 @@ pub fn write_image<W: Write + Seek + Send>(
         .map_err(|e| SqfsError::io("writing image", e))?;
 
     // Data phase.
-    let order = data_order(tree, &params.sort);
+    let ordered = data_order(tree, &params.sort);
+    let order: Vec<InodeId> = ordered.iter().map(|(i, _)| *i).collect();
+    let first_node: Vec<NodeId> = ordered.iter().map(|(_, n)| *n).collect();
     let mut report = WriteReport {
         files: order.len() as u64,
         ..WriteReport::default()
     };
-    let (files, frags, data_end) =
-        write_data(tree, &order, params, out, pos, progress, &mut report)?;
+    let (files, frags, data_end) = write_data(
+        tree,
+        &order,
+        &first_node,
+        params,
+        out,
+        pos,
+        progress,
+        &mut report,
+    )?;
     pos = data_end;
     let mut file_data: HashMap<InodeId, &FileData> = HashMap::with_capacity(order.len());
     for (i, id) in order.iter().enumerate() {
@@ -398,7 +440,7 @@ pub fn write_image<W: Write + Seek + Send>(
     if !params.fragments {
         fl |= flags::NO_FRAGMENTS;
     }
-    if !params.compress_data {
+    if params.data == DataCompression::None {
         fl |= flags::UNCOMPRESSED_DATA;
     }
     if !has_xattrs {
@@ -454,9 +496,9 @@ fn kind_of(k: &InodeKind) -> u16 {
 }
 
 /// File inodes in data order: walk order at first entry, stably sorted by descending priority.
-fn data_order(tree: &Tree, sort: &SortFile) -> Vec<InodeId> {
+fn data_order(tree: &Tree, sort: &SortFile) -> Vec<(InodeId, NodeId)> {
     let mut seen = vec![false; tree.inode_count()];
-    let mut files: Vec<(i32, InodeId)> = Vec::new();
+    let mut files: Vec<(i32, InodeId, NodeId)> = Vec::new();
     for n in tree.walk() {
         let id = tree.node(n).inode;
         if matches!(tree.inode(id).kind, InodeKind::File(_)) && !seen[id.0 as usize] {
@@ -466,11 +508,11 @@ fn data_order(tree: &Tree, sort: &SortFile) -> Vec<InodeId> {
             } else {
                 sort.priority(&tree.path(n))
             };
-            files.push((prio, id));
+            files.push((prio, id, n));
         }
     }
-    files.sort_by_key(|(p, _)| std::cmp::Reverse(*p));
-    files.into_iter().map(|(_, id)| id).collect()
+    files.sort_by_key(|(p, _, _)| std::cmp::Reverse(*p));
+    files.into_iter().map(|(_, id, n)| (id, n)).collect()
 }
 
 /// Inodes in inode-table order (rule 3), each with the node it is written for.
@@ -498,11 +540,8 @@ fn post_order(tree: &Tree) -> Vec<(InodeId, NodeId)> {
     out
 }
 
-/// Compresses one block as the parameters say: `(bytes, compressed?)`.
+/// Compresses one block: `(bytes, compressed?)`.
 fn pack_block(params: &WriterParams, data: Vec<u8>) -> Result<(Vec<u8>, bool)> {
-    if !params.compress_data {
-        return Ok((data, false));
-    }
     Ok(match params.compressor.compress(&data)? {
         Some(z) => (z, true),
         None => (data, false),
@@ -511,9 +550,11 @@ fn pack_block(params: &WriterParams, data: Vec<u8>) -> Result<(Vec<u8>, bool)> {
 
 /// Streams every file's data through the parallel compressor; returns where each file's data
 /// went, the fragment table and the end offset.
+#[allow(clippy::too_many_arguments)]
 fn write_data<W: Write + Send>(
     tree: &Tree,
     order: &[InodeId],
+    first_node: &[NodeId],
     params: &WriterParams,
     out: &mut W,
     start: u64,
@@ -632,6 +673,8 @@ fn write_data<W: Write + Send>(
                         let (stored, sparse_len) = match payload {
                             Payload::Sparse(len) => (Ok((Vec::new(), false)), len),
                             Payload::Data(d) => (pack_block(params, d), 0),
+                            Payload::Stored(d) => (Ok((d, false)), 0),
+                            Payload::Packed(z) => (Ok((z, true)), 0),
                         };
                         let _ = done_tx.send(Msg::Done(Done {
                             seq: my,
@@ -672,6 +715,16 @@ fn write_data<W: Write + Send>(
                             .map_err(|e| SqfsError::io(content.source.describe(), e))?,
                     };
                     let mut check = Sha256::new();
+                    let path = || tree.path(first_node[fi]);
+                    let mut mode = match params.data {
+                        DataCompression::None => DataCompression::None,
+                        _ if !params.stored_paths.is_empty()
+                            && params.stored_paths.contains(&path()) =>
+                        {
+                            DataCompression::None
+                        }
+                        m => m,
+                    };
                     for b in 0..nblocks {
                         let len = (size - b * bs as u64).min(bs as u64) as usize;
                         let mut block = vec![0u8; len];
@@ -684,7 +737,22 @@ fn write_data<W: Write + Send>(
                         let payload = if block.iter().all(|b| *b == 0) {
                             Payload::Sparse(len as u64)
                         } else {
-                            Payload::Data(block)
+                            match mode {
+                                DataCompression::All => Payload::Data(block),
+                                DataCompression::None => Payload::Stored(block),
+                                DataCompression::Probe => {
+                                    match params.compressor.compress(&block)? {
+                                        Some(z) => {
+                                            mode = DataCompression::All;
+                                            Payload::Packed(z)
+                                        }
+                                        None => {
+                                            mode = DataCompression::None;
+                                            Payload::Stored(block)
+                                        }
+                                    }
+                                }
+                            }
                         };
                         submit(
                             Target::Block {
