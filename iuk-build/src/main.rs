@@ -2,9 +2,11 @@
 //! Argument parsing, progress and output formatting only; the logic lives in the `iuk` library.
 
 mod build;
+mod compare;
 mod inspect;
 mod pack;
 mod progress;
+mod rebuild;
 mod writer_args;
 
 use std::process::ExitCode;
@@ -13,9 +15,10 @@ use clap::{Parser, Subcommand};
 
 const EXIT_CODES: &str = "\
 Exit status:
-  0  success
-  1  the job failed (bad input, I/O error); the message names the file and the problem
-  2  invalid command line";
+  0  success (rebuild, compare: identical)
+  1  the job failed (bad input, I/O error); the message names the file and the problem;
+     rebuild, compare: the kits differ (the differences are printed)
+  2  invalid command line; rebuild, compare: an input cannot be read or is refused";
 
 /// Build deterministic SquashFS images and incremental upgrade kits.
 ///
@@ -33,6 +36,8 @@ enum Command {
     Build(build::BuildArgs),
     Pack(pack::PackArgs),
     Inspect(inspect::InspectArgs),
+    Rebuild(rebuild::RebuildArgs),
+    Compare(compare::CompareArgs),
 }
 
 fn main() -> ExitCode {
@@ -41,6 +46,8 @@ fn main() -> ExitCode {
         Command::Build(a) => build::run(a),
         Command::Pack(a) => pack::run(a),
         Command::Inspect(a) => inspect::run(a),
+        Command::Rebuild(a) => return rebuild::main(a),
+        Command::Compare(a) => return compare::main(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

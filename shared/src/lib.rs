@@ -6,12 +6,14 @@
 
 pub mod boot;
 pub mod build;
+pub mod compare;
 pub mod diff;
 pub mod hostdir;
 pub mod iso;
 pub mod kit;
 pub mod medium;
 pub mod output;
+pub mod rebuild;
 pub mod release;
 pub mod squashfs;
 pub mod tree;
