@@ -3,6 +3,7 @@
 
 mod build;
 mod compare;
+mod describe;
 mod inspect;
 mod pack;
 mod progress;
@@ -36,6 +37,7 @@ enum Command {
     Build(build::BuildArgs),
     Pack(pack::PackArgs),
     Inspect(inspect::InspectArgs),
+    Describe(describe::DescribeArgs),
     Rebuild(rebuild::RebuildArgs),
     Compare(compare::CompareArgs),
 }
@@ -46,6 +48,7 @@ fn main() -> ExitCode {
         Command::Build(a) => build::run(a),
         Command::Pack(a) => pack::run(a),
         Command::Inspect(a) => inspect::run(a),
+        Command::Describe(a) => describe::run(a),
         Command::Rebuild(a) => return rebuild::main(a),
         Command::Compare(a) => return compare::main(a),
     };

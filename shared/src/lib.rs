@@ -15,6 +15,8 @@ pub mod medium;
 pub mod output;
 pub mod rebuild;
 pub mod release;
+pub mod sign;
 pub mod squashfs;
 pub mod tree;
+pub mod udf;
 pub mod version;

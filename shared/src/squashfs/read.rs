@@ -56,6 +56,9 @@ pub struct TableExtent {
     pub end: u64,
 }
 
+/// Decompressed fragment blocks kept per archive (at most 1 MiB each).
+const FRAGMENT_CACHE: usize = 16;
+
 /// An opened SquashFS image.
 pub struct Archive {
     name: String,
@@ -69,7 +72,7 @@ pub struct Archive {
     data_start: u64,
     dir_end: u64,
     extents: Vec<TableExtent>,
-    frag_cache: Mutex<Option<(FragmentEntry, Arc<Vec<u8>>)>>,
+    frag_cache: Mutex<Vec<(FragmentEntry, Arc<Vec<u8>>)>>,
 }
 
 /// One entry met by [`Archive::walk`].
@@ -304,7 +307,7 @@ impl Archive {
             xattrs,
             data_start,
             extents,
-            frag_cache: Mutex::new(None),
+            frag_cache: Mutex::new(Vec::new()),
         })
     }
 
@@ -519,12 +522,16 @@ impl Archive {
         Ok(e)
     }
 
-    /// The decompressed fragment block `e`, from a one-block cache (files sharing a fragment
-    /// block are usually read one after another).
+    /// The decompressed fragment block `e`, from a small most-recently-used cache: files sharing
+    /// a fragment block are usually read one after another, by each of a few threads.
     fn fragment_block(&self, e: FragmentEntry) -> Result<Arc<Vec<u8>>> {
-        if let Some((k, b)) = &*self.frag_cache.lock().unwrap_or_else(|p| p.into_inner()) {
-            if *k == e {
-                return Ok(b.clone());
+        {
+            let mut cache = self.frag_cache.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(i) = cache.iter().position(|(k, _)| *k == e) {
+                let hit = cache.remove(i);
+                let data = hit.1.clone();
+                cache.insert(0, hit);
+                return Ok(data);
             }
         }
         let stored = (e.size & !BLOCK_UNCOMPRESSED) as usize;
@@ -540,7 +547,9 @@ impl Archive {
                 .map_err(|err| wrap(err, format_args!("fragment block at {}", e.start)))?
         };
         let data = Arc::new(data);
-        *self.frag_cache.lock().unwrap_or_else(|p| p.into_inner()) = Some((e, data.clone()));
+        let mut cache = self.frag_cache.lock().unwrap_or_else(|p| p.into_inner());
+        cache.insert(0, (e, data.clone()));
+        cache.truncate(FRAGMENT_CACHE);
         Ok(data)
     }
 
