@@ -48,8 +48,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use iuk_e2e::{
-    assert_same_tree, bin, find_tool, kernel_or_skip, mount_squashfs, repo_root, run, run_ok,
-    sha256_file, skip, snapshot, Mounted, Run,
+    assert_same_tree, bin, find_tool, iuk_command, kernel_or_skip, mount_squashfs, repo_root, run,
+    run_ok, sha256_file, skip, snapshot, Mounted, Run,
 };
 use tempfile::TempDir;
 
@@ -706,4 +706,58 @@ fn tails_installer_installs_cumulative_kit_on_base() {
     let mut work = Work::new();
     make_medium(&mut work, &testdata("Tails-6.9.iso"));
     install_and_check(&tails, &work, ("6.9", "6.11", EPOCH), &[]);
+}
+
+/// A medium made and upgraded by Tails' own installer (6.9 + our 6.9 → 6.10 kit) is adopted by
+/// `iuk-apply adopt`, which records exactly what is there, then upgraded by `iuk-apply apply`
+/// with the stacking 6.10 → 6.11 kit: the stack live-boot builds equals 6.11's root, and the
+/// medium verifies.
+#[test]
+fn tails_installed_medium_is_adopted_and_upgraded_by_iuk_apply() {
+    let Some(tails) = tails_or_skip() else {
+        return;
+    };
+    let mut work = Work::new();
+    make_medium(&mut work, &testdata("Tails-6.9.iso"));
+    install_and_check(&tails, &work, ("6.9", "6.10", EPOCH), &[]);
+    let medium = work.medium();
+    // Tails' installer left the medium mounted read-only-sync; make it writable for iuk-apply.
+    run_ok(
+        Command::new("mount")
+            .args(["-o", "remount,rw"])
+            .arg(&medium),
+    );
+    let apply = |args: &[&str]| {
+        let mut c = iuk_command("iuk-apply");
+        c.args(args).arg("--medium").arg(&medium);
+        run_ok(&mut c)
+    };
+    let r = apply(&["adopt"]);
+    assert!(
+        String::from_utf8_lossy(&r.stdout).contains("adopted Tails 6.10 on a 6.9 base"),
+        "{r}"
+    );
+    apply(&["verify", "--deep"]);
+    let kit = build_kit(&work, "6.10", "6.11", EPOCH);
+    let mut c = iuk_command("iuk-apply");
+    c.arg("apply").arg(&kit).arg("--medium").arg(&medium);
+    run_ok(&mut c);
+    apply(&["verify", "--deep"]);
+    let module = fs::read_to_string(medium.join("live/Tails.module")).unwrap();
+    assert_eq!(
+        module.lines().filter(|l| !l.trim().is_empty()).count(),
+        3,
+        "base + Tails-installed layer + our stacked layer: {module:?}"
+    );
+    let new_iso = work.path("iso-6.11");
+    if !new_iso.exists() {
+        extract_as_tails_installs(&testdata("Tails-6.11.iso"), &new_iso);
+    }
+    let stack = mount_stack(&medium);
+    let new_root = mount_squashfs(&new_iso.join("live/filesystem.squashfs"));
+    assert_same_tree(
+        &snapshot(new_root.path()),
+        &snapshot(&stack.overlay.point),
+        "adopted Tails medium + iuk-apply'd 6.10 -> 6.11 vs 6.11's root",
+    );
 }
