@@ -1,7 +1,7 @@
 //! The subcommands of `iuk-apply`.
 
-use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use anyhow::{bail, Context, Result};
@@ -11,17 +11,39 @@ use iuk::medium::apply::{self, ApplyOptions, ApplyProgress, Plan};
 use iuk::medium::fsops::RealFs;
 use iuk::medium::init::{self, InitOptions};
 use iuk::medium::recover::{self, Recovery};
-use iuk::medium::{Medium, MediumError};
+use iuk::medium::trust::{self, KeyringInput, Outcome, SignedUdf};
+use iuk::medium::{read_limited, Medium, MediumError};
+use iuk::sign::{MAX_KEYRING, MAX_SIGNATURE};
+use iuk::udf::MAX_UDF;
 
 /// The subcommands.
 #[derive(Subcommand)]
 pub enum Command {
     Init(InitArgs),
     Adopt(AdoptArgs),
+    /// Verify a kit against a medium and tell what applying it would do; writes nothing.
+    ///
+    /// On a medium with trusted keys, --udf and --signature are required: the upgrade
+    /// description file must be signed by a trusted key, addressed to the medium (product,
+    /// build target, initial-install version, channel), and list the kit (size and sha256) as
+    /// an incremental upgrade to a newer version.
     Check(KitArgs),
+    /// Verify a kit and stack it on the medium, crash-safely.
+    ///
+    /// Completes or discards an interrupted apply (or trust) first. On a medium with trusted
+    /// keys, --udf and --signature are required: the upgrade description file must be signed by
+    /// a trusted key, addressed to the medium (product, build target, initial-install version,
+    /// channel), and list the kit (size and sha256) as an incremental upgrade to a newer
+    /// version. Without trusted keys, the kit is applied with a warning. Everything is verified
+    /// before the first byte is written.
     Apply(KitArgs),
+    Select(SelectArgs),
+    Trust(TrustArgs),
+    /// Complete or discard an interrupted apply or trust (old or new, never in between).
     Recover(MediumArgs),
+    /// Show the medium's versions, layers, trusted keys, free space and pending recovery.
     Status(StatusArgs),
+    /// Check the medium against its state (names and sizes; --deep hashes everything).
     Verify(VerifyArgs),
 }
 
@@ -30,6 +52,10 @@ pub enum Command {
 /// Writes the boot tree (isolinux/ renamed syslinux/, as Tails does), live/filesystem.squashfs,
 /// the module file live/<PRODUCT>.module, and iuk's state, lock and staging directory. Product
 /// and version default to the root filesystem's /etc/os-release.
+///
+/// With --keyring, the medium trusts the OpenPGP keys in it (stored as
+/// live/iuk-keyring-<sha256>.asc): `apply` and `check` then require a signed upgrade
+/// description file listing the kit. Without it, unsigned kits are applied with a warning.
 #[derive(Args)]
 pub struct InitArgs {
     /// The medium: an empty or missing directory (the mounted system partition)
@@ -53,6 +79,9 @@ pub struct InitArgs {
     /// Most diff layers the stack may hold [default: 8]
     #[arg(long, value_name = "N")]
     max_layers: Option<u32>,
+    /// The OpenPGP keys the medium trusts (armored or binary; read whole, a pipe works)
+    #[arg(long, value_name = "KEYS.asc")]
+    keyring: Option<PathBuf>,
     /// Print the result as JSON
     #[arg(long)]
     json: bool,
@@ -65,6 +94,7 @@ pub struct InitArgs {
 /// /etc/os-release, records both tree digests, hashes the layers and the boot files (never
 /// installer-made ones such as syslinux/ldlinux.sys), then writes iuk's state and lock file.
 /// An inconsistent medium (a listed layer missing or corrupt) is refused, nothing written.
+/// The trusted keys are those of --keyring, else those the previous state names (kept).
 #[derive(Args)]
 pub struct AdoptArgs {
     /// The medium (the mounted system partition)
@@ -82,6 +112,9 @@ pub struct AdoptArgs {
     /// Most diff layers the stack may hold [default: 8]
     #[arg(long, value_name = "N")]
     max_layers: Option<u32>,
+    /// The OpenPGP keys the medium trusts from now on [default: the keys it trusts now]
+    #[arg(long, value_name = "KEYS.asc")]
+    keyring: Option<PathBuf>,
     /// Print the result as JSON
     #[arg(long)]
     json: bool,
@@ -101,6 +134,70 @@ pub struct KitArgs {
     /// The kit file must have this sha256 (hex)
     #[arg(long, value_name = "HEX")]
     sha256: Option<String>,
+    /// The signed upgrade description file listing the kit (upgrades.yml)
+    #[arg(long, value_name = "FILE", requires = "signature")]
+    udf: Option<PathBuf>,
+    /// The UDF's detached OpenPGP signature (upgrades.yml.pgp)
+    #[arg(long, value_name = "FILE", requires = "udf")]
+    signature: Option<PathBuf>,
+    /// Print the result as JSON
+    #[arg(long)]
+    json: bool,
+}
+
+const SELECT_EXIT_CODES: &str = "\
+Exit status:
+  0  an upgrade applies: the path is printed (an incremental kit or a full upgrade)
+  1  refused or failed (no trusted keys on the medium, a signature that does not verify, a UDF
+     for another device, …); the message says what to do
+  2  invalid command line
+  3  no upgrade applies: no newer version is offered, or none by a path this device can take";
+
+/// Tell which upgrade this device takes from a signed upgrade description file.
+///
+/// Verifies the UDF's signature with the medium's trusted keys and that it is addressed to the
+/// medium, then picks, among the upgrades to versions newer than the current one, the newest:
+/// the kit from the current version (stacking), else the kit from the base version
+/// (cumulative), else the full upgrade. When one more diff layer would exceed --max-layers,
+/// the cumulative kit is preferred. Prints the path's type, version, URL, size and sha256.
+/// Read-only: never writes, and works (with a warning) while a recovery is pending.
+#[derive(Args)]
+#[command(after_help = SELECT_EXIT_CODES)]
+pub struct SelectArgs {
+    /// The medium (the mounted system partition)
+    #[arg(long, value_name = "DIR")]
+    medium: PathBuf,
+    /// The upgrade description file (upgrades.yml)
+    #[arg(long, value_name = "FILE")]
+    udf: PathBuf,
+    /// Its detached OpenPGP signature (upgrades.yml.pgp)
+    #[arg(long, value_name = "FILE")]
+    signature: PathBuf,
+    /// Bound on diff layers [default: the medium's]
+    #[arg(long, value_name = "N")]
+    max_layers: Option<u32>,
+    /// Print the result as JSON
+    #[arg(long)]
+    json: bool,
+}
+
+/// Replace the medium's trusted keys (key rotation).
+///
+/// The new keyring must be signed (a detached signature over its bytes) by a key the medium
+/// trusts now; it replaces the trusted keyring entirely, so revocations it carries take effect
+/// at once and keys it lacks are no longer trusted. It must hold a key that can sign. Crash-safe
+/// with the journal of `apply`; an interrupted rotation is completed or discarded by `recover`.
+#[derive(Args)]
+pub struct TrustArgs {
+    /// The medium (the mounted system partition)
+    #[arg(long, value_name = "DIR")]
+    medium: PathBuf,
+    /// The new keyring (armored or binary; read whole, a pipe works)
+    #[arg(long, value_name = "NEW.asc")]
+    keyring: PathBuf,
+    /// A detached OpenPGP signature over the new keyring by a currently trusted key
+    #[arg(long, value_name = "NEW.asc.sig")]
+    signature: PathBuf,
     /// Print the result as JSON
     #[arg(long)]
     json: bool,
@@ -143,6 +240,8 @@ pub fn run(c: Command) -> Result<()> {
         Command::Adopt(a) => adopt_cmd(a),
         Command::Check(a) => check_cmd(a),
         Command::Apply(a) => apply_cmd(a),
+        Command::Select(a) => select_cmd(a),
+        Command::Trust(a) => trust_cmd(a),
         Command::Recover(a) => recover_cmd(a),
         Command::Status(a) => status_cmd(a),
         Command::Verify(a) => verify_cmd(a),
@@ -199,6 +298,43 @@ fn parse_sha(s: &Option<String>) -> Result<Option<[u8; 32]>> {
     }
 }
 
+/// Reads a whole input file of at most `limit` bytes (a pipe works: no stat, no mmap).
+fn read_input(path: &Path, limit: usize, what: &str) -> Result<Vec<u8>> {
+    read_limited(path, limit).with_context(|| format!("{}: cannot read the {what}", path.display()))
+}
+
+fn keyring_input(path: &Option<PathBuf>) -> Result<Option<KeyringInput>> {
+    match path {
+        None => Ok(None),
+        Some(p) => Ok(Some(KeyringInput {
+            name: p.display().to_string(),
+            bytes: read_input(p, MAX_KEYRING, "keyring")?,
+        })),
+    }
+}
+
+fn signed_udf(udf: &Option<PathBuf>, signature: &Option<PathBuf>) -> Result<Option<SignedUdf>> {
+    match (udf, signature) {
+        (Some(u), Some(s)) => Ok(Some(SignedUdf {
+            udf_name: u.display().to_string(),
+            udf: read_input(u, MAX_UDF, "upgrade description file")?,
+            signature_name: s.display().to_string(),
+            signature: read_input(s, MAX_SIGNATURE, "signature")?,
+        })),
+        (None, None) => Ok(None),
+        _ => bail!("--udf and --signature go together"),
+    }
+}
+
+/// Whether an interrupted apply or trust awaits `recover`: a journal, staged files, or a
+/// keyring file the state does not name.
+fn pending_recovery(m: &Medium) -> bool {
+    m.journal_pending()
+        || m.staging_pending()
+        || m.read_state()
+            .is_ok_and(|(s, _, _)| !trust::stray_keyrings(m, &s).is_empty())
+}
+
 fn init_cmd(a: InitArgs) -> Result<()> {
     let m = Medium::new(&a.medium);
     let opts = InitOptions {
@@ -207,6 +343,7 @@ fn init_cmd(a: InitArgs) -> Result<()> {
         build_target: a.build_target,
         channel: a.channel,
         max_layers: a.max_layers,
+        keyring: keyring_input(&a.keyring)?,
     };
     let r = init::init(&m, &a.iso, &opts, &mut RealFs::new())?;
     for s in &r.skipped_symlinks {
@@ -226,11 +363,15 @@ fn init_cmd(a: InitArgs) -> Result<()> {
             r.boot_files,
             r.bytes
         );
+        if !r.key_fingerprints.is_empty() {
+            println!("trusted keys: {}", r.key_fingerprints.join(", "));
+        }
     }
     Ok(())
 }
 
 fn adopt_cmd(a: AdoptArgs) -> Result<()> {
+    let keyring = keyring_input(&a.keyring)?;
     let m = Medium::new(&a.medium);
     let _lock = if m.live_file(iuk::medium::LOCK_FILE).exists() {
         Some(m.lock()?)
@@ -242,6 +383,7 @@ fn adopt_cmd(a: AdoptArgs) -> Result<()> {
         build_target: a.build_target,
         channel: a.channel,
         max_layers: a.max_layers,
+        keyring,
     };
     let r = iuk::medium::adopt::adopt(&m, &opts, &mut RealFs::new())?;
     if a.json {
@@ -256,6 +398,9 @@ fn adopt_cmd(a: AdoptArgs) -> Result<()> {
             r.layers.len(),
             r.boot_files
         );
+        if !r.key_fingerprints.is_empty() {
+            println!("trusted keys: {}", r.key_fingerprints.join(", "));
+        }
     }
     Ok(())
 }
@@ -283,6 +428,7 @@ fn check_cmd(a: KitArgs) -> Result<()> {
     let opts = ApplyOptions {
         max_layers: a.max_layers,
         kit_sha256: parse_sha(&a.sha256)?,
+        udf: signed_udf(&a.udf, &a.signature)?,
     };
     let plan = apply::plan(&m, &a.kit, &opts, &Bar(Mutex::new(None)))?;
     for w in &plan.warnings {
@@ -318,8 +464,12 @@ fn check_cmd(a: KitArgs) -> Result<()> {
 fn recover_first(m: &Medium) -> Result<Recovery> {
     let r = recover::recover(m, &mut RealFs::new())?;
     match r {
-        Recovery::Completed => eprintln!("iuk-apply: completed an interrupted apply first"),
-        Recovery::Discarded => eprintln!("iuk-apply: discarded an interrupted apply first"),
+        Recovery::Completed => {
+            eprintln!("iuk-apply: completed an interrupted apply (or trust) first")
+        }
+        Recovery::Discarded => {
+            eprintln!("iuk-apply: discarded an interrupted apply (or trust) first")
+        }
         Recovery::StaleJournalRemoved => eprintln!("iuk-apply: removed a stale journal first"),
         Recovery::Clean => {}
     }
@@ -328,12 +478,13 @@ fn recover_first(m: &Medium) -> Result<Recovery> {
 
 fn apply_cmd(a: KitArgs) -> Result<()> {
     let m = Medium::new(&a.medium);
-    let _lock = m.lock()?;
-    recover_first(&m)?;
     let opts = ApplyOptions {
         max_layers: a.max_layers,
         kit_sha256: parse_sha(&a.sha256)?,
+        udf: signed_udf(&a.udf, &a.signature)?,
     };
+    let _lock = m.lock()?;
+    recover_first(&m)?;
     let bar = Bar(Mutex::new(None));
     let plan = apply::plan(&m, &a.kit, &opts, &bar)?;
     for w in &plan.warnings {
@@ -366,6 +517,122 @@ fn apply_cmd(a: KitArgs) -> Result<()> {
     Ok(())
 }
 
+fn select_cmd(a: SelectArgs) -> Result<()> {
+    let signed = SignedUdf {
+        udf_name: a.udf.display().to_string(),
+        udf: read_input(&a.udf, MAX_UDF, "upgrade description file")?,
+        signature_name: a.signature.display().to_string(),
+        signature: read_input(&a.signature, MAX_SIGNATURE, "signature")?,
+    };
+    let m = Medium::new(&a.medium);
+    let pending = pending_recovery(&m);
+    if pending {
+        eprintln!(
+            "iuk-apply: warning: {}: an interrupted apply or trust is pending (run `iuk-apply \
+             recover --medium {}`); selecting for the state as recorded now",
+            a.medium.display(),
+            a.medium.display()
+        );
+    }
+    let s = trust::select(&m, &signed, a.max_layers)?;
+    if a.json {
+        let mut v = serde_json::to_value(&s)?;
+        v["pending_recovery"] = serde_json::Value::Bool(pending);
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        let medium = a.medium.display();
+        let version = s.version.as_deref().unwrap_or("?");
+        match s.outcome {
+            Outcome::Incremental => println!(
+                "{medium}: incremental upgrade {} -> {version} ({} kit from {})",
+                s.current_version,
+                s.model.as_deref().unwrap_or("?"),
+                s.from_version.as_deref().unwrap_or("?")
+            ),
+            Outcome::Full => println!("{medium}: full upgrade {} -> {version}", s.current_version),
+            Outcome::UpToDate => println!(
+                "{medium}: no upgrade: {} is up to date ({})",
+                s.current_version,
+                s.reason.as_deref().unwrap_or("")
+            ),
+            Outcome::NoPath => println!(
+                "{medium}: no upgrade: version {version} is offered, but no usable path ({})",
+                s.reason.as_deref().unwrap_or("")
+            ),
+        }
+        if matches!(s.outcome, Outcome::Incremental | Outcome::Full) {
+            println!(
+                "  type     {}",
+                if s.outcome == Outcome::Full {
+                    "full"
+                } else {
+                    "incremental"
+                }
+            );
+            println!("  version  {version}");
+            for f in &s.files {
+                println!("  url      {}", f.url);
+                println!("  size     {}", f.size);
+                println!("  sha256   {}", f.sha256);
+            }
+            if let Some(d) = &s.details_url {
+                println!("  details  {d}");
+            }
+            if let Some(r) = &s.reason {
+                println!("  because  {r}");
+            }
+        }
+        println!("  {}", s.signature);
+    }
+    if matches!(s.outcome, Outcome::UpToDate | Outcome::NoPath) {
+        let _ = std::io::stdout().flush();
+        std::process::exit(3);
+    }
+    Ok(())
+}
+
+fn trust_cmd(a: TrustArgs) -> Result<()> {
+    let new = KeyringInput {
+        name: a.keyring.display().to_string(),
+        bytes: read_input(&a.keyring, MAX_KEYRING, "keyring")?,
+    };
+    let sig = read_input(&a.signature, MAX_SIGNATURE, "signature")?;
+    let m = Medium::new(&a.medium);
+    let _lock = m.lock()?;
+    recover_first(&m)?;
+    let r = trust::rotate(
+        &m,
+        &new,
+        &a.signature.display().to_string(),
+        &sig,
+        &mut RealFs::new(),
+    )?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else if !r.changed {
+        println!(
+            "{}: {} is the keyring trusted already; nothing changed",
+            a.medium.display(),
+            a.keyring.display()
+        );
+    } else {
+        println!(
+            "{}: now trusts {} key(s) (live/{}), signed by {}",
+            a.medium.display(),
+            r.fingerprints.len(),
+            r.new_keyring,
+            r.signed_by
+        );
+        for f in &r.added {
+            println!("  added    {f}");
+        }
+        for f in &r.removed {
+            println!("  removed  {f}");
+        }
+    }
+    Ok(())
+}
+
 fn recover_cmd(a: MediumArgs) -> Result<()> {
     let m = Medium::new(&a.medium);
     let _lock = m.lock()?;
@@ -375,8 +642,8 @@ fn recover_cmd(a: MediumArgs) -> Result<()> {
         a.medium.display(),
         match r {
             Recovery::Clean => "nothing to recover",
-            Recovery::Completed => "completed the interrupted apply (new version)",
-            Recovery::Discarded => "discarded the interrupted apply (old version)",
+            Recovery::Completed => "completed the interrupted apply or trust (new version)",
+            Recovery::Discarded => "discarded the interrupted apply or trust (old version)",
             Recovery::StaleJournalRemoved => "removed a stale journal",
         }
     );
@@ -386,7 +653,7 @@ fn recover_cmd(a: MediumArgs) -> Result<()> {
 fn status_cmd(a: StatusArgs) -> Result<()> {
     let m = Medium::new(&a.medium);
     let (s, _, _) = m.read_state()?;
-    let pending = m.journal_pending() || m.staging_pending();
+    let pending = pending_recovery(&m);
     let free = apply::free_space(&a.medium)?;
     if a.json {
         let v = serde_json::json!({
@@ -399,6 +666,8 @@ fn status_cmd(a: StatusArgs) -> Result<()> {
             "max_layers": s.max_layers,
             "free_bytes": free,
             "pending_recovery": pending,
+            "keyring": s.keyring,
+            "key_fingerprints": s.key_fingerprints,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
@@ -418,6 +687,11 @@ fn status_cmd(a: StatusArgs) -> Result<()> {
     for l in &s.layers {
         println!("  {:<40} {:>12} bytes  -> {}", l.name, l.size, l.version);
     }
+    if s.key_fingerprints.is_empty() {
+        println!("trusted keys     none: unsigned kits are accepted");
+    } else {
+        println!("trusted keys     {}", s.key_fingerprints.join(", "));
+    }
     println!(
         "free space       {}",
         free.map_or_else(
@@ -427,7 +701,7 @@ fn status_cmd(a: StatusArgs) -> Result<()> {
     );
     if pending {
         println!(
-            "PENDING          an interrupted apply: run `iuk-apply recover --medium {}`",
+            "PENDING          an interrupted apply or trust: run `iuk-apply recover --medium {}`",
             a.medium.display()
         );
     }
@@ -436,13 +710,14 @@ fn status_cmd(a: StatusArgs) -> Result<()> {
 
 fn verify_cmd(a: VerifyArgs) -> Result<()> {
     let m = Medium::new(&a.medium);
-    if m.journal_pending() || m.staging_pending() {
+    if pending_recovery(&m) {
         return Err(MediumError::PendingRecovery(a.medium.clone()).into());
     }
     let (s, _, _) = m.read_state()?;
     m.check_consistent(&s, a.deep)?;
+    let keys = trust::trusted_keyring(&m, &s)?;
     println!(
-        "{}: {} {} verified ({} layers{})",
+        "{}: {} {} verified ({} layers{}{})",
         a.medium.display(),
         s.product,
         s.current_version,
@@ -451,7 +726,9 @@ fn verify_cmd(a: VerifyArgs) -> Result<()> {
             ", every layer and boot file hashed"
         } else {
             ", names and sizes"
-        }
+        },
+        keys.map(|_| format!(", {} trusted key(s)", s.key_fingerprints.len()))
+            .unwrap_or_default()
     );
     Ok(())
 }

@@ -13,7 +13,8 @@ Exit status:
   0  success
   1  refused or failed; the message names the file and the problem, and says what to do.
      A refused command leaves the medium unchanged (its lock file aside).
-  2  invalid command line";
+  2  invalid command line
+  3  select: no upgrade applies to this medium";
 
 /// Verify an incremental upgrade kit and stack it on an installed medium, crash-safely.
 ///

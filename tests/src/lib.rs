@@ -752,6 +752,76 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex(&Sha256::digest(bytes))
 }
 
+// ------------------------------------------------------------------------------------------------
+// Scratch filesystems (added for tests/tests/apply.rs)
+
+/// Whether `point` is a mountpoint now (per `/proc/self/mountinfo`).
+pub fn is_mountpoint(point: &Path) -> bool {
+    let Ok(canon) = fs::canonicalize(point) else {
+        return false;
+    };
+    let want = canon.as_os_str().as_bytes();
+    fs::read("/proc/self/mountinfo")
+        .map(|info| {
+            info.split(|b| *b == b'\n').any(|line| {
+                // Field 5 is the mountpoint, with spaces etc. octal-escaped; temp paths have none.
+                line.split(|b| *b == b' ').nth(4) == Some(want)
+            })
+        })
+        .unwrap_or(false)
+}
+
+/// Mounts a fresh tmpfs of `size` (as `mount -o size=` takes it, e.g. `2M`) on a new temporary
+/// directory; unmounted (and the directory removed) when dropped. Needs root.
+pub fn mount_tmpfs(size: &str) -> Mounted {
+    let holder = tempfile::Builder::new()
+        .prefix("iuk-tmpfs-")
+        .tempdir()
+        .expect("mountpoint");
+    let point = holder.path().to_path_buf();
+    run_ok(
+        Command::new("mount")
+            .args(["-t", "tmpfs", "-o"])
+            .arg(format!("size={size},mode=0755"))
+            .arg("tmpfs")
+            .arg(&point),
+    );
+    Mounted {
+        point,
+        holder: Some(holder),
+    }
+}
+
+/// Mounts the FAT image `image` read-write through FUSE (`fusefat -o rw+ IMAGE DIR`) on a new
+/// temporary directory, waiting until the mount is there; unmounted when dropped. Panics with
+/// fusefat's output on failure.
+pub fn mount_fusefat(image: &Path) -> Mounted {
+    let holder = tempfile::Builder::new()
+        .prefix("iuk-fat-")
+        .tempdir()
+        .expect("mountpoint");
+    let point = holder.path().to_path_buf();
+    let r = run(Command::new("fusefat")
+        .args(["-o", "rw+"])
+        .arg(image)
+        .arg(&point));
+    assert!(r.ok(), "fusefat -o rw+ {} failed: {r}", image.display());
+    let mounted = Mounted {
+        point: point.clone(),
+        holder: Some(holder),
+    };
+    for _ in 0..100 {
+        if is_mountpoint(&point) {
+            return mounted;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!(
+        "fusefat: {} did not appear as a mountpoint",
+        point.display()
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

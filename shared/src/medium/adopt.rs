@@ -4,13 +4,15 @@
 //! base and current versions from the base's and the stacked tree's `/etc/os-release`, records
 //! both tree digests, hashes the layers and the boot files (never installer-made files such as
 //! `syslinux/ldlinux.sys`), then writes the state, the lock file and the staging directory.
-//! An inconsistent medium is refused before anything is written.
+//! An inconsistent medium is refused before anything is written. The trusted keys are those
+//! given (`--keyring`), else those the old state names (which must still be intact).
 
 use std::fs;
 use std::path::Path;
 
 use super::fsops::{write_file, MediumFs};
 use super::state::{Layer, State, STATE_FORMAT};
+use super::trust::{keyring_files, prepare_keyring, stray_keyrings, trusted_keyring, KeyringInput};
 use super::{
     io_err, sha_of, Medium, MediumError, BASE, DEFAULT_MAX_LAYERS, JOURNAL_FILE, LOCK_FILE,
     STAGING_DIR, STATE_FILE,
@@ -37,6 +39,9 @@ pub struct AdoptOptions {
     pub channel: Option<String>,
     /// Bound on diff layers (default 8).
     pub max_layers: Option<u32>,
+    /// The keys the medium trusts from now on (stored as `live/iuk-keyring-<sha256>.asc`).
+    /// Without it, the keys of a readable state are kept; a medium without them stays without.
+    pub keyring: Option<KeyringInput>,
 }
 
 /// What `adopt` found.
@@ -52,6 +57,10 @@ pub struct AdoptReport {
     pub layers: Vec<String>,
     /// Boot files recorded.
     pub boot_files: usize,
+    /// The trusted keyring file in `live/`, if any.
+    pub keyring: Option<String>,
+    /// The fingerprints of the trusted keys.
+    pub key_fingerprints: Vec<String>,
 }
 
 fn refuse(m: String) -> MediumError {
@@ -68,6 +77,28 @@ pub fn adopt(
     if medium.live_file(JOURNAL_FILE).exists() {
         return Err(MediumError::PendingRecovery(medium.root.clone()));
     }
+    // The trusted keys: the keyring given, else those of a readable state.
+    let given = opts.keyring.as_ref().map(prepare_keyring).transpose()?;
+    let keys: Option<(String, Vec<String>)> = match &given {
+        Some(k) => Some((k.file_name.clone(), k.fingerprints.clone())),
+        None => match medium.read_state() {
+            Ok((old, _, _)) => {
+                trusted_keyring(medium, &old)?.map(|t| (t.file_name, t.keyring.fingerprints()))
+            }
+            Err(_) => {
+                let found = keyring_files(medium, None);
+                if let Some(p) = found.first() {
+                    return Err(refuse(format!(
+                        "{root}: {} holds trusted keys but no readable state names them: pass \
+                         --keyring to set the trusted keys (or delete it to adopt the medium \
+                         without keys)",
+                        p.display()
+                    )));
+                }
+                None
+            }
+        },
+    };
     let base_path = medium
         .find(BASE)
         .ok_or_else(|| refuse(format!("{root}: no {BASE}: not an installed live system")))?;
@@ -213,8 +244,8 @@ pub fn adopt(
         max_layers: opts.max_layers.unwrap_or(DEFAULT_MAX_LAYERS),
         layers: layers.clone(),
         boot_files,
-        keyring: None,
-        key_fingerprints: Vec::new(),
+        keyring: keys.as_ref().map(|k| k.0.clone()),
+        key_fingerprints: keys.map(|k| k.1).unwrap_or_default(),
         writer_format: 0,
     };
     let live = medium.live();
@@ -226,15 +257,29 @@ pub fn adopt(
     if !staging.is_dir() {
         fs.mkdir(&staging).map_err(|e| io_err(&staging, e))?;
     }
+    if let Some(k) = &given {
+        let p = live.join(&k.file_name);
+        write_file(fs, &p, &k.bytes).map_err(|e| io_err(&p, e))?;
+    }
     write_file(fs, &live.join(STATE_FILE), state.to_yaml().as_bytes())
         .map_err(|e| io_err(&live, e))?;
     fs.fsync_dir(&live).map_err(|e| io_err(&live, e))?;
+    // Keyrings trusted no more (an interrupted adopt leaves them to `recover`).
+    let strays = stray_keyrings(medium, &state);
+    for p in &strays {
+        fs.unlink(p).map_err(|e| io_err(p, e))?;
+    }
+    if !strays.is_empty() {
+        fs.fsync_dir(&live).map_err(|e| io_err(&live, e))?;
+    }
     Ok(AdoptReport {
         product,
         base_version,
         current_version,
         layers: layers.into_iter().map(|l| l.name).collect(),
         boot_files: state.boot_files.len(),
+        keyring: state.keyring.clone(),
+        key_fingerprints: state.key_fingerprints.clone(),
     })
 }
 

@@ -25,6 +25,7 @@ use sha2::{Digest, Sha256};
 use super::fsops::{drop_cache, parent_of, rewrite_file, write_file, MediumFs};
 use super::journal::{self, Delete, Journal, Write};
 use super::state::{Layer, State};
+use super::trust::{self, SignedUdf};
 use super::{
     io_err, safe_relative_path, sha_of, Medium, MediumError, INTENT_FILE, JOURNAL_FILE, STAGING_DIR,
 };
@@ -51,6 +52,11 @@ pub struct ApplyOptions {
     pub max_layers: Option<u32>,
     /// The whole kit file must have this sha256 (from a signed UDF, or given by the user).
     pub kit_sha256: Option<[u8; 32]>,
+    /// A signed upgrade description file listing the kit: required on a medium with trusted
+    /// keys (its signature must verify with one of them, it must be addressed to the medium,
+    /// and list the kit's size and sha256 as an incremental target of a newer version);
+    /// refused on a medium without keys (nothing to verify it with).
+    pub udf: Option<SignedUdf>,
 }
 
 /// Receives progress of long steps.
@@ -152,18 +158,57 @@ pub fn plan(
     }
     let (state, _, old_state_sha) = medium.read_state()?;
 
-    if let Some(want) = opts.kit_sha256 {
+    // Trust: on a medium with keys, a signed UDF that lists the kit; without keys, none.
+    let verified_udf = match (&state.keyring, &opts.udf) {
+        (Some(_), None) => {
+            return Err(refuse(format!(
+                "{}: this medium trusts signing keys: give the signed upgrade description file \
+                 listing {kit_name} (--udf FILE --signature FILE)",
+                medium.root.display()
+            )))
+        }
+        (None, Some(s)) => {
+            return Err(refuse(format!(
+                "{}: no trusted keys on this medium to verify {} with; give it keys with \
+                 `iuk-apply init --keyring` or `iuk-apply adopt --keyring`",
+                medium.root.display(),
+                s.udf_name
+            )))
+        }
+        (None, None) => None,
+        (Some(_), Some(s)) => {
+            let v = trust::verify_udf(medium, &state, s)?;
+            trust::check_addressed(&v.udf, &state, &s.udf_name)?;
+            Some((v, s.udf_name.clone()))
+        }
+    };
+    let mut listed: Vec<trust::Listed> = Vec::new();
+    if opts.kit_sha256.is_some() || verified_udf.is_some() {
         progress.phase(
             "hashing kit",
             fs::metadata(kit_path).map(|m| m.len()).unwrap_or(0),
         );
-        let got = sha_of(kit_path)?;
-        if got != want {
-            return Err(bad_kit(format!(
-                "sha256 is {}, expected {}",
-                hex(&got),
-                hex(&want)
-            )));
+        let (size, got) = size_and_sha(kit_path)?;
+        if let Some(want) = opts.kit_sha256 {
+            if got != want {
+                return Err(bad_kit(format!(
+                    "sha256 is {}, expected {}",
+                    hex(&got),
+                    hex(&want)
+                )));
+            }
+        }
+        if let Some((v, udf_name)) = &verified_udf {
+            listed = trust::listed_kits(&v.udf, &state, size, &got);
+            if listed.is_empty() {
+                return Err(bad_kit(format!(
+                    "not listed in the signed upgrade description {udf_name}: no incremental \
+                     upgrade to a version newer than {} has this kit's size ({size} bytes) and \
+                     sha256 ({})",
+                    state.current_version,
+                    hex(&got)
+                )));
+            }
         }
     }
     let kit = Kit::open(kit_path).map_err(|e| bad_kit(e.to_string()))?;
@@ -174,6 +219,19 @@ pub fn plan(
         )));
     }
     let c = kit.control.clone();
+    if let Some((_, udf_name)) = &verified_udf {
+        if !listed
+            .iter()
+            .any(|l| l.version == c.to_version && l.from_version == c.from_version)
+        {
+            let l = &listed[0];
+            return Err(bad_kit(format!(
+                "upgrades from {} to {}, but the signed upgrade description {udf_name} lists it \
+                 as the kit from {} to {}",
+                c.from_version, c.to_version, l.from_version, l.version
+            )));
+        }
+    }
     if c.generator != GENERATOR {
         return Err(bad_kit(format!(
             "generator {:?}: not a kit made by iuk (kits of Tails' own tooling are not supported)",
@@ -234,7 +292,8 @@ pub fn plan(
             .any(|m| d.starts_with(&format!("{m}/")));
         // Protected files live directly in live/ or in live/iuk-staging/, which is protected
         // itself: an entry strictly inside a monitored directory contains none of them.
-        if !safe_relative_path(d) || !inside || is_protected(d) {
+        let is_monitored = MONITORED_DIRS.iter().any(|m| m.eq_ignore_ascii_case(d));
+        if !safe_relative_path(d) || !inside || is_monitored || is_protected(d) {
             return Err(bad_kit(format!("delete_files entry {d:?} is not allowed")));
         }
     }
@@ -425,9 +484,15 @@ pub fn plan(
             });
         }
     }
+    // delete_files never removes a file of the new boot tree (a file Tails would copy back).
+    let keep: HashSet<String> = c
+        .boot_tree
+        .iter()
+        .map(|e| e.path.to_ascii_lowercase())
+        .collect();
     for d in &c.delete_files {
         let Some(p) = medium.find(d) else { continue };
-        collect_deletes(medium, &p, &written, &mut deletes)?;
+        collect_deletes(medium, &p, &keep, &mut deletes)?;
     }
     let mut seen = HashSet::new();
     deletes.retain(|d| seen.insert(d.path.to_ascii_lowercase()));
@@ -443,9 +508,38 @@ pub fn plan(
             growth += w.content.size;
         }
     }
-    let needed = layer.0.size + staged + growth + 2 * 65536 + (1 << 20);
+    // The journal's size is known now: its staged names and deletions are fixed.
+    let journal_bytes = Journal {
+        old_state: old_state_sha,
+        module_file: state.module_file.clone(),
+        module_text: String::new(),
+        state_text: String::new(),
+        writes: writes
+            .iter()
+            .enumerate()
+            .map(|(i, w)| Write {
+                path: w.path.clone(),
+                old: w.old,
+                new: w.sha256,
+                size: w.content.size,
+                staged: format!("{i:05}"),
+            })
+            .collect(),
+        deletes: deletes.clone(),
+    }
+    .encode()
+    .len() as u64;
+    let state_bytes = state.to_yaml().len() as u64 * 2 + 4096;
+    let needed = layer.0.size + staged + growth + journal_bytes + state_bytes + (1 << 20);
     let free = free_space(&medium.root)?;
     let mut warnings = Vec::new();
+    if state.keyring.is_none() {
+        warnings.push(format!(
+            "{}: no trusted keys on this medium: the kit's origin is not verified (give the \
+             medium keys with `iuk-apply init --keyring` or `adopt --keyring`)",
+            medium.root.display()
+        ));
+    }
     match free {
         Some(f) if f < needed => {
             return Err(refuse(format!(
@@ -497,6 +591,23 @@ pub fn plan(
         warnings,
         reinstall_bootloader,
     })
+}
+
+/// The size and sha256 of a file, read once.
+fn size_and_sha(path: &Path) -> Result<(u64, [u8; 32]), MediumError> {
+    let mut f = File::open(path).map_err(|e| io_err(path, e))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; CHUNK];
+    let mut size = 0u64;
+    loop {
+        let n = f.read(&mut buf).map_err(|e| io_err(path, e))?;
+        if n == 0 {
+            break;
+        }
+        size += n as u64;
+        h.update(&buf[..n]);
+    }
+    Ok((size, h.finalize().into()))
 }
 
 /// Adds the files (with their sha256) and directories below `path` to `deletes`, deepest first,
@@ -850,9 +961,22 @@ pub fn finish(medium: &Medium, j: &Journal, fs: &mut dyn MediumFs) -> Result<usi
         .iter()
         .map(|w| w.path.to_ascii_lowercase())
         .collect();
+    // A keyring is deleted only when superseded: never the one the new state names (nor any
+    // when the new state cannot be read).
+    let new_keyring = State::from_yaml(&j.state_text)
+        .ok()
+        .and_then(|s| s.keyring)
+        .map(|k| format!("live/{k}").to_ascii_lowercase());
+    let superseded_keyring = |path: &str| {
+        let p = path.to_ascii_lowercase();
+        p.strip_prefix("live/").is_some_and(trust::is_keyring_name)
+            && new_keyring.as_ref().is_some_and(|k| *k != p)
+    };
     let mut deleted = 0;
     for d in &j.deletes {
-        if written.contains(&d.path.to_ascii_lowercase()) || is_protected_keep(&d.path) {
+        if written.contains(&d.path.to_ascii_lowercase())
+            || (is_protected_keep(&d.path) && !superseded_keyring(&d.path))
+        {
             continue;
         }
         let Some(p) = medium.find(&d.path) else {

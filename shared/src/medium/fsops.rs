@@ -73,6 +73,10 @@ impl MediumFs for RealFs {
             .create(true)
             .truncate(true)
             .open(path)?;
+        // fusefat ignores O_TRUNC on an existing file: shrink it explicitly.
+        if f.metadata()?.len() != 0 {
+            f.set_len(0)?;
+        }
         Ok(self.keep(f))
     }
     fn open_write(&mut self, path: &Path) -> io::Result<Handle> {
@@ -85,7 +89,12 @@ impl MediumFs for RealFs {
         f.write_all(data)
     }
     fn truncate(&mut self, h: Handle, len: u64) -> io::Result<()> {
-        self.file(h)?.set_len(len)
+        // fusefat refuses ftruncate unless it shrinks the file (EPERM): skip a no-op.
+        let f = self.file(h)?;
+        if f.metadata()?.len() == len {
+            return Ok(());
+        }
+        f.set_len(len)
     }
     fn fsync(&mut self, h: Handle) -> io::Result<()> {
         self.file(h)?.sync_all()

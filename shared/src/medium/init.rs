@@ -1,13 +1,15 @@
 //! `init`: installs a release onto an empty medium as an installer does — the boot tree
 //! (`isolinux/` → `syslinux/`), the base image, the module file `live/<Product>.module`, the
-//! state, the lock file and the staging directory. Files are written plainly (no chmod, chown,
-//! symlink or link), so a FAT medium works.
+//! state, the lock file and the staging directory — and, given a keyring, the trusted keys as
+//! `live/iuk-keyring-<sha256>.asc` (checked before anything is written). Files are written
+//! plainly (no chmod, chown, symlink or link), so a FAT medium works.
 
 use std::fs;
 use std::path::Path;
 
 use super::fsops::{write_file, MediumFs};
 use super::state::{State, STATE_FORMAT};
+use super::trust::{prepare_keyring, KeyringInput};
 use super::{
     io_err, Medium, MediumError, BASE, DEFAULT_MAX_LAYERS, LOCK_FILE, STAGING_DIR, STATE_FILE,
 };
@@ -30,6 +32,9 @@ pub struct InitOptions {
     pub channel: Option<String>,
     /// Bound on diff layers (default 8).
     pub max_layers: Option<u32>,
+    /// The keys the medium trusts (stored as `live/iuk-keyring-<sha256>.asc`); without it the
+    /// medium accepts unsigned kits.
+    pub keyring: Option<KeyringInput>,
 }
 
 /// What `init` installed.
@@ -45,6 +50,10 @@ pub struct InitReport {
     pub bytes: u64,
     /// Symlinks of the release left out (FAT has none).
     pub skipped_symlinks: Vec<String>,
+    /// The keyring file stored in `live/`, if any.
+    pub keyring: Option<String>,
+    /// The fingerprints of the trusted keys.
+    pub key_fingerprints: Vec<String>,
 }
 
 fn copy(
@@ -88,17 +97,17 @@ pub fn init(
     fs: &mut dyn MediumFs,
 ) -> Result<InitReport, MediumError> {
     let refuse = |m: String| MediumError::Refused(m);
-    match fs::read_dir(&medium.root) {
+    let keyring = opts.keyring.as_ref().map(prepare_keyring).transpose()?;
+    let missing = match fs::read_dir(&medium.root) {
         Ok(mut d) => {
             if d.next().is_some() {
                 return Err(refuse(format!("{}: not empty; init installs onto an empty medium (use `adopt` for an installed one)", medium.root.display())));
             }
+            false
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            fs::create_dir_all(&medium.root).map_err(|e| io_err(&medium.root, e))?;
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
         Err(e) => return Err(io_err(&medium.root, e)),
-    }
+    };
     let rel_err = |e: release::ReleaseError| refuse(e.to_string());
     let release = Release::open(iso).map_err(rel_err)?;
     let rootfs = release.rootfs().map_err(rel_err)?;
@@ -136,6 +145,10 @@ pub fn init(
     let digest = hex(&tree_digest(&tree, &hashes));
     let bt = boot::boot_tree(&release).map_err(|e| refuse(e.to_string()))?;
 
+    // Everything is read and checked: only now is the medium created or written.
+    if missing {
+        fs::create_dir_all(&medium.root).map_err(|e| io_err(&medium.root, e))?;
+    }
     let mut bytes = 0u64;
     mkdirs(fs, &medium.root, "live")?;
     for f in &bt.files {
@@ -170,11 +183,18 @@ pub fn init(
                 sha256: hex(&f.sha256),
             })
             .collect(),
-        keyring: None,
-        key_fingerprints: Vec::new(),
+        keyring: keyring.as_ref().map(|k| k.file_name.clone()),
+        key_fingerprints: keyring
+            .as_ref()
+            .map(|k| k.fingerprints.clone())
+            .unwrap_or_default(),
         writer_format: 0,
     };
     let live = medium.live();
+    if let Some(k) = &keyring {
+        let p = live.join(&k.file_name);
+        write_file(fs, &p, &k.bytes).map_err(|e| io_err(&p, e))?;
+    }
     write_file(fs, &live.join(&module_file), state.module_text().as_bytes())
         .map_err(|e| io_err(&live, e))?;
     write_file(fs, &live.join(LOCK_FILE), b"").map_err(|e| io_err(&live, e))?;
@@ -192,5 +212,7 @@ pub fn init(
         boot_files: bt.files.len(),
         bytes,
         skipped_symlinks: bt.skipped_symlinks,
+        keyring: state.keyring.clone(),
+        key_fingerprints: state.key_fingerprints.clone(),
     })
 }

@@ -15,6 +15,7 @@ pub mod init;
 pub mod journal;
 pub mod recover;
 pub mod state;
+pub mod trust;
 
 use std::fs::{self, File};
 use std::io::{self, Read};

@@ -6,6 +6,9 @@
 //! - Without a journal: the staged copies are deleted, and so is the layer named in the intent —
 //!   never a layer a module file lists, never the base. When the state cannot be read, nothing is
 //!   deleted and `adopt` is advised.
+//! - Without a journal, keyring files (`live/iuk-keyring-*.asc`) that the state does not name
+//!   are deleted too: an interrupted `trust` (or `adopt --keyring`) wrote them before its
+//!   commit. Never the keyring the state names; nothing when the state cannot be read.
 
 use std::fs;
 use std::path::PathBuf;
@@ -15,6 +18,7 @@ use sha2::{Digest, Sha256};
 use super::apply::finish;
 use super::fsops::MediumFs;
 use super::journal::Journal;
+use super::trust::stray_keyrings;
 use super::{io_err, Medium, MediumError, BASE, INTENT_FILE, JOURNAL_FILE, STATE_FILE};
 
 /// What `recover` did.
@@ -59,8 +63,18 @@ pub fn recover(medium: &Medium, fs: &mut dyn MediumFs) -> Result<Recovery, Mediu
         fs.unlink(&jpath).map_err(|e| io_err(&jpath, e))?;
         let live = medium.live();
         fs.fsync_dir(&live).map_err(|e| io_err(&live, e))?;
+        let strays = remove_stray_keyrings(medium, state_ok, fs)?;
         if !medium.staging_pending() {
-            return Ok(Recovery::StaleJournalRemoved);
+            return Ok(if strays > 0 {
+                Recovery::Discarded
+            } else {
+                Recovery::StaleJournalRemoved
+            });
+        }
+    } else {
+        let strays = remove_stray_keyrings(medium, state_ok, fs)?;
+        if strays > 0 && !medium.staging_pending() {
+            return Ok(Recovery::Discarded);
         }
     }
     if !medium.staging_pending() {
@@ -111,6 +125,27 @@ pub fn recover(medium: &Medium, fs: &mut dyn MediumFs) -> Result<Recovery, Mediu
     }
     fs.fsync_dir(&staging).map_err(|e| io_err(&staging, e))?;
     Ok(Recovery::Discarded)
+}
+
+/// Deletes the keyring files the (readable) state does not name; returns how many.
+fn remove_stray_keyrings(
+    medium: &Medium,
+    state_ok: bool,
+    fs: &mut dyn MediumFs,
+) -> Result<usize, MediumError> {
+    if !state_ok {
+        return Ok(0);
+    }
+    let (state, _, _) = medium.read_state()?;
+    let strays = stray_keyrings(medium, &state);
+    for p in &strays {
+        fs.unlink(p).map_err(|e| io_err(p, e))?;
+    }
+    if !strays.is_empty() {
+        let live = medium.live();
+        fs.fsync_dir(&live).map_err(|e| io_err(&live, e))?;
+    }
+    Ok(strays.len())
 }
 
 /// Every layer file name any module file in `live/` lists.
