@@ -205,6 +205,24 @@ impl Keyring {
         Ok(Keyring { certs })
     }
 
+    /// The fingerprints (sorted) of the primary keys that can sign: unrevoked (no revocation of
+    /// the key in the keyring), with the primary key or a subkey flagged for signing, alive and
+    /// accepted by the algorithm policy at the time of one of the certificate's self-signatures.
+    /// (A key that has expired since still counts: signatures are judged at their creation
+    /// time, never against the clock.)
+    pub fn signing_keys(&self) -> Vec<String> {
+        let policy = StandardPolicy::at(UNIX_EPOCH + Duration::from_secs(POLICY_TIME));
+        let mut out: Vec<String> = self
+            .certs
+            .iter()
+            .filter(|c| can_sign(c, &policy))
+            .map(|c| c.fingerprint().to_hex())
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
     /// The fingerprints of the keyring's primary keys, sorted.
     pub fn fingerprints(&self) -> Vec<String> {
         let mut v: Vec<String> = self
@@ -509,6 +527,48 @@ fn armored_blocks(bytes: &[u8]) -> Option<Vec<&[u8]>> {
         blocks.push(&bytes[s..]);
     }
     (!blocks.is_empty()).then_some(blocks)
+}
+
+/// Whether a certificate could sign at some time (see [`Keyring::signing_keys`]).
+fn can_sign(cert: &Cert, policy: &StandardPolicy) -> bool {
+    if cert.primary_key().self_revocations().next().is_some() {
+        return false;
+    }
+    let revoked: Vec<String> = cert
+        .keys()
+        .filter(|k| k.self_revocations().next().is_some())
+        .map(|k| k.key().fingerprint().to_hex())
+        .collect();
+    let mut times: Vec<SystemTime> = Vec::new();
+    times.extend(
+        cert.primary_key()
+            .self_signatures()
+            .filter_map(|s| s.signature_creation_time()),
+    );
+    for u in cert.userids() {
+        times.extend(
+            u.self_signatures()
+                .filter_map(|s| s.signature_creation_time()),
+        );
+    }
+    for k in cert.keys().subkeys() {
+        times.extend(
+            k.self_signatures()
+                .filter_map(|s| s.signature_creation_time()),
+        );
+    }
+    times.sort();
+    times.dedup();
+    times.into_iter().any(|t| {
+        let Ok(vc) = cert.with_policy(policy, t) else {
+            return false;
+        };
+        vc.alive().is_ok()
+            && vc
+                .keys()
+                .for_signing()
+                .any(|k| k.alive().is_ok() && !revoked.contains(&k.key().fingerprint().to_hex()))
+    })
 }
 
 /// OpenPGP's text normalization: every line ending (`\r\n`, `\n` or `\r`) becomes `\r\n`.

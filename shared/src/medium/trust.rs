@@ -21,17 +21,8 @@
 use std::cmp::Ordering;
 use std::fs;
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use sequoia_openpgp as openpgp;
 use sha2::{Digest, Sha256};
-
-use openpgp::cert::CertParser;
-use openpgp::packet::Signature;
-use openpgp::parse::Parse;
-use openpgp::policy::StandardPolicy;
-use openpgp::types::SignatureType;
-use openpgp::{Cert, KeyHandle, Packet, PacketPile};
 
 use super::apply::finish;
 use super::fsops::{drop_cache, write_file, MediumFs};
@@ -47,9 +38,6 @@ use crate::version;
 pub const KEYRING_PREFIX: &str = "iuk-keyring-";
 /// See [`KEYRING_PREFIX`].
 pub const KEYRING_SUFFIX: &str = ".asc";
-
-/// The reference time of the algorithm policy, as in `sign` (2025-01-01 00:00:00 UTC).
-const POLICY_TIME: u64 = 1_735_689_600;
 
 fn refuse(msg: impl Into<String>) -> MediumError {
     MediumError::Refused(msg.into())
@@ -100,7 +88,7 @@ pub struct NewKeyring {
 pub fn prepare_keyring(input: &KeyringInput) -> Result<NewKeyring, MediumError> {
     let keyring =
         Keyring::parse(&input.bytes).map_err(|e| refuse(format!("{}: {e}", input.name)))?;
-    let signing = signing_keys(&input.bytes);
+    let signing = keyring.signing_keys();
     if signing.is_empty() {
         return Err(refuse(format!(
             "{}: no key in it can sign (every key is certify- or encrypt-only, revoked or \
@@ -618,153 +606,6 @@ pub fn rotate(
     finish(medium, &journal, fs)?;
     report.changed = true;
     Ok(report)
-}
-
-// ------------------------------------------------------------------------------------------------
-// Which keys can sign
-
-/// The fingerprints (sorted) of the keyring's primary keys that can sign: unrevoked (no
-/// revocation of the key in the keyring), with the primary key or a subkey flagged for signing,
-/// alive and accepted by the algorithm policy at the time of one of the certificate's
-/// self-signatures. (A key that has expired since still counts: signatures are judged at their
-/// creation time, never against the clock.)
-pub fn signing_keys(bytes: &[u8]) -> Vec<String> {
-    let policy = StandardPolicy::at(UNIX_EPOCH + Duration::from_secs(POLICY_TIME));
-    let mut out: Vec<String> = certs(bytes)
-        .iter()
-        .filter(|c| can_sign(c, &policy))
-        .map(|c| c.fingerprint().to_hex())
-        .collect();
-    out.sort();
-    out.dedup();
-    out
-}
-
-fn can_sign(cert: &Cert, policy: &StandardPolicy) -> bool {
-    if cert.primary_key().self_revocations().next().is_some() {
-        return false;
-    }
-    let revoked: Vec<String> = cert
-        .keys()
-        .filter(|k| k.self_revocations().next().is_some())
-        .map(|k| k.key().fingerprint().to_hex())
-        .collect();
-    let mut times: Vec<SystemTime> = Vec::new();
-    times.extend(
-        cert.primary_key()
-            .self_signatures()
-            .filter_map(|s| s.signature_creation_time()),
-    );
-    for u in cert.userids() {
-        times.extend(
-            u.self_signatures()
-                .filter_map(|s| s.signature_creation_time()),
-        );
-    }
-    for k in cert.keys().subkeys() {
-        times.extend(
-            k.self_signatures()
-                .filter_map(|s| s.signature_creation_time()),
-        );
-    }
-    times.sort();
-    times.dedup();
-    times.into_iter().any(|t| {
-        let Ok(vc) = cert.with_policy(policy, t) else {
-            return false;
-        };
-        vc.alive().is_ok()
-            && vc
-                .keys()
-                .for_signing()
-                .any(|k| k.alive().is_ok() && !revoked.contains(&k.key().fingerprint().to_hex()))
-    })
-}
-
-/// The certificates of a keyring (armored blocks or binary), revocation certificates applied to
-/// their keys; what does not parse is left out (`Keyring::parse` judges the whole).
-fn certs(bytes: &[u8]) -> Vec<Cert> {
-    let chunks = armored_blocks(bytes).unwrap_or_else(|| vec![bytes]);
-    let mut certs: Vec<Cert> = Vec::new();
-    let mut revocations: Vec<Signature> = Vec::new();
-    for chunk in chunks {
-        let mut found = false;
-        if let Ok(parser) = CertParser::from_bytes(chunk) {
-            for c in parser.flatten() {
-                found = true;
-                match certs
-                    .iter_mut()
-                    .find(|o| o.fingerprint() == c.fingerprint())
-                {
-                    Some(o) => {
-                        if let Ok(m) = o.clone().merge_public(c) {
-                            *o = m;
-                        }
-                    }
-                    None => certs.push(c),
-                }
-            }
-        }
-        if !found {
-            if let Ok(pile) = PacketPile::from_bytes(chunk) {
-                for p in pile.into_children() {
-                    if let Packet::Signature(s) = p {
-                        if matches!(
-                            s.typ(),
-                            SignatureType::KeyRevocation | SignatureType::SubkeyRevocation
-                        ) {
-                            revocations.push(s);
-                        }
-                    }
-                }
-            }
-        }
-    }
-    for rev in revocations {
-        let issuers = rev.get_issuers();
-        if let Some(cert) = certs.iter_mut().find(|c| {
-            issuers
-                .iter()
-                .any(|h| h.aliases(KeyHandle::from(c.fingerprint())))
-        }) {
-            if let Ok((merged, _)) = cert
-                .clone()
-                .insert_packets(std::iter::once(Packet::from(rev)))
-            {
-                *cert = merged;
-            }
-        }
-    }
-    certs
-}
-
-/// The armored blocks of a text, or `None` when it holds none (binary data).
-fn armored_blocks(bytes: &[u8]) -> Option<Vec<&[u8]>> {
-    const BEGIN: &[u8] = b"-----BEGIN PGP ";
-    const END: &[u8] = b"-----END PGP ";
-    let mut blocks = Vec::new();
-    let mut start: Option<usize> = None;
-    let mut pos = 0;
-    while pos < bytes.len() {
-        let line_end = bytes[pos..]
-            .iter()
-            .position(|&b| b == b'\n')
-            .map_or(bytes.len(), |i| pos + i + 1);
-        let line = &bytes[pos..line_end];
-        match start {
-            None if line.starts_with(BEGIN) => start = Some(pos),
-            Some(s) if line.starts_with(END) => {
-                blocks.push(&bytes[s..line_end]);
-                start = None;
-            }
-            _ => {}
-        }
-        pos = line_end;
-    }
-    if let Some(s) = start {
-        blocks.push(&bytes[s..]);
-    }
-    (!blocks.is_empty()).then_some(blocks)
 }
 
 #[cfg(test)]
