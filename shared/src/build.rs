@@ -363,7 +363,12 @@ pub fn build(
             source: e,
         })?;
         let mut w = BufWriter::with_capacity(1 << 20, f);
-        write_image(&layer_tree, &opts.layer, &mut w, &|n| progress.position(n))?;
+        // A diff layer is never exported over NFS: no export table (as gensquashfs by default).
+        let mut layer_params = opts.layer.clone();
+        layer_params.exportable = false;
+        write_image(&layer_tree, &layer_params, &mut w, &|n| {
+            progress.position(n)
+        })?;
         w.into_inner().map_err(|e| OutputError::Io {
             path: layer_tmp.clone(),
             source: e.into_error(),

@@ -323,6 +323,7 @@ pub fn container_params(epoch: u32, jobs: usize, layer_path: &str) -> WriterPara
         epoch,
     );
     p.fragments = false;
+    p.exportable = false;
     p.data = DataCompression::Probe;
     p.stored_paths = vec![format!("overlay/{layer_path}").into_bytes()];
     p.jobs = jobs;
