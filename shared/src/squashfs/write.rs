@@ -61,7 +61,9 @@ pub struct WriterParams {
     /// How data blocks are compressed.
     pub data: DataCompression,
     /// Files (paths relative to the root) whose data is stored uncompressed whatever `data`
-    /// says (the kit container's layer, which is compressed already).
+    /// says (the kit container's layer, which is compressed already), except a last block
+    /// shorter than the block size, which is compressed when that shrinks it (images end with
+    /// zero padding).
     pub stored_paths: Vec<Vec<u8>>,
     /// Write the export (NFS) table, as mksquashfs does by default.
     pub exportable: bool,
@@ -716,13 +718,11 @@ fn write_data<W: Write + Send>(
                     };
                     let mut check = Sha256::new();
                     let path = || tree.path(first_node[fi]);
+                    let stored_path =
+                        !params.stored_paths.is_empty() && params.stored_paths.contains(&path());
                     let mut mode = match params.data {
                         DataCompression::None => DataCompression::None,
-                        _ if !params.stored_paths.is_empty()
-                            && params.stored_paths.contains(&path()) =>
-                        {
-                            DataCompression::None
-                        }
+                        _ if stored_path => DataCompression::None,
                         m => m,
                     };
                     for b in 0..nblocks {
@@ -739,6 +739,13 @@ fn write_data<W: Write + Send>(
                         } else {
                             match mode {
                                 DataCompression::All => Payload::Data(block),
+                                // A stored path's last short block is still compressed when
+                                // that shrinks it (an image ends with zero padding).
+                                DataCompression::None
+                                    if stored_path && b + 1 == nblocks && len < bs =>
+                                {
+                                    Payload::Data(block)
+                                }
                                 DataCompression::None => Payload::Stored(block),
                                 DataCompression::Probe => {
                                     match params.compressor.compress(&block)? {
