@@ -61,9 +61,9 @@ pub struct WriterParams {
     /// How data blocks are compressed.
     pub data: DataCompression,
     /// Files (paths relative to the root) whose data is stored uncompressed whatever `data`
-    /// says (the kit container's layer, which is compressed already), except a last block
-    /// shorter than the block size, which is compressed when that shrinks it (images end with
-    /// zero padding).
+    /// says (the kit container's layer, which is compressed already), except, in a file of
+    /// several blocks, a last block shorter than the block size, which is compressed when that
+    /// shrinks it (images end with zero padding).
     pub stored_paths: Vec<Vec<u8>>,
     /// Write the export (NFS) table, as mksquashfs does by default.
     pub exportable: bool,
@@ -739,10 +739,13 @@ fn write_data<W: Write + Send>(
                         } else {
                             match mode {
                                 DataCompression::All => Payload::Data(block),
-                                // A stored path's last short block is still compressed when
-                                // that shrinks it (an image ends with zero padding).
+                                // A stored path's last short block (of several) is compressed
+                                // when that shrinks it (an image ends with zero padding).
                                 DataCompression::None
-                                    if stored_path && b + 1 == nblocks && len < bs =>
+                                    if stored_path
+                                        && nblocks > 1
+                                        && b + 1 == nblocks
+                                        && len < bs =>
                                 {
                                     Payload::Data(block)
                                 }
