@@ -14,7 +14,10 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use iuk_e2e::{fixture, iuk_command, run, run_ok, sha256_file, sha256_hex, Run};
+use iuk_e2e::{
+    assert_same_tree, fixture, iuk_command, kernel_or_skip, mount_overlay, mount_squashfs,
+    require_root_or_skip, run, run_ok, sha256_file, sha256_hex, snapshot, Run,
+};
 use tempfile::TempDir;
 
 const EPOCH: u32 = 1_700_000_000;
@@ -446,6 +449,7 @@ fn signed_apply_stacks_and_everything_else_is_refused_before_any_write() {
     assert_eq!(s["keyring"], name.as_str(), "the keyring survives an apply");
     verify_deep(&m);
     assert!(m.join("live").join(&name).is_file());
+    stack_equals_root(&m, "6.10", w);
     // Replayed: refused, even signed.
     refused_unchanged(&m, &mut apply(&k1, &udf, &sig), "replay", "not listed");
 }
@@ -1103,5 +1107,36 @@ fn killed_trust_recovers_to_the_old_or_the_new_keyring() {
     assert!(
         olds > 0 && news > 0,
         "{olds} old, {news} new: a side was missed"
+    );
+}
+
+/// The medium's module stack, mounted by the kernel (loop + overlayfs, module order), equals the
+/// root filesystem of fixture `version` exactly (skipped without root or loop/overlay mounts).
+fn stack_equals_root(medium: &Path, version: &str, work: &Path) {
+    if !require_root_or_skip() || !kernel_or_skip() {
+        return;
+    }
+    let root_img = work.join(format!("root-{version}.sqfs"));
+    run_ok(
+        std::process::Command::new("osirrox")
+            .arg("-indev")
+            .arg(fixture(&format!("Tails-{version}.iso")))
+            .arg("-extract")
+            .arg("/live/filesystem.squashfs")
+            .arg(&root_img),
+    );
+    let module = std::fs::read_to_string(medium.join("live/Tails.module")).unwrap();
+    let layers: Vec<_> = module
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| mount_squashfs(&medium.join("live").join(l.trim())))
+        .collect();
+    let lowers: Vec<&Path> = layers.iter().rev().map(|m| m.path()).collect();
+    let stack = mount_overlay(&lowers);
+    let root = mount_squashfs(&root_img);
+    assert_same_tree(
+        &snapshot(root.path()),
+        &snapshot(stack.path()),
+        &format!("kernel stack after a signed apply vs {version}'s root"),
     );
 }
