@@ -454,6 +454,86 @@ fn signed_apply_stacks_and_everything_else_is_refused_before_any_write() {
     refused_unchanged(&m, &mut apply(&k1, &udf, &sig), "replay", "not listed");
 }
 
+/// RSA keys, a signing subkey of a certify-only primary, and a key that has expired since it
+/// signed all authorize a signed `check` on a keyed medium (judged at the signature's time,
+/// never against the clock).
+#[test]
+fn rsa_subkey_and_expired_since_signing_keys_are_accepted() {
+    if !have(&["gpg"]) {
+        return;
+    }
+    let work = tmpdir();
+    let w = work.path();
+    let g = Gpg::new();
+    let fpr = |email: &str| -> String {
+        let text = String::from_utf8(g.run(&["--with-colons", "--list-keys", email])).unwrap();
+        text.lines()
+            .find(|l| l.starts_with("fpr:"))
+            .and_then(|l| l.split(':').nth(9))
+            .unwrap()
+            .to_string()
+    };
+    g.run(&[
+        "--quick-gen-key",
+        "RSA <rsa@example.org>",
+        "rsa3072",
+        "sign",
+        "0",
+    ]);
+    let rsa = fpr("rsa@example.org");
+    g.run(&[
+        "--quick-gen-key",
+        "Cert <cert@example.org>",
+        "ed25519",
+        "cert",
+        "0",
+    ]);
+    let cert = fpr("cert@example.org");
+    g.run(&["--quick-add-key", &cert, "ed25519", "sign", "0"]);
+    g.run(&[
+        "--faked-system-time",
+        "20200101T000000!",
+        "--quick-gen-key",
+        "Old <old@example.org>",
+        "ed25519",
+        "sign",
+        "2d",
+    ]);
+    let old = fpr("old@example.org");
+    let keys = put(w, "keys.asc", &g.export(&[&rsa, &cert, &old]));
+    let k1 = kit(w, "6.9", "6.10");
+    let udf = describe(w, "u.yml", "6.10", &[&k1], false);
+    let m = w.join("medium");
+    init(&m, Some(&keys));
+    for (name, key, faked) in [
+        ("rsa", &rsa, None),
+        ("subkey", &cert, None),
+        ("expired since", &old, Some("20200101T120000!")),
+    ] {
+        let sig = w.join(format!("u-{name}.pgp"));
+        match faked {
+            Some(t) => {
+                g.run(&[
+                    "--faked-system-time",
+                    t,
+                    "--local-user",
+                    key,
+                    "--armor",
+                    "--detach-sign",
+                    "--output",
+                    sig.to_str().unwrap(),
+                    udf.to_str().unwrap(),
+                ]);
+            }
+            None => {
+                g.sign(key, &udf, &sig);
+            }
+        }
+        let r = signed("check", &m, &k1, &udf, &sig);
+        assert!(r.ok(), "{name}: a signed check was refused: {r}");
+    }
+}
+
 // ------------------------------------------------------------------------------------------------
 // select
 
