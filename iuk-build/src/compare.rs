@@ -40,7 +40,7 @@ pub fn main(a: CompareArgs) -> ExitCode {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(e) => {
-            eprintln!("iuk-build: error: {}", crate::one_line(&e));
+            eprintln!("iuk-build: error: {}", iuk::message::one_line(e.as_ref()));
             ExitCode::from(2)
         }
     }

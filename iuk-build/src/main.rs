@@ -55,25 +55,8 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("iuk-build: error: {}", one_line(&e));
+            eprintln!("iuk-build: error: {}", iuk::message::one_line(e.as_ref()));
             ExitCode::from(1)
         }
     }
-}
-
-/// The error and its causes on one line, each message once: library errors already include
-/// their cause's text, so a cause whose message is already shown is not repeated.
-fn one_line(e: &anyhow::Error) -> String {
-    let mut out = String::new();
-    for cause in e.chain() {
-        let m = cause.to_string();
-        if m.is_empty() || out.contains(&m) {
-            continue;
-        }
-        if !out.is_empty() {
-            out.push_str(": ");
-        }
-        out.push_str(&m);
-    }
-    out.replace(['\n', '\r'], " ")
 }

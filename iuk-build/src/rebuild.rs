@@ -97,7 +97,7 @@ pub fn main(a: RebuildArgs) -> ExitCode {
         Ok(Verdict::Identical) => ExitCode::SUCCESS,
         Ok(_) => ExitCode::from(1),
         Err(e) => {
-            eprintln!("iuk-build: error: {}", crate::one_line(&e));
+            eprintln!("iuk-build: error: {}", iuk::message::one_line(e.as_ref()));
             ExitCode::from(2)
         }
     }

@@ -12,6 +12,7 @@ pub mod hostdir;
 pub mod iso;
 pub mod kit;
 pub mod medium;
+pub mod message;
 pub mod output;
 pub mod rebuild;
 pub mod release;
