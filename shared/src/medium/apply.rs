@@ -27,7 +27,8 @@ use super::journal::{self, Delete, Journal, Write};
 use super::state::{Layer, State};
 use super::trust::{self, SignedUdf};
 use super::{
-    io_err, safe_relative_path, sha_of, Medium, MediumError, INTENT_FILE, JOURNAL_FILE, STAGING_DIR,
+    find_child, io_err, safe_relative_path, sha_of, Medium, MediumError, INTENT_FILE, JOURNAL_FILE,
+    STAGING_DIR,
 };
 use crate::boot::{is_protected, MONITORED_DIRS};
 use crate::kit::{Control, Kit, FORMAT, GENERATOR};
@@ -674,7 +675,7 @@ const CHUNK: usize = 1 << 20;
 
 /// Copies `content` into a new file at `path` through `fs`, fsyncs and closes it; returns the
 /// sha256 of what was written.
-fn copy_in(
+pub(super) fn copy_in(
     fs: &mut dyn MediumFs,
     path: &Path,
     content: &Content,
@@ -870,24 +871,6 @@ fn prepare_parent(
     Ok(cur)
 }
 
-/// The existing child of `dir` named `name`, compared case-insensitively (exact match first).
-fn find_child(dir: &Path, name: &str) -> Option<PathBuf> {
-    let exact = dir.join(name);
-    if std::fs::symlink_metadata(&exact).is_ok() {
-        return Some(exact);
-    }
-    let lower = name.to_lowercase();
-    std::fs::read_dir(dir)
-        .ok()?
-        .filter_map(|e| e.ok())
-        .find(|e| {
-            e.file_name()
-                .to_str()
-                .is_some_and(|n| n.to_lowercase() == lower)
-        })
-        .map(|e| e.path())
-}
-
 fn sync_dirs(fs: &mut dyn MediumFs, dirs: &mut Vec<PathBuf>) -> Result<(), MediumError> {
     dirs.sort();
     dirs.dedup();
@@ -1020,18 +1003,27 @@ pub fn finish(medium: &Medium, j: &Journal, fs: &mut dyn MediumFs) -> Result<usi
     sync_dirs(fs, &mut touched)?;
 
     // Step 7: zero the journal, fsync it, unlink it, fsync live/.
-    let jpath = medium.live_file(JOURNAL_FILE);
-    if let Ok(md) = std::fs::metadata(&jpath) {
-        let h = fs.open_write(&jpath).map_err(|e| io_err(&jpath, e))?;
-        let zeros = vec![0u8; md.len() as usize];
-        fs.write_at(h, 0, &zeros).map_err(|e| io_err(&jpath, e))?;
-        fs.fsync(h).map_err(|e| io_err(&jpath, e))?;
-        fs.close(h).map_err(|e| io_err(&jpath, e))?;
-        fs.unlink(&jpath).map_err(|e| io_err(&jpath, e))?;
-        let live = medium.live();
-        fs.fsync_dir(&live).map_err(|e| io_err(&live, e))?;
+    if medium.journal_pending() {
+        discard_journal(medium, fs)?;
     }
     Ok(deleted)
+}
+
+/// Zeroes the journal, fsyncs it, unlinks it and fsyncs `live/`: a zeroed journal can never
+/// come back valid, whatever a power cut keeps of the unlink.
+pub fn discard_journal(medium: &Medium, fs: &mut dyn MediumFs) -> Result<(), MediumError> {
+    let jpath = medium.live_file(JOURNAL_FILE);
+    let len = std::fs::metadata(&jpath)
+        .map_err(|e| io_err(&jpath, e))?
+        .len();
+    let h = fs.open_write(&jpath).map_err(|e| io_err(&jpath, e))?;
+    fs.write_at(h, 0, &vec![0u8; len as usize])
+        .map_err(|e| io_err(&jpath, e))?;
+    fs.fsync(h).map_err(|e| io_err(&jpath, e))?;
+    fs.close(h).map_err(|e| io_err(&jpath, e))?;
+    fs.unlink(&jpath).map_err(|e| io_err(&jpath, e))?;
+    let live = medium.live();
+    fs.fsync_dir(&live).map_err(|e| io_err(&live, e))
 }
 
 /// Names a deletion must never touch: the base, module files, our own files.

@@ -7,6 +7,7 @@
 use std::fs;
 use std::path::Path;
 
+use super::apply::{copy_in, NoProgress};
 use super::fsops::{write_file, MediumFs};
 use super::state::{State, STATE_FORMAT};
 use super::trust::{prepare_keyring, KeyringInput};
@@ -54,28 +55,6 @@ pub struct InitReport {
     pub keyring: Option<String>,
     /// The fingerprints of the trusted keys.
     pub key_fingerprints: Vec<String>,
-}
-
-fn copy(
-    fs: &mut dyn MediumFs,
-    dst: &Path,
-    content: &crate::tree::Content,
-) -> Result<(), MediumError> {
-    use std::io::Read;
-    let h = fs.create(dst).map_err(|e| io_err(dst, e))?;
-    let mut r = content.source.open().map_err(|e| io_err(dst, e))?;
-    let mut buf = vec![0u8; 1 << 20];
-    let mut off = 0u64;
-    loop {
-        let n = r.read(&mut buf).map_err(|e| io_err(dst, e))?;
-        if n == 0 {
-            break;
-        }
-        fs.write_at(h, off, &buf[..n]).map_err(|e| io_err(dst, e))?;
-        off += n as u64;
-    }
-    fs.fsync(h).map_err(|e| io_err(dst, e))?;
-    fs.close(h).map_err(|e| io_err(dst, e))
 }
 
 fn mkdirs(fs: &mut dyn MediumFs, root: &Path, rel: &str) -> Result<(), MediumError> {
@@ -155,11 +134,17 @@ pub fn init(
         if let Some((dir, _)) = f.path.rsplit_once('/') {
             mkdirs(fs, &medium.root, dir)?;
         }
-        copy(fs, &medium.root.join(&f.path), &f.content)?;
+        copy_in(
+            fs,
+            &medium.root.join(&f.path),
+            &f.content,
+            &NoProgress,
+            &mut 0,
+        )?;
         bytes += f.size;
     }
     let base = release.content(ROOTFS.as_bytes()).map_err(rel_err)?;
-    copy(fs, &medium.root.join(BASE), &base)?;
+    copy_in(fs, &medium.root.join(BASE), &base, &NoProgress, &mut 0)?;
     bytes += base.size;
     let module_file = format!("{product}.module");
     let state = State {

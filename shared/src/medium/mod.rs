@@ -119,18 +119,7 @@ impl Medium {
     pub fn find(&self, rel: &str) -> Option<PathBuf> {
         let mut cur = self.root.clone();
         for comp in rel.split('/').filter(|c| !c.is_empty()) {
-            let exact = cur.join(comp);
-            if fs::symlink_metadata(&exact).is_ok() {
-                cur = exact;
-                continue;
-            }
-            let lower = comp.to_lowercase();
-            let found = fs::read_dir(&cur).ok()?.filter_map(|e| e.ok()).find(|e| {
-                e.file_name()
-                    .to_str()
-                    .is_some_and(|n| n.to_lowercase() == lower)
-            })?;
-            cur = found.path();
+            cur = find_child(&cur, comp)?;
         }
         Some(cur)
     }
@@ -249,6 +238,24 @@ impl Medium {
         }
         Ok(())
     }
+}
+
+/// The existing child of `dir` named `name`, compared case-insensitively (an exact match wins).
+pub fn find_child(dir: &Path, name: &str) -> Option<PathBuf> {
+    let exact = dir.join(name);
+    if fs::symlink_metadata(&exact).is_ok() {
+        return Some(exact);
+    }
+    let lower = name.to_lowercase();
+    fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .find(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.to_lowercase() == lower)
+        })
+        .map(|e| e.path())
 }
 
 /// Reads a whole file of at most `limit` bytes.

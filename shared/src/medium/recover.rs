@@ -15,7 +15,7 @@ use std::path::PathBuf;
 
 use sha2::{Digest, Sha256};
 
-use super::apply::finish;
+use super::apply::{discard_journal, finish};
 use super::fsops::MediumFs;
 use super::journal::Journal;
 use super::trust::stray_keyrings;
@@ -55,14 +55,7 @@ pub fn recover(medium: &Medium, fs: &mut dyn MediumFs) -> Result<Recovery, Mediu
             }
         }
         // Stale or torn: zero it, then remove it.
-        let h = fs.open_write(&jpath).map_err(|e| io_err(&jpath, e))?;
-        fs.write_at(h, 0, &vec![0u8; bytes.len()])
-            .map_err(|e| io_err(&jpath, e))?;
-        fs.fsync(h).map_err(|e| io_err(&jpath, e))?;
-        fs.close(h).map_err(|e| io_err(&jpath, e))?;
-        fs.unlink(&jpath).map_err(|e| io_err(&jpath, e))?;
-        let live = medium.live();
-        fs.fsync_dir(&live).map_err(|e| io_err(&live, e))?;
+        discard_journal(medium, fs)?;
         let strays = remove_stray_keyrings(medium, state_ok, fs)?;
         if !medium.staging_pending() {
             return Ok(if strays > 0 {
