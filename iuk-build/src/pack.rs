@@ -9,7 +9,7 @@ use iuk::hostdir::{self, HostDirOptions};
 use iuk::output::write_new_file;
 use iuk::squashfs::read::Archive;
 use iuk::squashfs::write::{write_image, WriterParams};
-use iuk::tree::{InodeKind, Tree};
+use iuk::tree::Tree;
 
 use crate::progress;
 use crate::writer_args::{BcjName, CompressionName, WriterArgs, WriterDefaults};
@@ -130,12 +130,7 @@ pub fn run(a: PackArgs) -> Result<()> {
     })?;
     check_output(&a.source, &a.output)?;
     let tree = load(&a.source, a.all_root)?;
-    let total: u64 = (0..tree.inode_count() as u32)
-        .map(|i| match &tree.inode(iuk::tree::InodeId(i)).kind {
-            InodeKind::File(c) => c.size,
-            _ => 0,
-        })
-        .sum();
+    let total = tree.content_bytes();
     let mut params = WriterParams::new(w.compressor, w.block_size, w.epoch);
     params.sort = w.sort;
     if let Some(j) = a.jobs {

@@ -28,7 +28,7 @@ use crate::release::{self, hex_opt, Release, ReleaseError};
 use crate::squashfs::read::Archive;
 use crate::squashfs::write::{write_image, WriterParams, WRITER_FORMAT_VERSION};
 use crate::squashfs::SqfsError;
-use crate::tree::{content_hashes, hex, tree_digest_with, Tree, TreeError};
+use crate::tree::{content_hashes, hex, tree_digest_with, TreeError};
 use crate::version;
 
 /// Errors of a build; every message names the input or output concerned.
@@ -312,9 +312,9 @@ pub fn build(
         )));
     }
 
-    let total = sum_sizes(&old_tree) + sum_sizes(&new_tree);
+    let old_sizes = old_tree.content_bytes();
+    let total = old_sizes + new_tree.content_bytes();
     progress.phase("hashing", total);
-    let old_sizes = sum_sizes(&old_tree);
     let old_hashes = content_hashes(&old_tree, &|n| progress.position(n))?;
     let new_hashes = content_hashes(&new_tree, &|n| progress.position(old_sizes + n))?;
     let old_digest = tree_digest_with(&old_tree, |i| {
@@ -521,15 +521,6 @@ pub fn build(
         new_tree_digest: hex(&new_digest),
         seconds: start.elapsed().as_secs_f64(),
     })
-}
-
-fn sum_sizes(t: &Tree) -> u64 {
-    (0..t.inode_count() as u32)
-        .map(|i| match &t.inode(crate::tree::InodeId(i)).kind {
-            crate::tree::InodeKind::File(c) => c.size,
-            _ => 0,
-        })
-        .sum()
 }
 
 /// Default kit file name: `<product>_<target>_<from>_to_<to>.iuk` (Tails' naming).

@@ -317,6 +317,17 @@ impl Tree {
         self.nodes.len()
     }
 
+    /// Bytes of regular-file content, each inode once (hard links are not counted twice).
+    pub fn content_bytes(&self) -> u64 {
+        self.inodes
+            .iter()
+            .map(|i| match &i.kind {
+                InodeKind::File(c) => c.size,
+                _ => 0,
+            })
+            .sum()
+    }
+
     /// Number of distinct inodes.
     pub fn inode_count(&self) -> usize {
         self.inodes.len()
