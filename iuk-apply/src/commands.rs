@@ -416,6 +416,8 @@ fn describe_plan(p: &Plan) -> serde_json::Value {
         "boot_files_to_write": p.writes.iter().map(|w| w.path.clone()).collect::<Vec<_>>(),
         "to_delete": p.deletes.iter().map(|d| d.path.clone()).collect::<Vec<_>>(),
         "payload_bytes": p.payload,
+        "written_bytes": p.written,
+        "allocated_bytes": p.allocated,
         "needed_bytes": p.needed,
         "free_bytes": p.free,
         "reinstall_bootloader": p.reinstall_bootloader,

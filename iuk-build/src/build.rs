@@ -48,7 +48,7 @@ pub struct BuildArgs {
     #[arg(long, value_name = "T", default_value = "amd64")]
     pub build_target: String,
     /// Kit to write [default: <P>_<T>_<A>_to_<B>.iuk in the current directory]
-    #[arg(long, value_name = "PATH")]
+    #[arg(short, long, value_name = "PATH")]
     pub out: Option<PathBuf>,
     /// Name of the diff layer (live/<NAME>.squashfs) [default: <P>_<A>_to_<B>]
     #[arg(long, value_name = "NAME")]

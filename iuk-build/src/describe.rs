@@ -79,7 +79,7 @@ pub struct DescribeArgs {
     #[arg(long, value_name = "URL", requires = "iso")]
     pub iso_url: Option<String>,
     /// File to write [default: standard output]
-    #[arg(long, value_name = "FILE")]
+    #[arg(short, long, value_name = "FILE")]
     pub out: Option<PathBuf>,
 }
 

@@ -1280,6 +1280,87 @@ fn refuses_a_kit_larger_than_the_free_space() {
     drop(tmpfs);
 }
 
+/// Fills the tmpfs at `root` so that between `needed` and `needed` + one page stays free.
+fn leave_free(root: &Path, needed: u64) {
+    let filler = root.join("filler");
+    let _ = fs::remove_file(&filler);
+    let free_now = || {
+        iuk::medium::apply::free_space(root)
+            .unwrap()
+            .expect("tmpfs reports its size")
+    };
+    let free = free_now();
+    assert!(free >= needed, "{free} free, {needed} needed");
+    fs::write(
+        &filler,
+        vec![0x55u8; ((free - needed) / 4096 * 4096) as usize],
+    )
+    .unwrap();
+    let now = free_now();
+    assert!(
+        (needed..needed + 4096).contains(&now),
+        "{now} free, {needed} needed"
+    );
+}
+
+#[test]
+fn the_free_space_check_is_enough_and_within_the_goal() {
+    if !require_root_or_skip() {
+        return;
+    }
+    let work = tmpdir();
+    let w = work.path();
+    let kits = [
+        build_kit(w, "6.9", "6.10"),
+        build_kit(w, "6.10", "6.11"),
+        build_kit(w, "6.9", "6.11"),
+    ];
+    // A stacking chain, then a cumulative kit on a medium at 6.10. Each is planned (as `check`
+    // does), then run with only the space the plan counts in whole pages, without the margin
+    // `needed` adds: none may run out of room.
+    for (name, steps) in [("chain", [0, 1]), ("cumulative", [0, 2])] {
+        let tmpfs = mount_tmpfs("4M");
+        let m = &tmpfs.path().join(name);
+        init_medium(m, "6.9");
+        for i in steps {
+            let checked: serde_json::Value =
+                serde_json::from_slice(&run_ok(ia("check", m).arg(&kits[i]).arg("--json")).stdout)
+                    .unwrap();
+            let medium = iuk::medium::Medium::new(m);
+            let plan = iuk::medium::apply::plan(
+                &medium,
+                &kits[i],
+                &Default::default(),
+                &iuk::medium::apply::NoProgress,
+            )
+            .unwrap();
+            assert_eq!(checked["needed_bytes"].as_u64(), Some(plan.needed));
+            assert_eq!(checked["allocated_bytes"].as_u64(), Some(plan.allocated));
+            let goal = 1.1 * plan.payload as f64 + (1 << 20) as f64;
+            assert!(
+                plan.needed as f64 <= goal,
+                "{name}: {} bytes needed for a payload of {}: over 1.1 × payload + 1 MiB",
+                plan.needed,
+                plan.payload
+            );
+            assert!(plan.allocated >= plan.written, "{name}");
+            leave_free(tmpfs.path(), plan.allocated);
+            let lock = medium.lock().unwrap();
+            iuk::medium::apply::execute(
+                &medium,
+                &plan,
+                &mut iuk::medium::fsops::RealFs::new(),
+                &iuk::medium::apply::NoProgress,
+            )
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+            drop(lock);
+            fs::remove_file(tmpfs.path().join("filler")).unwrap();
+            run_ok(ia("verify", m).arg("--deep"));
+        }
+        drop(tmpfs);
+    }
+}
+
 // ------------------------------------------------------------------------------------------------
 // 5: kills
 

@@ -6,8 +6,10 @@
 //!    build target, the upgrade model and the tree digest it requires, paths (relative, FAT-safe,
 //!    never a protected name), the medium against its state, the layer name free, free space.
 //! 2. Write `iuk-staging/intent`; write the layer at its final name (no module file lists it
-//!    yet); stage a copy of every boot file whose content changes; fsync each file and every
-//!    directory that gained an entry; re-read each from the device and check its sha256.
+//!    yet); stage a copy of every boot file whose content changes, except new boot files whose
+//!    directory exists, which are written at their final names (nothing of the old release
+//!    changes, and the intent names them for `recover`); fsync each file and every directory
+//!    that gained an entry; re-read each from the device and check its sha256.
 //! 3. Commit: write the journal, fsync it and `live/`.
 //! 4. Boot files: clear what is in the way, overwrite each changed file in place from its staged
 //!    copy; fsync each file and the directories that gained entries.
@@ -87,6 +89,10 @@ pub struct BootWrite {
     pub content: Content,
     /// sha256 of the file it replaces, if one exists.
     pub old: Option<[u8; 32]>,
+    /// Written at its final name in step 2 instead of staged: nothing is at the path (in any
+    /// case spelling) and its directory exists, so no file of the old release changes and the
+    /// intent names it for `recover` to delete if the apply is not committed.
+    pub direct: bool,
 }
 
 /// Everything an apply will do, computed and verified without writing.
@@ -111,7 +117,12 @@ pub struct Plan {
     pub deletes: Vec<Delete>,
     /// Bytes of every file the kit carries (its overlay).
     pub payload: u64,
-    /// Bytes the apply writes before anything is freed, plus 1 MiB.
+    /// Bytes the apply writes before anything is freed: new files and the growth of files
+    /// rewritten in place.
+    pub written: u64,
+    /// The same in whole allocation units of the medium's filesystem (clusters on FAT).
+    pub allocated: u64,
+    /// Free space the apply needs: `written` + 1 MiB, or `allocated` + 256 KiB when more.
     pub needed: u64,
     /// Free bytes on the medium (None where the filesystem does not say).
     pub free: Option<u64>,
@@ -129,8 +140,7 @@ fn parse_hex(s: &str, what: &str) -> Result<[u8; 32], MediumError> {
     journal::parse_sha256(s).ok_or_else(|| refuse(format!("{what}: {s:?} is not a sha256")))
 }
 
-/// Free bytes for an unprivileged writer, or None when the filesystem reports no size.
-pub fn free_space(path: &Path) -> Result<Option<u64>, MediumError> {
+fn statvfs(path: &Path) -> Result<libc::statvfs, MediumError> {
     let c = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str()))
         .map_err(|_| refuse(format!("{}: path holds a NUL byte", path.display())))?;
     // SAFETY: a valid C string and a zeroed out-structure the call fills.
@@ -139,10 +149,145 @@ pub fn free_space(path: &Path) -> Result<Option<u64>, MediumError> {
     if r != 0 {
         return Err(io_err(path, std::io::Error::last_os_error()));
     }
+    Ok(st)
+}
+
+/// Free bytes for an unprivileged writer, or None when the filesystem reports no size.
+// statvfs's field types differ between targets (u32 on some 32-bit ones).
+#[allow(clippy::unnecessary_cast)]
+pub fn free_space(path: &Path) -> Result<Option<u64>, MediumError> {
+    let st = statvfs(path)?;
     if st.f_blocks == 0 {
         return Ok(None);
     }
     Ok(Some(st.f_bavail as u64 * st.f_frsize as u64))
+}
+
+/// The filesystem's allocation unit (the cluster on FAT), 4096 when it does not say.
+#[allow(clippy::unnecessary_cast)]
+fn cluster_size(path: &Path) -> u64 {
+    match statvfs(path) {
+        Ok(st) if st.f_frsize > 0 => st.f_frsize as u64,
+        _ => 4096,
+    }
+}
+
+/// Space an apply takes before anything is freed (DESIGN.md: the written bytes + 1 MiB, nothing
+/// replaced counted as freed): every file it creates and the growth of every file it rewrites in
+/// place, as (new size, old size) pairs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct SpaceWritten(Vec<(u64, u64)>);
+
+/// Headroom beyond the written bytes.
+const SPACE_MARGIN: u64 = 1 << 20;
+/// Headroom left for directory entries when whole clusters are counted.
+const CLUSTER_MARGIN: u64 = 256 << 10;
+
+impl SpaceWritten {
+    /// The written bytes.
+    fn bytes(&self) -> u64 {
+        self.0
+            .iter()
+            .map(|(new, old)| new.saturating_sub(*old))
+            .sum()
+    }
+
+    /// The written bytes in whole clusters: what many small files take on a medium with large
+    /// clusters, beyond what the 1 MiB margin covers.
+    fn allocated(&self, cluster: u64) -> u64 {
+        let cluster = cluster.max(1);
+        self.0
+            .iter()
+            .map(|(new, old)| new.div_ceil(cluster).saturating_sub(old.div_ceil(cluster)))
+            .sum::<u64>()
+            * cluster
+    }
+}
+
+/// What step 2 and the commit write: the layer, each staged copy, each boot file written
+/// directly, the growth of boot files overwritten in place, and `others` (intent, journal,
+/// state, module file).
+fn space_written(
+    medium: &Medium,
+    layer: &Content,
+    writes: &[BootWrite],
+    others: [(u64, u64); 4],
+) -> SpaceWritten {
+    let mut files = vec![(layer.size, 0)];
+    for w in writes {
+        files.push((w.content.size, 0));
+        if w.direct {
+            continue;
+        }
+        let old = medium
+            .find(&w.path)
+            .and_then(|p| fs::symlink_metadata(p).ok())
+            .filter(|m| m.is_file())
+            .map_or(0, |m| m.len());
+        files.push((w.content.size, old));
+    }
+    files.extend(others);
+    SpaceWritten(files)
+}
+
+/// The intent file of step 2: the layer, the state it starts from, and the boot files written
+/// directly at their final names (which `recover` deletes when the apply was not committed).
+fn intent_text(layer: &str, old_state: &[u8; 32], writes: &[BootWrite]) -> String {
+    let mut t = format!("layer {layer}\nstate {}\n", hex(old_state));
+    for w in writes.iter().filter(|w| w.direct) {
+        t.push_str(&format!("direct {}\n", w.path));
+    }
+    t
+}
+
+/// The journal an apply commits: staged copies are named by their index in `writes`; boot files
+/// written directly have no staged copy (an empty name).
+fn plan_journal(
+    old_state: [u8; 32],
+    new_state: &State,
+    writes: &[BootWrite],
+    deletes: &[Delete],
+) -> Journal {
+    Journal {
+        old_state,
+        module_file: new_state.module_file.clone(),
+        module_text: new_state.module_text(),
+        state_text: new_state.to_yaml(),
+        writes: writes
+            .iter()
+            .enumerate()
+            .map(|(i, w)| Write {
+                path: w.path.clone(),
+                old: w.old,
+                new: w.sha256,
+                size: w.content.size,
+                staged: if w.direct {
+                    String::new()
+                } else {
+                    staged_name(i)
+                },
+            })
+            .collect(),
+        deletes: deletes.to_vec(),
+    }
+}
+
+/// Name of the staged copy of the `i`-th boot write in `live/iuk-staging/`.
+fn staged_name(i: usize) -> String {
+    format!("{i:05}")
+}
+
+/// Where a new boot file can be written at its final name: its parent directory exists (found
+/// case-insensitively) and nothing of that name is in it.
+fn direct_target(medium: &Medium, rel: &str) -> Option<PathBuf> {
+    let (dir, name) = match rel.rsplit_once('/') {
+        Some((d, n)) => (medium.find(d)?, n),
+        None => (medium.root.clone(), rel),
+    };
+    if !dir.is_dir() || find_child(&dir, name).is_some() {
+        return None;
+    }
+    Some(dir.join(name))
 }
 
 /// Verifies a kit against a medium and computes what applying it would do. Writes nothing.
@@ -212,7 +357,14 @@ pub fn plan(
             }
         }
     }
-    let kit = Kit::open(kit_path).map_err(|e| bad_kit(e.to_string()))?;
+    let kit = Kit::open(kit_path).map_err(|e| {
+        let m = e.to_string();
+        if m.starts_with(&kit_name) {
+            refuse(m)
+        } else {
+            bad_kit(m)
+        }
+    })?;
     if kit.format != FORMAT {
         return Err(bad_kit(format!(
             "FORMAT {:?} is not supported (this iuk-apply installs FORMAT 2 kits)",
@@ -449,16 +601,19 @@ pub fn plan(
                 e.path
             )));
         }
-        let old = match medium.find(&e.path) {
-            Some(p) if p.is_file() => Some(sha_of(&p)?),
+        let existing = medium.find(&e.path);
+        let old = match &existing {
+            Some(p) if p.is_file() => Some(sha_of(p)?),
             _ => None,
         };
+        let direct = existing.is_none() && direct_target(medium, &e.path).is_some();
         written.insert(e.path.to_ascii_lowercase());
         writes.push(BootWrite {
             path: e.path.clone(),
             sha256: want,
             content: content.clone(),
             old,
+            direct,
         });
     }
 
@@ -498,41 +653,52 @@ pub fn plan(
     let mut seen = HashSet::new();
     deletes.retain(|d| seen.insert(d.path.to_ascii_lowercase()));
 
-    // Space: the layer, the staged copies and the growth of files overwritten in place.
-    let staged: u64 = writes.iter().map(|w| w.content.size).sum();
-    let mut growth = 0u64;
-    for w in &writes {
-        if let Some(p) = medium.find(&w.path) {
-            let old = fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
-            growth += w.content.size.saturating_sub(old);
-        } else {
-            growth += w.content.size;
-        }
+    let mut new_state = state.clone();
+    let new_layer = Layer {
+        name: c.layer.clone(),
+        size: layer.0.size,
+        sha256: hex(&layer.1),
+        version: c.to_version.clone(),
+    };
+    match model {
+        Model::Stacking => new_state.layers.push(new_layer),
+        Model::Cumulative => new_state.layers = vec![new_layer],
     }
-    // The journal's size is known now: its staged names and deletions are fixed.
-    let journal_bytes = Journal {
-        old_state: old_state_sha,
-        module_file: state.module_file.clone(),
-        module_text: String::new(),
-        state_text: String::new(),
-        writes: writes
-            .iter()
-            .enumerate()
-            .map(|(i, w)| Write {
-                path: w.path.clone(),
-                old: w.old,
-                new: w.sha256,
-                size: w.content.size,
-                staged: format!("{i:05}"),
-            })
-            .collect(),
-        deletes: deletes.clone(),
+    new_state.current_version = c.to_version.clone();
+    new_state.current_tree_digest = c.new_tree_digest.clone();
+    new_state.boot_files = c.boot_tree.clone();
+    new_state.writer_format = c.writer_format;
+    if let Some(m) = opts.max_layers {
+        new_state.max_layers = m;
     }
-    .encode()
-    .len() as u64;
-    let state_bytes = state.to_yaml().len() as u64 * 2 + 4096;
-    let needed = layer.0.size + staged + growth + journal_bytes + state_bytes + (1 << 20);
+
+    // Space: everything written before anything is freed.
+    let old_state_len = fs::metadata(medium.live_file(super::STATE_FILE))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    let old_module_len = medium
+        .find(&format!("live/{}", state.module_file))
+        .and_then(|p| fs::metadata(p).ok())
+        .map_or(0, |m| m.len());
+    let journal = plan_journal(old_state_sha, &new_state, &writes, &deletes);
+    let written_files = space_written(
+        medium,
+        &layer.0,
+        &writes,
+        [
+            (
+                intent_text(&c.layer, &old_state_sha, &writes).len() as u64,
+                0,
+            ),
+            (journal.encode().len() as u64, 0),
+            (new_state.to_yaml().len() as u64, old_state_len),
+            (new_state.module_text().len() as u64, old_module_len),
+        ],
+    );
     let free = free_space(&medium.root)?;
+    let cluster = cluster_size(&medium.root);
+    let (written, allocated) = (written_files.bytes(), written_files.allocated(cluster));
+    let needed = (written + SPACE_MARGIN).max(allocated + CLUSTER_MARGIN);
     let mut warnings = Vec::new();
     if state.keyring.is_none() {
         warnings.push(format!(
@@ -555,24 +721,6 @@ pub fn plan(
         _ => {}
     }
 
-    let mut new_state = state.clone();
-    let new_layer = Layer {
-        name: c.layer.clone(),
-        size: layer.0.size,
-        sha256: hex(&layer.1),
-        version: c.to_version.clone(),
-    };
-    match model {
-        Model::Stacking => new_state.layers.push(new_layer),
-        Model::Cumulative => new_state.layers = vec![new_layer],
-    }
-    new_state.current_version = c.to_version.clone();
-    new_state.current_tree_digest = c.new_tree_digest.clone();
-    new_state.boot_files = c.boot_tree.clone();
-    new_state.writer_format = c.writer_format;
-    if let Some(m) = opts.max_layers {
-        new_state.max_layers = m;
-    }
     let reinstall_bootloader = writes
         .iter()
         .any(|w| w.path.eq_ignore_ascii_case("syslinux/ldlinux.c32"));
@@ -587,6 +735,8 @@ pub fn plan(
         writes,
         deletes,
         payload,
+        written,
+        allocated,
         needed,
         free,
         warnings,
@@ -729,14 +879,10 @@ pub fn execute(
         fs.mkdir(&staging).map_err(|e| io_err(&staging, e))?;
         fs.fsync_dir(&live).map_err(|e| io_err(&live, e))?;
     }
-    // Step 2: intent, layer, staged copies; every file and directory entry made durable; each
-    // re-read from the device.
+    // Step 2: intent, layer, staged copies and new boot files; every file and directory entry
+    // made durable; each re-read from the device.
     let intent = staging.join(INTENT_FILE);
-    let intent_text = format!(
-        "layer {}\nstate {}\n",
-        plan.control.layer,
-        hex(&plan.old_state_sha)
-    );
+    let intent_text = intent_text(&plan.control.layer, &plan.old_state_sha, &plan.writes);
     write_file(fs, &intent, intent_text.as_bytes()).map_err(|e| io_err(&intent, e))?;
     fs.fsync_dir(&staging).map_err(|e| io_err(&staging, e))?;
 
@@ -752,10 +898,29 @@ pub fn execute(
             plan.layer_rel
         )));
     }
-    let mut jwrites = Vec::new();
-    for (i, w) in plan.writes.iter().enumerate() {
-        let name = format!("{i:05}");
-        let p = staging.join(&name);
+    let journal = plan_journal(
+        plan.old_state_sha,
+        &plan.new_state,
+        &plan.writes,
+        &plan.deletes,
+    );
+    let mut written = vec![layer_path];
+    let mut touched = Vec::new();
+    for (w, jw) in plan.writes.iter().zip(&journal.writes) {
+        let p = if w.direct {
+            let p = direct_target(medium, &w.path).ok_or_else(|| {
+                refuse(format!(
+                    "{}: {} appeared while the kit was being applied",
+                    medium.root.display(),
+                    w.path
+                ))
+            })?;
+            touched.push(parent_of(&p));
+            p
+        } else {
+            touched.push(staging.clone());
+            staging.join(&jw.staged)
+        };
         let sha = copy_in(fs, &p, &w.content, progress, &mut done)?;
         if sha != w.sha256 {
             return Err(refuse(format!(
@@ -763,32 +928,16 @@ pub fn execute(
                 w.path
             )));
         }
-        jwrites.push(Write {
-            path: w.path.clone(),
-            old: w.old,
-            new: w.sha256,
-            size: w.content.size,
-            staged: name,
-        });
+        written.push(p);
     }
-    if !plan.writes.is_empty() {
-        fs.fsync_dir(&staging).map_err(|e| io_err(&staging, e))?;
-    }
+    sync_dirs(fs, &mut touched)?;
     progress.phase("verifying", total);
-    verify_written(&layer_path, &plan.layer.1)?;
-    for w in &jwrites {
-        verify_written(&staging.join(&w.staged), &w.new)?;
+    verify_written(&written[0], &plan.layer.1)?;
+    for (p, w) in written[1..].iter().zip(&plan.writes) {
+        verify_written(p, &w.sha256)?;
     }
 
     // Step 3: the commit point.
-    let journal = Journal {
-        old_state: plan.old_state_sha,
-        module_file: plan.module_file.clone(),
-        module_text: plan.new_state.module_text(),
-        state_text: plan.new_state.to_yaml(),
-        writes: jwrites,
-        deletes: plan.deletes.clone(),
-    };
     let jpath = medium.live_file(JOURNAL_FILE);
     write_file(fs, &jpath, &journal.encode()).map_err(|e| io_err(&jpath, e))?;
     fs.fsync_dir(&live).map_err(|e| io_err(&live, e))?;
@@ -800,7 +949,13 @@ pub fn execute(
         from_version: plan.control.from_version.clone(),
         to_version: plan.control.to_version.clone(),
         layer: plan.control.layer.clone(),
-        bytes_written: total * 2 - plan.layer.0.size,
+        bytes_written: total
+            + plan
+                .writes
+                .iter()
+                .filter(|w| !w.direct)
+                .map(|w| w.content.size)
+                .sum::<u64>(),
         boot_files_written: plan.writes.len(),
         deleted,
         reinstall_bootloader: plan.reinstall_bootloader,

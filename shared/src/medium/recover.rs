@@ -3,8 +3,9 @@
 //! - A journal whose checksum verifies, and whose recorded old state is the medium's current
 //!   state, its new state, or unreadable (torn in step 5): steps 4–7 are redone.
 //! - Any other journal is stale or torn: it is zeroed and removed.
-//! - Without a journal: the staged copies are deleted, and so is the layer named in the intent —
-//!   never a layer a module file lists, never the base. When the state cannot be read, nothing is
+//! - Without a journal: the staged copies are deleted, and so are the layer and the new boot
+//!   files the intent names — never a layer a module file lists, never the base, never a boot
+//!   file the state lists. When the state cannot be read, nothing is
 //!   deleted and `adopt` is advised.
 //! - Without a journal, keyring files (`live/iuk-keyring-*.asc`) that the state does not name
 //!   are deleted too: an interrupted `trust` (or `adopt --keyring`) wrote them before its
@@ -16,10 +17,13 @@ use std::path::PathBuf;
 use sha2::{Digest, Sha256};
 
 use super::apply::{discard_journal, finish};
-use super::fsops::MediumFs;
+use super::fsops::{parent_of, MediumFs};
 use super::journal::Journal;
 use super::trust::stray_keyrings;
-use super::{io_err, Medium, MediumError, BASE, INTENT_FILE, JOURNAL_FILE, STATE_FILE};
+use super::{
+    io_err, safe_relative_path, Medium, MediumError, BASE, INTENT_FILE, JOURNAL_FILE, STATE_FILE,
+};
+use crate::boot::is_protected;
 
 /// What `recover` did.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -104,6 +108,26 @@ pub fn recover(medium: &Medium, fs: &mut dyn MediumFs) -> Result<Recovery, Mediu
                     fs.fsync_dir(&live).map_err(|e| io_err(&live, e))?;
                 }
             }
+        }
+        // New boot files written at their final names, unless the state lists them.
+        let mut touched = Vec::new();
+        for rel in text.lines().filter_map(|l| l.strip_prefix("direct ")) {
+            let listed = state
+                .boot_files
+                .iter()
+                .any(|f| f.path.eq_ignore_ascii_case(rel));
+            if listed || !safe_relative_path(rel) || is_protected(rel) {
+                continue;
+            }
+            if let Some(p) = medium.find(rel).filter(|p| p.is_file()) {
+                fs.unlink(&p).map_err(|e| io_err(&p, e))?;
+                touched.push(parent_of(&p));
+            }
+        }
+        touched.sort();
+        touched.dedup();
+        for d in touched {
+            fs.fsync_dir(&d).map_err(|e| io_err(&d, e))?;
         }
     }
     let mut names: Vec<PathBuf> = fs::read_dir(&staging)
