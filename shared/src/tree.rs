@@ -50,6 +50,11 @@ pub trait ContentSource: Send + Sync {
     fn open(&self) -> io::Result<Box<dyn Read + Send + '_>>;
     /// A short human description used in error messages (a host path, `image.sqfs:/usr/bin/ls`).
     fn describe(&self) -> String;
+    /// Positioned reads of the same bytes (to open an image stored inside another), when the
+    /// source offers them.
+    fn random_access(&self) -> Option<Arc<dyn crate::squashfs::image::ReadAt>> {
+        None
+    }
 }
 
 /// File content handle: size plus where to read the bytes from.
@@ -151,6 +156,9 @@ impl ContentSource for MemorySource {
     }
     fn describe(&self) -> String {
         "memory".to_string()
+    }
+    fn random_access(&self) -> Option<Arc<dyn crate::squashfs::image::ReadAt>> {
+        Some(Arc::new(self.0.as_ref().clone()))
     }
 }
 

@@ -967,6 +967,12 @@ impl ContentSource for ArchiveFile {
     fn describe(&self) -> String {
         self.layout.what.clone()
     }
+    fn random_access(&self) -> Option<Arc<dyn ReadAt>> {
+        Some(Arc::new(ArchiveFileImage::new(
+            self.archive.clone(),
+            self.layout.clone(),
+        )))
+    }
 }
 
 enum Chunk {
@@ -1014,68 +1020,208 @@ impl FileReader {
         if let Some(&s) = l.block_sizes.get(self.next_block) {
             let i = self.next_block;
             self.next_block += 1;
-            let expected = block_len(l.size, l.block_size, i)
-                .ok_or_else(|| corrupt!("block {i} lies past the end of the file"))?;
-            let stored = (s & !BLOCK_UNCOMPRESSED) as u64;
-            if stored == 0 {
-                self.cur = Chunk::Zeros(expected);
-                return Ok(true);
-            }
-            if stored > l.block_size {
-                return Err(corrupt!("block {i} has stored size {stored}"));
-            }
             let at = self.disk_pos;
-            self.disk_pos = at
-                .checked_add(stored)
-                .ok_or_else(|| corrupt!("block {i} lies past the end of the image"))?;
-            let mut raw = match std::mem::replace(&mut self.cur, Chunk::Empty) {
+            let raw = match std::mem::replace(&mut self.cur, Chunk::Empty) {
                 Chunk::Owned(v, _) => v,
                 _ => Vec::new(),
             };
-            raw.clear();
-            raw.resize(stored as usize, 0);
-            self.archive
-                .image
-                .read_exact_at(&mut raw, at)
-                .map_err(|e| SqfsError::io(format!("data block {i} at {at}"), e))?;
-            let data = if s & BLOCK_UNCOMPRESSED != 0 {
-                raw
-            } else {
-                self.archive
-                    .comp
-                    .decompress(&raw, expected as usize)
-                    .map_err(|e| wrap(e, format_args!("data block {i} at {at}")))?
+            self.cur = match decode_block(&self.archive, l, i, at, raw)? {
+                Some(data) => Chunk::Owned(data, 0),
+                None => Chunk::Zeros(block_len(l.size, l.block_size, i).unwrap_or(0)),
             };
-            if data.len() as u64 != expected {
-                return Err(corrupt!(
-                    "data block {i} at {at} holds {} bytes, expected {expected}",
-                    data.len()
-                ));
-            }
-            self.cur = Chunk::Owned(data, 0);
+            self.disk_pos = at + (s & !BLOCK_UNCOMPRESSED) as u64;
             return Ok(true);
         }
         if !self.tail_done {
             self.tail_done = true;
             if let Some(t) = &l.tail {
-                let block = self.archive.fragment_block(t.frag)?;
-                let end = t
-                    .offset
-                    .checked_add(t.len)
-                    .filter(|e| *e <= block.len())
-                    .ok_or_else(|| {
-                        corrupt!(
-                            "tail of {} bytes at offset {} lies outside its {}-byte fragment block",
-                            t.len,
-                            t.offset,
-                            block.len()
-                        )
-                    })?;
-                self.cur = Chunk::Shared(block, t.offset, end);
+                let (block, start, end) = tail_bytes(&self.archive, t)?;
+                self.cur = Chunk::Shared(block, start, end);
                 return Ok(true);
             }
         }
         Ok(false)
+    }
+}
+
+/// Full block `i` of a file, stored at `at`, checked to decompress to exactly its expected
+/// size; None for a sparse block (zeros). `raw` is a buffer to reuse.
+fn decode_block(
+    archive: &Archive,
+    l: &FileLayout,
+    i: usize,
+    at: u64,
+    mut raw: Vec<u8>,
+) -> Result<Option<Vec<u8>>> {
+    let s = *l
+        .block_sizes
+        .get(i)
+        .ok_or_else(|| corrupt!("block {i} lies past the end of the file"))?;
+    let expected = block_len(l.size, l.block_size, i)
+        .ok_or_else(|| corrupt!("block {i} lies past the end of the file"))?;
+    let stored = (s & !BLOCK_UNCOMPRESSED) as u64;
+    if stored == 0 {
+        return Ok(None);
+    }
+    if stored > l.block_size {
+        return Err(corrupt!("block {i} has stored size {stored}"));
+    }
+    if at.checked_add(stored).is_none() {
+        return Err(corrupt!("block {i} lies past the end of the image"));
+    }
+    raw.clear();
+    raw.resize(stored as usize, 0);
+    archive
+        .image
+        .read_exact_at(&mut raw, at)
+        .map_err(|e| SqfsError::io(format!("data block {i} at {at}"), e))?;
+    let data = if s & BLOCK_UNCOMPRESSED != 0 {
+        raw
+    } else {
+        archive
+            .comp
+            .decompress(&raw, expected as usize)
+            .map_err(|e| wrap(e, format_args!("data block {i} at {at}")))?
+    };
+    if data.len() as u64 != expected {
+        return Err(corrupt!(
+            "data block {i} at {at} holds {} bytes, expected {expected}",
+            data.len()
+        ));
+    }
+    Ok(Some(data))
+}
+
+/// A file's tail: its fragment block and the byte range in it.
+fn tail_bytes(archive: &Archive, t: &Tail) -> Result<(Arc<Vec<u8>>, usize, usize)> {
+    let block = archive.fragment_block(t.frag)?;
+    let end = t
+        .offset
+        .checked_add(t.len)
+        .filter(|e| *e <= block.len())
+        .ok_or_else(|| {
+            corrupt!(
+                "tail of {} bytes at offset {} lies outside its {}-byte fragment block",
+                t.len,
+                t.offset,
+                block.len()
+            )
+        })?;
+    Ok((block, t.offset, end))
+}
+
+/// Decoded blocks a [`FileImage`] of an archive file keeps.
+const FILE_IMAGE_CACHE: usize = 8;
+
+/// Random access to a file inside an archive (an image stored in a kit): a full block is found
+/// by the running sum of the stored sizes and decoded on demand (the last few kept), the tail
+/// read from its fragment. Every block is checked as when streaming.
+struct ArchiveFileImage {
+    archive: Arc<Archive>,
+    layout: Arc<FileLayout>,
+    /// Where each full block starts on disk.
+    starts: Vec<u64>,
+    cache: Mutex<Vec<(usize, Arc<Vec<u8>>)>>,
+}
+
+impl ArchiveFileImage {
+    fn new(archive: Arc<Archive>, layout: Arc<FileLayout>) -> ArchiveFileImage {
+        let mut at = layout.blocks_start;
+        let starts = layout
+            .block_sizes
+            .iter()
+            .map(|s| {
+                let here = at;
+                at = at.saturating_add((s & !BLOCK_UNCOMPRESSED) as u64);
+                here
+            })
+            .collect();
+        ArchiveFileImage {
+            archive,
+            layout,
+            starts,
+            cache: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Full block `i`, decoded (sparse blocks as zeros).
+    fn block(&self, i: usize) -> Result<Arc<Vec<u8>>> {
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(pos) = cache.iter().position(|(k, _)| *k == i) {
+            let hit = cache.remove(pos);
+            let data = hit.1.clone();
+            cache.push(hit);
+            return Ok(data);
+        }
+        let l = &*self.layout;
+        let at = *self
+            .starts
+            .get(i)
+            .ok_or_else(|| corrupt!("block {i} lies past the end of the file"))?;
+        let data = match decode_block(&self.archive, l, i, at, Vec::new())? {
+            Some(d) => d,
+            None => vec![0; block_len(l.size, l.block_size, i).unwrap_or(0) as usize],
+        };
+        let data = Arc::new(data);
+        if cache.len() >= FILE_IMAGE_CACHE {
+            cache.remove(0);
+        }
+        cache.push((i, data.clone()));
+        Ok(data)
+    }
+}
+
+impl ReadAt for ArchiveFileImage {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let l = &*self.layout;
+        if offset
+            .checked_add(buf.len() as u64)
+            .is_none_or(|end| end > l.size)
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("{}: read past the end of the file", l.what),
+            ));
+        }
+        let fail = |e: SqfsError| {
+            let m = format!("{}: {e}", l.what);
+            match e {
+                SqfsError::Io { source, .. } => io::Error::new(source.kind(), m),
+                _ => io::Error::new(io::ErrorKind::InvalidData, m),
+            }
+        };
+        let mut done = 0usize;
+        while done < buf.len() {
+            let pos = offset + done as u64;
+            let i = usize::try_from(pos / l.block_size).unwrap_or(usize::MAX);
+            let within = (pos % l.block_size) as usize;
+            let n = if i < l.block_sizes.len() {
+                let b = self.block(i).map_err(fail)?;
+                let src = b.get(within..).unwrap_or_default();
+                let n = src.len().min(buf.len() - done);
+                buf[done..done + n].copy_from_slice(&src[..n]);
+                n
+            } else {
+                let t = l.tail.as_ref().ok_or_else(|| {
+                    fail(corrupt!(
+                        "offset {pos} lies in a tail the file does not have"
+                    ))
+                })?;
+                let (b, start, end) = tail_bytes(&self.archive, t).map_err(fail)?;
+                let src = b.get(start + within..end).unwrap_or_default();
+                let n = src.len().min(buf.len() - done);
+                buf[done..done + n].copy_from_slice(&src[..n]);
+                n
+            };
+            if n == 0 {
+                return Err(fail(corrupt!("no bytes at offset {pos}")));
+            }
+            done += n;
+        }
+        Ok(())
+    }
+    fn len(&self) -> u64 {
+        self.layout.size
     }
 }
 
@@ -1627,6 +1773,85 @@ mod tests {
     use std::path::PathBuf;
     use std::sync::OnceLock;
     use std::time::{Duration, Instant};
+
+    /// An image holding one file `f` with `data`, written by our writer.
+    fn image_with(data: Vec<u8>, block_size: u32, comp: Compressor) -> Arc<Archive> {
+        use crate::tree::{Content, Inode, Metadata, Tree};
+        let mut t = Tree::new(Metadata {
+            perm: 0o755,
+            ..Default::default()
+        });
+        let root = t.root();
+        t.add(
+            root,
+            b"f",
+            Inode {
+                meta: Metadata {
+                    perm: 0o644,
+                    ..Default::default()
+                },
+                kind: InodeKind::File(Content::from_bytes(data)),
+            },
+        )
+        .unwrap();
+        let mut p = crate::squashfs::write::WriterParams::new(comp, block_size, 0);
+        p.jobs = 1;
+        let mut out = io::Cursor::new(Vec::new());
+        crate::squashfs::write::write_image(&t, &p, &mut out, &|_| {}).unwrap();
+        Archive::from_image(Arc::new(out.into_inner()), "outer".into()).unwrap()
+    }
+
+    #[test]
+    fn random_access_to_a_file_matches_its_stream() {
+        // Compressed, stored (random) and sparse blocks, and a tail in a fragment.
+        let mut data = pattern(3 * 4096, 7);
+        data.extend(std::iter::repeat_n(b'a', 4096));
+        data.extend(vec![0u8; 8192]);
+        data.extend(pattern(1000, 9));
+        let a = image_with(data.clone(), 4096, Compressor::Gzip { level: 9 });
+        let t = a.read_tree().unwrap();
+        let InodeKind::File(c) = &t.node_inode(t.lookup(b"f").unwrap()).kind else {
+            panic!("not a file")
+        };
+        let img = c.source.random_access().expect("random access");
+        assert_eq!(img.len(), data.len() as u64);
+        let mut seed = 1u64;
+        for _ in 0..400 {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let off = (seed >> 33) as usize % data.len();
+            let len = ((seed >> 13) as usize % 9000).min(data.len() - off);
+            let mut buf = vec![0u8; len];
+            img.read_exact_at(&mut buf, off as u64).unwrap();
+            assert_eq!(buf, data[off..off + len], "{off}+{len}");
+        }
+        let mut buf = [0u8; 2];
+        assert!(img.read_exact_at(&mut buf, data.len() as u64 - 1).is_err());
+    }
+
+    #[test]
+    fn an_image_inside_an_image_opens_in_place() {
+        // The inner image's blocks are compressed by the outer one and its tail is a fragment.
+        let inner = image_with(pattern(50_000, 3), 4096, Compressor::Gzip { level: 9 });
+        let inner_bytes = {
+            let mut v = vec![0u8; inner.image.len() as usize];
+            inner.image.read_exact_at(&mut v, 0).unwrap();
+            v
+        };
+        let outer = image_with(inner_bytes, 4096, Compressor::Gzip { level: 9 });
+        let t = outer.read_tree().unwrap();
+        let InodeKind::File(c) = &t.node_inode(t.lookup(b"f").unwrap()).kind else {
+            panic!("not a file")
+        };
+        let nested =
+            Archive::from_image(c.source.random_access().unwrap(), "nested".into()).unwrap();
+        let nt = nested.read_tree().unwrap();
+        let InodeKind::File(f) = &nt.node_inode(nt.lookup(b"f").unwrap()).kind else {
+            panic!("not a file")
+        };
+        assert_eq!(f.read_all().unwrap(), pattern(50_000, 3));
+    }
 
     struct Src {
         dir: tempfile::TempDir,
