@@ -140,6 +140,12 @@ pub struct KitArgs {
     /// The UDF's detached OpenPGP signature (upgrades.yml.pgp)
     #[arg(long, value_name = "FILE", requires = "udf")]
     signature: Option<PathBuf>,
+    /// Accept a kit made by Tails' own tooling (control.yml holds only delete_files). Such a
+    /// kit does not say which release it was built against, so that cannot be checked: it is
+    /// installed as Tails' installer does, as the one diff layer on the medium's base, its
+    /// version read from the stacked /etc/os-release
+    #[arg(long)]
+    legacy_tails_kit: bool,
     /// Print the result as JSON
     #[arg(long)]
     json: bool,
@@ -408,10 +414,11 @@ fn adopt_cmd(a: AdoptArgs) -> Result<()> {
 fn describe_plan(p: &Plan) -> serde_json::Value {
     serde_json::json!({
         "model": p.model,
-        "product": p.control.product,
-        "from_version": p.control.from_version,
-        "to_version": p.control.to_version,
-        "layer": p.control.layer,
+        "product": p.product,
+        "from_version": p.from_version,
+        "to_version": p.to_version,
+        "layer": p.layer_name,
+        "legacy_tails_kit": p.legacy_tails_kit,
         "layers_after": p.new_state.layers.iter().map(|l| l.name.clone()).collect::<Vec<_>>(),
         "boot_files_to_write": p.writes.iter().map(|w| w.path.clone()).collect::<Vec<_>>(),
         "to_delete": p.deletes.iter().map(|d| d.path.clone()).collect::<Vec<_>>(),
@@ -431,6 +438,7 @@ fn check_cmd(a: KitArgs) -> Result<()> {
         max_layers: a.max_layers,
         kit_sha256: parse_sha(&a.sha256)?,
         udf: signed_udf(&a.udf, &a.signature)?,
+        legacy_tails_kit: a.legacy_tails_kit,
     };
     let plan = apply::plan(&m, &a.kit, &opts, &Bar(Mutex::new(None)))?;
     for w in &plan.warnings {
@@ -446,9 +454,9 @@ fn check_cmd(a: KitArgs) -> Result<()> {
                 apply::Model::Stacking => "stack layer",
                 apply::Model::Cumulative => "replace every diff layer with",
             },
-            plan.control.layer,
-            plan.control.from_version,
-            plan.control.to_version,
+            plan.layer_name,
+            plan.from_version,
+            plan.to_version,
             plan.writes.len(),
             plan.deletes.len(),
             plan.needed,
@@ -484,6 +492,7 @@ fn apply_cmd(a: KitArgs) -> Result<()> {
         max_layers: a.max_layers,
         kit_sha256: parse_sha(&a.sha256)?,
         udf: signed_udf(&a.udf, &a.signature)?,
+        legacy_tails_kit: a.legacy_tails_kit,
     };
     let _lock = m.lock()?;
     recover_first(&m)?;

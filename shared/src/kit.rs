@@ -395,6 +395,36 @@ pub fn container_tree(control: &Control, files: &[OverlayFile]) -> Result<Tree, 
     Ok(t)
 }
 
+/// control.yml of a kit made by Tails' own tooling (`tails-create-iuk`): only `delete_files`.
+/// Nothing in it names the versions, the layer or the tree the kit was built against.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LegacyControl {
+    /// Entries Tails' installer deletes (recursively) after copying the overlay.
+    pub delete_files: Vec<String>,
+}
+
+impl LegacyControl {
+    /// Parses control.yml text that holds `delete_files` (a list of strings, empty or null)
+    /// and no other key; `None` for anything else.
+    pub fn from_yaml(text: &str) -> Option<LegacyControl> {
+        let v: serde_yaml_ng::Value = serde_yaml_ng::from_str(text).ok()?;
+        let map = v.as_mapping()?;
+        if map.len() != 1 {
+            return None;
+        }
+        let list = map.get("delete_files")?;
+        let delete_files = match list {
+            serde_yaml_ng::Value::Null => Vec::new(),
+            serde_yaml_ng::Value::Sequence(items) => items
+                .iter()
+                .map(|i| i.as_str().map(str::to_string))
+                .collect::<Option<Vec<_>>>()?,
+            _ => return None,
+        };
+        Some(LegacyControl { delete_files })
+    }
+}
+
 /// An opened kit: its image, FORMAT and control.yml.
 pub struct Kit {
     /// The kit image.
@@ -407,43 +437,105 @@ pub struct Kit {
     pub control: Control,
 }
 
-impl Kit {
-    /// Opens a kit image and parses FORMAT and control.yml (no hashing).
-    pub fn open(path: &std::path::Path) -> Result<Kit, KitError> {
-        let archive = Archive::open(path)?;
-        let tree = archive.read_tree()?;
-        let read_small = |name: &[u8], limit: u64| -> Result<Vec<u8>, KitError> {
-            let what = String::from_utf8_lossy(name).into_owned();
-            let n = tree
-                .lookup(name)
-                .ok_or_else(|| KitError::Invalid(format!("no {what} in the kit")))?;
-            let InodeKind::File(c) = &tree.node_inode(n).kind else {
-                return Err(KitError::Invalid(format!("{what} is not a file")));
-            };
-            if c.size > limit {
-                return Err(KitError::Invalid(format!(
-                    "{what} is {} bytes, more than {limit}",
-                    c.size
-                )));
-            }
-            let mut out = Vec::new();
-            c.source
-                .open()
-                .and_then(|mut r| r.read_to_end(&mut out))
-                .map_err(|e| KitError::Invalid(format!("{what}: {e}")))?;
-            Ok(out)
+/// A kit made by Tails' own tooling, opened.
+pub struct LegacyKit {
+    /// The kit image.
+    pub archive: Arc<Archive>,
+    /// The kit's tree (content read lazily).
+    pub tree: Tree,
+    /// The FORMAT file's text.
+    pub format: String,
+    /// The parsed control.yml.
+    pub control: LegacyControl,
+}
+
+/// A kit of either kind.
+pub enum AnyKit {
+    /// Made by iuk: control.yml records everything needed to check it against a medium.
+    Iuk(Box<Kit>),
+    /// Made by Tails' own tooling: control.yml holds only `delete_files`.
+    Legacy(LegacyKit),
+}
+
+/// A kit's image, tree, FORMAT text and control.yml text.
+fn read_parts(path: &std::path::Path) -> Result<(Arc<Archive>, Tree, String, String), KitError> {
+    let archive = Archive::open(path)?;
+    let tree = archive.read_tree()?;
+    let read_small = |name: &[u8], limit: u64| -> Result<Vec<u8>, KitError> {
+        let what = String::from_utf8_lossy(name).into_owned();
+        let n = tree
+            .lookup(name)
+            .ok_or_else(|| KitError::Invalid(format!("no {what} in the kit")))?;
+        let InodeKind::File(c) = &tree.node_inode(n).kind else {
+            return Err(KitError::Invalid(format!("{what} is not a file")));
         };
-        let format = String::from_utf8_lossy(&read_small(b"FORMAT", 16)?).into_owned();
-        let text = read_small(b"control.yml", MAX_CONTROL)?;
-        let text = String::from_utf8(text)
-            .map_err(|_| KitError::Invalid("control.yml is not UTF-8".into()))?;
-        let control = Control::from_yaml(&text)?;
-        Ok(Kit {
+        if c.size > limit {
+            return Err(KitError::Invalid(format!(
+                "{what} is {} bytes, more than {limit}",
+                c.size
+            )));
+        }
+        let mut out = Vec::new();
+        c.source
+            .open()
+            .and_then(|mut r| r.read_to_end(&mut out))
+            .map_err(|e| KitError::Invalid(format!("{what}: {e}")))?;
+        Ok(out)
+    };
+    let format = String::from_utf8_lossy(&read_small(b"FORMAT", 16)?).into_owned();
+    let text = read_small(b"control.yml", MAX_CONTROL)?;
+    let text = String::from_utf8(text)
+        .map_err(|_| KitError::Invalid("control.yml is not UTF-8".into()))?;
+    Ok((archive, tree, format, text))
+}
+
+impl Kit {
+    /// Opens a kit image and parses FORMAT and control.yml (no hashing). A kit made by Tails'
+    /// own tooling is refused with a message saying so.
+    pub fn open(path: &std::path::Path) -> Result<Kit, KitError> {
+        match Kit::open_any(path)? {
+            AnyKit::Iuk(k) => Ok(*k),
+            AnyKit::Legacy(_) => Err(KitError::Invalid(
+                "made by Tails' own tooling (control.yml holds only delete_files): not a kit of iuk"
+                    .into(),
+            )),
+        }
+    }
+
+    /// Opens a kit of either kind (no hashing).
+    pub fn open_any(path: &std::path::Path) -> Result<AnyKit, KitError> {
+        let (archive, tree, format, text) = read_parts(path)?;
+        let control = match Control::from_yaml(&text) {
+            Ok(c) => c,
+            Err(e) => {
+                if let Some(control) = LegacyControl::from_yaml(&text) {
+                    return Ok(AnyKit::Legacy(LegacyKit {
+                        archive,
+                        tree,
+                        format,
+                        control,
+                    }));
+                }
+                let ours = serde_yaml_ng::from_str::<serde_yaml_ng::Value>(&text)
+                    .ok()
+                    .is_some_and(|v| v.get("generator").is_some());
+                return Err(if ours {
+                    e
+                } else {
+                    KitError::Invalid(
+                        "control.yml: neither a kit of iuk (no generator) nor one of Tails' own \
+                         tooling (delete_files alone)"
+                            .into(),
+                    )
+                });
+            }
+        };
+        Ok(AnyKit::Iuk(Box::new(Kit {
             archive,
             tree,
             format,
             control,
-        })
+        })))
     }
 }
 
@@ -455,6 +547,42 @@ pub fn writer_format() -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_control_files_of_tails_own_tooling() {
+        // As YAML::Any dumps them in tails-create-iuk.
+        let l = LegacyControl::from_yaml("---\ndelete_files:\n  - live/a\n  - EFI/BOOT/x\n");
+        assert_eq!(
+            l.map(|l| l.delete_files),
+            Some(vec!["live/a".to_string(), "EFI/BOOT/x".to_string()])
+        );
+        for empty in [
+            "---\ndelete_files: []\n",
+            "delete_files:\n",
+            "delete_files: ~\n",
+        ] {
+            assert_eq!(
+                LegacyControl::from_yaml(empty).map(|l| l.delete_files),
+                Some(vec![]),
+                "{empty:?}"
+            );
+        }
+        for not in [
+            "",
+            "delete_files: live/a\n",
+            "delete_files: [[a]]\n",
+            "delete_files: []\ngenerator: iuk\n",
+            "- live/a\n",
+            "delete_files: [1, {a: b}]\n",
+        ] {
+            assert!(LegacyControl::from_yaml(not).is_none(), "{not:?}");
+        }
+        assert_eq!(
+            LegacyControl::from_yaml("delete_files: [7]\n"),
+            None,
+            "a number is not a path"
+        );
+    }
 
     fn control() -> Control {
         Control {

@@ -147,6 +147,7 @@ fn one_line_error_problem(r: &Run, what: &str, needle: &str) -> Option<String> {
 // What a version looks like, from independent tools
 
 /// A fixture release as osirrox and the kernel see it.
+#[derive(Clone)]
 struct Release {
     version: String,
     /// The root filesystem, loop-mounted by the kernel.
@@ -545,6 +546,216 @@ fn chain_on_a_fat32_medium() {
         "status should say free space is not reported: {r}"
     );
     drop(fat);
+}
+
+// ------------------------------------------------------------------------------------------------
+// Kits of Tails' own tooling (--legacy-tails-kit)
+
+/// A kit as Tails' `tails-create-iuk` makes it, from one of ours: the same FORMAT and overlay,
+/// control.yml as Tails writes it (YAML::Any's dump of `delete_files` only), the container
+/// packed with `gensquashfs --keep-xattr --all-root`. `edit` may change the unpacked tree first.
+fn as_tails_kit(kit: &Path, out: &Path, edit: impl Fn(&Path)) -> PathBuf {
+    let dir = out.with_extension("d");
+    let _ = fs::remove_dir_all(&dir);
+    run_ok(
+        Command::new("unsquashfs")
+            .arg("-q")
+            .arg("-d")
+            .arg(&dir)
+            .arg(kit),
+    );
+    let control =
+        iuk::kit::Control::from_yaml(&fs::read_to_string(dir.join("control.yml")).unwrap())
+            .unwrap();
+    let mut yaml = String::from("---\ndelete_files:");
+    if control.delete_files.is_empty() {
+        yaml.push_str(" []\n");
+    } else {
+        yaml.push('\n');
+        for d in &control.delete_files {
+            yaml.push_str(&format!("  - {d}\n"));
+        }
+    }
+    fs::write(dir.join("control.yml"), yaml).unwrap();
+    edit(&dir);
+    let _ = fs::remove_file(out);
+    run_ok(
+        Command::new("gensquashfs")
+            .env("SOURCE_DATE_EPOCH", EPOCH.to_string())
+            .args(["--keep-xattr", "--quiet", "--all-root", "--pack-dir"])
+            .arg(&dir)
+            .arg(out),
+    );
+    fs::remove_dir_all(&dir).unwrap();
+    out.to_path_buf()
+}
+
+#[test]
+fn kits_of_tails_own_tooling_apply_only_when_asked() {
+    if !kernel_tests_or_skip() || !tools_or_skip(&["unsquashfs", "gensquashfs"]) {
+        return;
+    }
+    let work = tmpdir();
+    let w = work.path();
+    let (r9, r10, r11) = (release("6.9", w), release("6.10", w), release("6.11", w));
+    let ours_10 = build_kit(w, "6.9", "6.10");
+    let ours_11 = build_kit(w, "6.9", "6.11");
+    let tails_11 = as_tails_kit(&ours_11, &w.join("tails-6.9-6.11.iuk"), |_| {});
+    let tails_10 = as_tails_kit(&ours_10, &w.join("tails-6.9-6.10.iuk"), |_| {});
+    let legacy = ["--legacy-tails-kit"];
+
+    // On a medium at 6.10 (base 6.9 + one layer): refused without the flag, medium unchanged.
+    let m = w.join("medium");
+    init_medium(&m, "6.9");
+    apply_kit(&m, &ours_10);
+    assert_kit_refused(
+        &m,
+        &tails_11,
+        &[],
+        "a kit of Tails' own tooling",
+        "--legacy-tails-kit",
+    );
+    // With it: cumulative, with a warning that the base cannot be checked.
+    let r = run_ok(ia("check", &m).arg(&tails_11).args(legacy).arg("--json"));
+    let plan: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    assert_eq!(plan["model"], "cumulative", "{r}");
+    assert_eq!(plan["legacy_tails_kit"], true, "{r}");
+    assert_eq!(plan["to_version"], "6.11", "{r}");
+    let r = run_ok(ia("apply", &m).arg(&tails_11).args(legacy));
+    assert!(r.stderr.contains("cannot be checked"), "no warning: {r}");
+    check_medium(&m, &r11, &r9, &[layer_name("6.9", "6.11")], false);
+    // The state is the one our own kit leaves.
+    let ours = w.join("ours");
+    init_medium(&ours, "6.9");
+    apply_kit(&ours, &ours_10);
+    apply_kit(&ours, &ours_11);
+    assert_eq!(
+        fs::read(m.join("live/iuk-state.yml")).unwrap(),
+        fs::read(ours.join("live/iuk-state.yml")).unwrap(),
+        "the state after a kit of Tails' tooling differs from the state after ours"
+    );
+    // Replayed, or older than the medium: refused.
+    assert_kit_refused(
+        &m,
+        &tails_11,
+        &legacy,
+        "a replayed kit of Tails' tooling",
+        "already runs",
+    );
+    assert_kit_refused(
+        &m,
+        &tails_10,
+        &legacy,
+        "an older kit of Tails' tooling",
+        "already runs",
+    );
+
+    // On a medium at its base: the layer goes on top. As with Tails' own installer, only
+    // delete_files go, and Tails lists only files of its monitored directories: a file the old
+    // release had elsewhere (the fixtures' doc/old.txt) stays.
+    let b = w.join("base");
+    init_medium(&b, "6.9");
+    let r = run_ok(ia("apply", &b).arg(&tails_10).args(legacy).arg("--json"));
+    let report: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    assert_eq!(report["to_version"], "6.10", "{r}");
+    const TAILS_MONITORED: [&str; 16] = [
+        "EFI",
+        "EFI/BOOT",
+        "EFI/BOOT/grub",
+        "EFI/BOOT/grub/i386-efi",
+        "EFI/BOOT/grub/x86_64-efi",
+        "EFI/debian",
+        "EFI/debian/grub",
+        "EFI/debian/grub/i386-efi",
+        "EFI/debian/grub/x86_64-efi",
+        "isolinux",
+        "live",
+        "syslinux",
+        "tails",
+        "utils",
+        "utils/mbr",
+        "utils/linux",
+    ];
+    let mut r10_by_tails = r10.clone();
+    for (p, sha) in &r9.boot {
+        let dir = p.rsplit_once('/').map_or("", |(d, _)| d);
+        if !r10.boot.contains_key(p) && !TAILS_MONITORED.contains(&dir) {
+            r10_by_tails.boot.insert(p.clone(), sha.clone());
+        }
+    }
+    assert!(
+        r10_by_tails.boot.len() > r10.boot.len(),
+        "the fixtures no longer drop a file outside Tails' monitored directories"
+    );
+    check_medium(&b, &r10_by_tails, &r9, &[layer_name("6.9", "6.10")], false);
+
+    // Hostile or broken kits of that shape: refused with the medium unchanged.
+    let fresh = w.join("fresh");
+    init_medium(&fresh, "6.9");
+    let mut refusals = Refusals::new(&fresh);
+    let layer = format!("overlay/live/{}.squashfs", layer_name("6.9", "6.10"));
+    type Edit<'a> = Box<dyn Fn(&Path) + 'a>;
+    let cases: Vec<(&str, Edit, &str)> = vec![
+        (
+            "no layer",
+            Box::new(|d: &Path| fs::remove_file(d.join(&layer)).unwrap()),
+            "no diff layer",
+        ),
+        (
+            "two layers",
+            Box::new(|d: &Path| {
+                fs::copy(d.join(&layer), d.join("overlay/live/other.squashfs")).unwrap();
+            }),
+            "2 diff layers",
+        ),
+        (
+            "a symlink in the overlay",
+            Box::new(|d: &Path| {
+                std::os::unix::fs::symlink("vmlinuz", d.join("overlay/live/vmlinuz-link")).unwrap()
+            }),
+            "symlink",
+        ),
+        (
+            "delete_files leaving the monitored directories",
+            Box::new(|d: &Path| {
+                fs::write(d.join("control.yml"), "delete_files:\n  - ../etc/passwd\n").unwrap()
+            }),
+            "not allowed",
+        ),
+        (
+            "delete_files naming the base",
+            Box::new(|d: &Path| {
+                fs::write(
+                    d.join("control.yml"),
+                    "delete_files: [live/filesystem.squashfs]\n",
+                )
+                .unwrap()
+            }),
+            "not allowed",
+        ),
+        (
+            "a layer that is not a SquashFS image",
+            Box::new(|d: &Path| fs::write(d.join(&layer), b"not an image").unwrap()),
+            "corrupt image",
+        ),
+        (
+            "an unknown control.yml key",
+            Box::new(|d: &Path| {
+                fs::write(d.join("control.yml"), "delete_files: []\nfrom: 6.9\n").unwrap()
+            }),
+            "neither a kit of iuk",
+        ),
+        (
+            "an overlay file that overwrites the state",
+            Box::new(|d: &Path| fs::write(d.join("overlay/live/iuk-state.yml"), b"x").unwrap()),
+            "protected",
+        ),
+    ];
+    for (what, edit, needle) in &cases {
+        let k = as_tails_kit(&ours_10, &w.join("hostile.iuk"), edit);
+        refusals.check(&k, &legacy, what, needle);
+    }
+    refusals.finish();
 }
 
 // ------------------------------------------------------------------------------------------------

@@ -163,11 +163,8 @@ pub fn adopt(
             module_path.display()
         )));
     }
-    let mut hashes = content_hashes(&base_tree, &|_| {}).map_err(|e| refuse(e.to_string()))?;
-    let base_digest = hex(&tree_digest_with(&base_tree, |i| {
-        hashes.get(i.0 as usize).copied().flatten()
-    }));
-    let mut merged: Tree = base_tree;
+    let mut merged = HashedTree::new(base_tree, &base_path.display().to_string(), &|_| {})?;
+    let base_digest = merged.digest();
     let mut layers = Vec::new();
     let mut current_version = base_version.clone();
     for line in &lines[1..] {
@@ -189,23 +186,11 @@ pub fn adopt(
                 "{root}: the module file lists {rel}, which is missing"
             ))
         })?;
-        let a = Archive::open(&p).map_err(|e| refuse(format!("{}: {e}", p.display())))?;
-        let t = a
-            .read_tree()
-            .map_err(|e| refuse(format!("{}: {e}", p.display())))?;
-        let lh =
-            content_hashes(&t, &|_| {}).map_err(|e| refuse(format!("{}: {e}", p.display())))?;
-        let (m, origins) =
-            merge_with_origins(&merged, &t).map_err(|e| refuse(format!("{}: {e}", p.display())))?;
-        hashes = origins
-            .iter()
-            .map(|o| match o {
-                Origin::Lower(i) => hashes.get(i.0 as usize).copied().flatten(),
-                Origin::Upper(i) => lh.get(i.0 as usize).copied().flatten(),
-            })
-            .collect();
-        merged = m;
-        let v = release::os_release(&merged)
+        let what = p.display().to_string();
+        let a = Archive::open(&p).map_err(|e| refuse(format!("{what}: {e}")))?;
+        let t = a.read_tree().map_err(|e| refuse(format!("{what}: {e}")))?;
+        merged = merged.stack(&HashedTree::new(t, &what, &|_| {})?, &what)?;
+        let v = release::os_release(&merged.tree)
             .unwrap_or_default()
             .version
             .ok_or_else(|| {
@@ -222,9 +207,7 @@ pub fn adopt(
         });
         current_version = v;
     }
-    let current_digest = hex(&tree_digest_with(&merged, |i| {
-        hashes.get(i.0 as usize).copied().flatten()
-    }));
+    let current_digest = merged.digest();
 
     // Boot files: every other file on the medium.
     let mut boot_files = Vec::new();
@@ -281,6 +264,48 @@ pub fn adopt(
         keyring: state.keyring.clone(),
         key_fingerprints: state.key_fingerprints.clone(),
     })
+}
+
+/// A tree with the sha256 of every inode's content (indexed by inode id), so that layers can
+/// be stacked on it and its tree digest taken without reading any file twice.
+pub struct HashedTree {
+    /// The tree.
+    pub tree: Tree,
+    /// sha256 of each inode's content; None for inodes that are not regular files.
+    pub hashes: Vec<Option<[u8; 32]>>,
+}
+
+impl HashedTree {
+    /// Hashes every file of `tree` (`what` names it in errors; `progress` gets bytes read).
+    pub fn new(
+        tree: Tree,
+        what: &str,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<HashedTree, MediumError> {
+        let hashes = content_hashes(&tree, progress).map_err(|e| refuse(format!("{what}: {e}")))?;
+        Ok(HashedTree { tree, hashes })
+    }
+
+    /// The tree with `upper` stacked on it as overlayfs would (`what` names `upper`).
+    pub fn stack(&self, upper: &HashedTree, what: &str) -> Result<HashedTree, MediumError> {
+        let (tree, origins) = merge_with_origins(&self.tree, &upper.tree)
+            .map_err(|e| refuse(format!("{what}: {e}")))?;
+        let hashes = origins
+            .iter()
+            .map(|o| match o {
+                Origin::Lower(i) => self.hashes.get(i.0 as usize).copied().flatten(),
+                Origin::Upper(i) => upper.hashes.get(i.0 as usize).copied().flatten(),
+            })
+            .collect();
+        Ok(HashedTree { tree, hashes })
+    }
+
+    /// The canonical tree digest (lower-case hex).
+    pub fn digest(&self) -> String {
+        hex(&tree_digest_with(&self.tree, |i| {
+            self.hashes.get(i.0 as usize).copied().flatten()
+        }))
+    }
 }
 
 fn collect(medium: &Medium, dir: &Path, out: &mut Vec<FileEntry>) -> Result<(), MediumError> {

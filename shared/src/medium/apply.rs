@@ -17,23 +17,27 @@
 //! 6. Delete superseded layers, removed boot files, `delete_files` and the staged copies.
 //! 7. Zero the journal, fsync, unlink it, fsync `live/`.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+use super::adopt::HashedTree;
 use super::fsops::{drop_cache, parent_of, rewrite_file, write_file, MediumFs};
 use super::journal::{self, Delete, Journal, Write};
 use super::state::{Layer, State};
 use super::trust::{self, SignedUdf};
+use super::BASE;
 use super::{
     find_child, io_err, safe_relative_path, sha_of, Medium, MediumError, INTENT_FILE, JOURNAL_FILE,
     STAGING_DIR,
 };
 use crate::boot::{is_protected, MONITORED_DIRS};
-use crate::kit::{Control, Kit, FORMAT, GENERATOR};
+use crate::kit::{AnyKit, FileEntry, Kit, LegacyKit, FORMAT, GENERATOR};
+use crate::release;
+use crate::squashfs::read::Archive;
 use crate::squashfs::write::WRITER_FORMAT_VERSION;
 use crate::tree::{hex, Content, InodeKind};
 use crate::version;
@@ -60,10 +64,13 @@ pub struct ApplyOptions {
     /// and list the kit's size and sha256 as an incremental target of a newer version);
     /// refused on a medium without keys (nothing to verify it with).
     pub udf: Option<SignedUdf>,
+    /// Accept a kit made by Tails' own tooling (control.yml with only `delete_files`), which
+    /// does not say which release it was built against.
+    pub legacy_tails_kit: bool,
 }
 
 /// Receives progress of long steps.
-pub trait ApplyProgress {
+pub trait ApplyProgress: Sync {
     /// A phase starts; `total` bytes to go.
     fn phase(&self, name: &str, total: u64);
     /// Bytes done in the current phase.
@@ -97,8 +104,16 @@ pub struct BootWrite {
 
 /// Everything an apply will do, computed and verified without writing.
 pub struct Plan {
-    /// The kit.
-    pub control: Control,
+    /// The kit's product.
+    pub product: String,
+    /// The version the kit upgrades from (for a kit of Tails' own tooling: the medium's base).
+    pub from_version: String,
+    /// The version it upgrades to.
+    pub to_version: String,
+    /// The layer's name (`live/<name>.squashfs`).
+    pub layer_name: String,
+    /// Made by Tails' own tooling: installed without checking what it was built against.
+    pub legacy_tails_kit: bool,
     /// Stacking or cumulative.
     pub model: Model,
     /// The state the apply starts from, its text's sha256.
@@ -357,7 +372,7 @@ pub fn plan(
             }
         }
     }
-    let kit = Kit::open(kit_path).map_err(|e| {
+    let any = Kit::open_any(kit_path).map_err(|e| {
         let m = e.to_string();
         if m.starts_with(&kit_name) {
             refuse(m)
@@ -365,13 +380,46 @@ pub fn plan(
             bad_kit(m)
         }
     })?;
-    if kit.format != FORMAT {
+    let format = match &any {
+        AnyKit::Iuk(k) => &k.format,
+        AnyKit::Legacy(k) => &k.format,
+    };
+    if format != FORMAT {
         return Err(bad_kit(format!(
-            "FORMAT {:?} is not supported (this iuk-apply installs FORMAT 2 kits)",
-            kit.format
+            "FORMAT {format:?} is not supported (this iuk-apply installs FORMAT 2 kits)"
         )));
     }
-    let c = kit.control.clone();
+    let mut warnings = Vec::new();
+    let c = match &any {
+        AnyKit::Iuk(kit) => iuk_proposal(kit, &bad_kit, progress)?,
+        AnyKit::Legacy(kit) => {
+            if !opts.legacy_tails_kit {
+                return Err(bad_kit(
+                    "made by Tails' own tooling (control.yml holds only delete_files): it does \
+                     not say which release it was built against, so that cannot be checked; \
+                     pass --legacy-tails-kit to install it anyway"
+                        .into(),
+                ));
+            }
+            warnings.push(format!(
+                "{kit_name}: made by Tails' own tooling: the release it was built against cannot \
+                 be checked; it is installed as a cumulative upgrade of this medium's base {}",
+                state.base_version
+            ));
+            legacy_proposal(medium, &state, kit, &bad_kit, progress)?
+        }
+    };
+    for d in &c.delete_files {
+        let inside = MONITORED_DIRS
+            .iter()
+            .any(|m| d.starts_with(&format!("{m}/")));
+        // Protected files live directly in live/ or in live/iuk-staging/, which is protected
+        // itself: an entry strictly inside a monitored directory contains none of them.
+        let is_monitored = MONITORED_DIRS.iter().any(|m| m.eq_ignore_ascii_case(d));
+        if !safe_relative_path(d) || !inside || is_monitored || is_protected(d) {
+            return Err(bad_kit(format!("delete_files entry {d:?} is not allowed")));
+        }
+    }
     if let Some((_, udf_name)) = &verified_udf {
         if !listed
             .iter()
@@ -385,126 +433,10 @@ pub fn plan(
             )));
         }
     }
-    if c.generator != GENERATOR {
-        return Err(bad_kit(format!(
-            "generator {:?}: not a kit made by iuk (kits of Tails' own tooling are not supported)",
-            c.generator
-        )));
-    }
-    if c.writer_format > WRITER_FORMAT_VERSION {
-        return Err(bad_kit(format!(
-            "writer format {} is newer than this iuk-apply knows",
-            c.writer_format
-        )));
-    }
-    for (what, v) in [
-        ("product", &c.product),
-        ("from-version", &c.from_version),
-        ("to-version", &c.to_version),
-        ("layer", &c.layer),
-    ] {
-        if !version::is_safe_name(v) {
-            return Err(bad_kit(format!("{what} {v:?} is not a safe name")));
-        }
-    }
-    if c.layer.eq_ignore_ascii_case("filesystem") {
-        return Err(bad_kit(
-            "layer name \"filesystem\" would replace the base".into(),
-        ));
-    }
-
-    // Paths: relative, FAT-safe, never protected; delete_files strictly inside monitored dirs.
-    for e in c.overlay.iter().chain(c.boot_tree.iter()) {
-        if !safe_relative_path(&e.path) {
-            return Err(bad_kit(format!(
-                "path {:?} is not a safe relative path on a FAT medium",
-                e.path
-            )));
-        }
-    }
     let layer_rel = format!("live/{}.squashfs", c.layer);
-    for e in c.boot_tree.iter() {
-        if is_protected(&e.path) {
-            return Err(bad_kit(format!(
-                "boot file {:?} is a protected name",
-                e.path
-            )));
-        }
-    }
-    for e in &c.overlay {
-        if is_protected(&e.path) && !e.path.eq_ignore_ascii_case(&layer_rel) {
-            return Err(bad_kit(format!(
-                "overlay file {:?} is a protected name",
-                e.path
-            )));
-        }
-    }
-    for d in &c.delete_files {
-        let inside = MONITORED_DIRS
-            .iter()
-            .any(|m| d.starts_with(&format!("{m}/")));
-        // Protected files live directly in live/ or in live/iuk-staging/, which is protected
-        // itself: an entry strictly inside a monitored directory contains none of them.
-        let is_monitored = MONITORED_DIRS.iter().any(|m| m.eq_ignore_ascii_case(d));
-        if !safe_relative_path(d) || !inside || is_monitored || is_protected(d) {
-            return Err(bad_kit(format!("delete_files entry {d:?} is not allowed")));
-        }
-    }
-
-    // Every overlay file is in the kit with the recorded size and sha256, and nothing else is.
-    let payload: u64 = c.overlay.iter().map(|e| e.size).sum();
-    progress.phase("verifying kit", payload);
-    let done = std::cell::Cell::new(0u64);
-    let mut listed: HashSet<Vec<u8>> = HashSet::new();
-    let mut layer: Option<(Content, [u8; 32])> = None;
-    let mut overlay_content: std::collections::HashMap<String, (Content, [u8; 32])> =
-        Default::default();
-    for e in &c.overlay {
-        let kit_path_in = format!("overlay/{}", e.path);
-        listed.insert(kit_path_in.clone().into_bytes());
-        let node = kit
-            .tree
-            .lookup(kit_path_in.as_bytes())
-            .ok_or_else(|| bad_kit(format!("{kit_path_in} is missing")))?;
-        let InodeKind::File(content) = &kit.tree.node_inode(node).kind else {
-            return Err(bad_kit(format!("{kit_path_in} is not a regular file")));
-        };
-        if content.size != e.size {
-            return Err(bad_kit(format!(
-                "{kit_path_in} has {} bytes, control.yml says {}",
-                content.size, e.size
-            )));
-        }
-        let want = parse_hex(&e.sha256, &kit_path_in)?;
-        let got = content
-            .sha256_with(|n| {
-                done.set(done.get() + n);
-                progress.position(done.get());
-            })
-            .map_err(|err| bad_kit(format!("{kit_path_in}: {err}")))?;
-        if got != want {
-            return Err(bad_kit(format!(
-                "{kit_path_in} does not have the sha256 control.yml records"
-            )));
-        }
-        if e.path.eq_ignore_ascii_case(&layer_rel) {
-            layer = Some((content.clone(), got));
-        }
-        overlay_content.insert(e.path.to_ascii_lowercase(), (content.clone(), got));
-    }
-    for id in kit.tree.walk() {
-        let p = kit.tree.path(id);
-        if p.starts_with(b"overlay/")
-            && !matches!(kit.tree.node_inode(id).kind, InodeKind::Dir)
-            && !listed.contains(&p)
-        {
-            return Err(bad_kit(format!(
-                "{} is not listed in control.yml",
-                String::from_utf8_lossy(&p)
-            )));
-        }
-    }
-    let layer = layer.ok_or_else(|| bad_kit(format!("overlay/{layer_rel} is missing")))?;
+    let layer = c.layer_content.clone();
+    let overlay_content = &c.overlay;
+    let payload = c.payload;
 
     // Product, target, model.
     if c.product != state.product {
@@ -513,10 +445,14 @@ pub fn plan(
             c.product, state.product
         )));
     }
-    if c.build_target != state.build_target {
+    if let Some(t) = c
+        .build_target
+        .as_ref()
+        .filter(|t| **t != state.build_target)
+    {
         return Err(refuse(format!(
-            "{kit_name} is for build target {}, this medium is {}",
-            c.build_target, state.build_target
+            "{kit_name} is for build target {t}, this medium is {}",
+            state.build_target
         )));
     }
     if version::compare(&c.to_version, &state.current_version) != std::cmp::Ordering::Greater {
@@ -525,27 +461,34 @@ pub fn plan(
             c.to_version, state.current_version
         )));
     }
-    let model = if c.from_version == state.current_version {
-        if c.old_tree_digest != state.current_tree_digest {
-            return Err(refuse(format!(
-                "{kit_name} was built against another {} than the one on this medium (tree digests differ)",
-                c.from_version
-            )));
+    let model = match &c.old_tree_digest {
+        // A kit of Tails' own tooling: the base + its layer, whatever the medium stacks now.
+        None if state.layers.is_empty() => Model::Stacking,
+        None => Model::Cumulative,
+        Some(digest) if c.from_version == state.current_version => {
+            if *digest != state.current_tree_digest {
+                return Err(refuse(format!(
+                    "{kit_name} was built against another {} than the one on this medium (tree digests differ)",
+                    c.from_version
+                )));
+            }
+            Model::Stacking
         }
-        Model::Stacking
-    } else if c.from_version == state.base_version {
-        if c.old_tree_digest != state.base_tree_digest {
-            return Err(refuse(format!(
-                "{kit_name} was built against another {} than this medium's base (tree digests differ)",
-                c.from_version
-            )));
+        Some(digest) if c.from_version == state.base_version => {
+            if *digest != state.base_tree_digest {
+                return Err(refuse(format!(
+                    "{kit_name} was built against another {} than this medium's base (tree digests differ)",
+                    c.from_version
+                )));
+            }
+            Model::Cumulative
         }
-        Model::Cumulative
-    } else {
-        return Err(refuse(format!(
-            "{kit_name} upgrades from {}, but the medium runs {} on a {} base: this kit does not apply",
-            c.from_version, state.current_version, state.base_version
-        )));
+        Some(_) => {
+            return Err(refuse(format!(
+                "{kit_name} upgrades from {}, but the medium runs {} on a {} base: this kit does not apply",
+                c.from_version, state.current_version, state.base_version
+            )))
+        }
     };
     let max_layers = opts.max_layers.unwrap_or(state.max_layers);
     if model == Model::Stacking && state.layers.len() as u32 + 1 > max_layers {
@@ -667,7 +610,9 @@ pub fn plan(
     new_state.current_version = c.to_version.clone();
     new_state.current_tree_digest = c.new_tree_digest.clone();
     new_state.boot_files = c.boot_tree.clone();
-    new_state.writer_format = c.writer_format;
+    if let Some(w) = c.writer_format {
+        new_state.writer_format = w;
+    }
     if let Some(m) = opts.max_layers {
         new_state.max_layers = m;
     }
@@ -699,7 +644,6 @@ pub fn plan(
     let cluster = cluster_size(&medium.root);
     let (written, allocated) = (written_files.bytes(), written_files.allocated(cluster));
     let needed = (written + SPACE_MARGIN).max(allocated + CLUSTER_MARGIN);
-    let mut warnings = Vec::new();
     if state.keyring.is_none() {
         warnings.push(format!(
             "{}: no trusted keys on this medium: the kit's origin is not verified (give the \
@@ -726,7 +670,11 @@ pub fn plan(
         .any(|w| w.path.eq_ignore_ascii_case("syslinux/ldlinux.c32"));
     Ok(Plan {
         module_file: state.module_file.clone(),
-        control: c,
+        product: c.product,
+        from_version: c.from_version,
+        to_version: c.to_version,
+        layer_name: c.layer,
+        legacy_tails_kit: c.old_tree_digest.is_none(),
         model,
         old_state_sha,
         new_state,
@@ -741,6 +689,349 @@ pub fn plan(
         free,
         warnings,
         reinstall_bootloader,
+    })
+}
+
+/// What a kit would install, read and verified from the kit alone.
+struct Proposal {
+    product: String,
+    /// None: the kit does not say (kits of Tails' own tooling).
+    build_target: Option<String>,
+    from_version: String,
+    to_version: String,
+    layer: String,
+    /// None: the kit does not say (kits of Tails' own tooling).
+    old_tree_digest: Option<String>,
+    new_tree_digest: String,
+    /// The boot tree after the apply, sorted by path.
+    boot_tree: Vec<FileEntry>,
+    delete_files: Vec<String>,
+    /// None: the kit does not say (kits of Tails' own tooling).
+    writer_format: Option<u32>,
+    /// The layer's content and sha256.
+    layer_content: (Content, [u8; 32]),
+    /// Every overlay file by lower-case path: content and sha256.
+    overlay: HashMap<String, (Content, [u8; 32])>,
+    /// Bytes of every overlay file.
+    payload: u64,
+}
+
+/// Checks paths a kit names: relative, FAT-safe, never a protected name (the layer aside).
+fn check_kit_paths(
+    overlay: &[&str],
+    boot_tree: &[FileEntry],
+    layer_rel: &str,
+    bad_kit: &dyn Fn(String) -> MediumError,
+) -> Result<(), MediumError> {
+    for p in overlay
+        .iter()
+        .copied()
+        .chain(boot_tree.iter().map(|e| e.path.as_str()))
+    {
+        if !safe_relative_path(p) {
+            return Err(bad_kit(format!(
+                "path {p:?} is not a safe relative path on a FAT medium"
+            )));
+        }
+    }
+    for e in boot_tree {
+        if is_protected(&e.path) {
+            return Err(bad_kit(format!(
+                "boot file {:?} is a protected name",
+                e.path
+            )));
+        }
+    }
+    for p in overlay {
+        if is_protected(p) && !p.eq_ignore_ascii_case(layer_rel) {
+            return Err(bad_kit(format!("overlay file {p:?} is a protected name")));
+        }
+    }
+    Ok(())
+}
+
+/// A kit of iuk: control.yml's parameters checked, every overlay file's size and sha256
+/// against control.yml, nothing unlisted in `overlay/`.
+fn iuk_proposal(
+    kit: &Kit,
+    bad_kit: &dyn Fn(String) -> MediumError,
+    progress: &dyn ApplyProgress,
+) -> Result<Proposal, MediumError> {
+    let c = &kit.control;
+    if c.generator != GENERATOR {
+        return Err(bad_kit(format!(
+            "generator {:?}: not a kit made by iuk",
+            c.generator
+        )));
+    }
+    if c.writer_format > WRITER_FORMAT_VERSION {
+        return Err(bad_kit(format!(
+            "writer format {} is newer than this iuk-apply knows",
+            c.writer_format
+        )));
+    }
+    for (what, v) in [
+        ("product", &c.product),
+        ("from-version", &c.from_version),
+        ("to-version", &c.to_version),
+        ("layer", &c.layer),
+    ] {
+        if !version::is_safe_name(v) {
+            return Err(bad_kit(format!("{what} {v:?} is not a safe name")));
+        }
+    }
+    if c.layer.eq_ignore_ascii_case("filesystem") {
+        return Err(bad_kit(
+            "layer name \"filesystem\" would replace the base".into(),
+        ));
+    }
+    let layer_rel = format!("live/{}.squashfs", c.layer);
+    let overlay_paths: Vec<&str> = c.overlay.iter().map(|e| e.path.as_str()).collect();
+    check_kit_paths(&overlay_paths, &c.boot_tree, &layer_rel, bad_kit)?;
+
+    // Every overlay file is in the kit with the recorded size and sha256, and nothing else is.
+    let payload: u64 = c.overlay.iter().map(|e| e.size).sum();
+    progress.phase("verifying kit", payload);
+    let done = std::cell::Cell::new(0u64);
+    let mut listed: HashSet<Vec<u8>> = HashSet::new();
+    let mut layer: Option<(Content, [u8; 32])> = None;
+    let mut overlay: HashMap<String, (Content, [u8; 32])> = HashMap::new();
+    for e in &c.overlay {
+        let kit_path_in = format!("overlay/{}", e.path);
+        listed.insert(kit_path_in.clone().into_bytes());
+        let node = kit
+            .tree
+            .lookup(kit_path_in.as_bytes())
+            .ok_or_else(|| bad_kit(format!("{kit_path_in} is missing")))?;
+        let InodeKind::File(content) = &kit.tree.node_inode(node).kind else {
+            return Err(bad_kit(format!("{kit_path_in} is not a regular file")));
+        };
+        if content.size != e.size {
+            return Err(bad_kit(format!(
+                "{kit_path_in} has {} bytes, control.yml says {}",
+                content.size, e.size
+            )));
+        }
+        let want = parse_hex(&e.sha256, &kit_path_in)?;
+        let got = content
+            .sha256_with(|n| {
+                done.set(done.get() + n);
+                progress.position(done.get());
+            })
+            .map_err(|err| bad_kit(format!("{kit_path_in}: {err}")))?;
+        if got != want {
+            return Err(bad_kit(format!(
+                "{kit_path_in} does not have the sha256 control.yml records"
+            )));
+        }
+        if e.path.eq_ignore_ascii_case(&layer_rel) {
+            layer = Some((content.clone(), got));
+        }
+        overlay.insert(e.path.to_ascii_lowercase(), (content.clone(), got));
+    }
+    for id in kit.tree.walk() {
+        let p = kit.tree.path(id);
+        if p.starts_with(b"overlay/")
+            && !matches!(kit.tree.node_inode(id).kind, InodeKind::Dir)
+            && !listed.contains(&p)
+        {
+            return Err(bad_kit(format!(
+                "{} is not listed in control.yml",
+                String::from_utf8_lossy(&p)
+            )));
+        }
+    }
+    let layer_content = layer.ok_or_else(|| bad_kit(format!("overlay/{layer_rel} is missing")))?;
+    Ok(Proposal {
+        product: c.product.clone(),
+        build_target: Some(c.build_target.clone()),
+        from_version: c.from_version.clone(),
+        to_version: c.to_version.clone(),
+        layer: c.layer.clone(),
+        old_tree_digest: Some(c.old_tree_digest.clone()),
+        new_tree_digest: c.new_tree_digest.clone(),
+        boot_tree: c.boot_tree.clone(),
+        delete_files: c.delete_files.clone(),
+        writer_format: Some(c.writer_format),
+        layer_content,
+        overlay,
+        payload,
+    })
+}
+
+/// A kit of Tails' own tooling (`--legacy-tails-kit`), installed as Tails' installer does:
+/// the overlay copied onto the medium, `delete_files` deleted, the module file = the base + the
+/// kit's one diff layer. Nothing records what it was built against or its files' hashes, so:
+/// every overlay file must be a regular file with a safe path; exactly one
+/// `overlay/live/*.squashfs`; the new version and product come from `/etc/os-release` of this
+/// medium's base with that layer stacked, and the new tree digest from the same stack.
+fn legacy_proposal(
+    medium: &Medium,
+    state: &State,
+    kit: &LegacyKit,
+    bad_kit: &dyn Fn(String) -> MediumError,
+    progress: &dyn ApplyProgress,
+) -> Result<Proposal, MediumError> {
+    let mut files: Vec<(String, Content)> = Vec::new();
+    for id in kit.tree.walk() {
+        let p = kit.tree.path(id);
+        let Some(rel) = p.strip_prefix(b"overlay/") else {
+            continue;
+        };
+        let rel = String::from_utf8(rel.to_vec()).map_err(|_| {
+            bad_kit(format!(
+                "{} is not a UTF-8 name",
+                String::from_utf8_lossy(&p)
+            ))
+        })?;
+        match &kit.tree.node_inode(id).kind {
+            InodeKind::Dir => {}
+            InodeKind::File(content) => files.push((rel, content.clone())),
+            other => {
+                return Err(bad_kit(format!(
+                    "overlay/{rel} is a {}: a FAT medium holds only regular files",
+                    other.name()
+                )))
+            }
+        }
+    }
+    let layers: Vec<&str> = files
+        .iter()
+        .map(|(p, _)| p.as_str())
+        .filter(|p| {
+            p.get(..5).is_some_and(|d| d.eq_ignore_ascii_case("live/"))
+                && !p[5..].contains('/')
+                && p.to_ascii_lowercase().ends_with(".squashfs")
+        })
+        .collect();
+    let layer_rel = match layers.as_slice() {
+        [one] => one.to_string(),
+        [] => {
+            return Err(bad_kit(
+                "holds no diff layer (overlay/live/*.squashfs)".into(),
+            ))
+        }
+        more => {
+            return Err(bad_kit(format!(
+                "holds {} diff layers in overlay/live/, a kit of Tails' own tooling has one",
+                more.len()
+            )))
+        }
+    };
+    let layer = layer_rel[5..layer_rel.len() - ".squashfs".len()].to_string();
+    if !version::is_safe_name(&layer) || layer.eq_ignore_ascii_case("filesystem") {
+        return Err(bad_kit(format!("layer name {layer:?} is not usable")));
+    }
+    let paths: Vec<&str> = files.iter().map(|(p, _)| p.as_str()).collect();
+    check_kit_paths(&paths, &[], &layer_rel, bad_kit)?;
+
+    // Hash every overlay file.
+    let payload: u64 = files.iter().map(|(_, c)| c.size).sum();
+    progress.phase("reading kit", payload);
+    let done = std::cell::Cell::new(0u64);
+    let mut overlay: HashMap<String, (Content, [u8; 32])> = HashMap::new();
+    let mut carried: Vec<FileEntry> = Vec::new();
+    for (rel, content) in &files {
+        let sha = content
+            .sha256_with(|n| {
+                done.set(done.get() + n);
+                progress.position(done.get());
+            })
+            .map_err(|e| bad_kit(format!("overlay/{rel}: {e}")))?;
+        if overlay
+            .insert(rel.to_ascii_lowercase(), (content.clone(), sha))
+            .is_some()
+        {
+            return Err(bad_kit(format!(
+                "overlay/{rel} is there twice in different case (a FAT medium cannot hold both)"
+            )));
+        }
+        if *rel != layer_rel {
+            carried.push(FileEntry {
+                path: rel.clone(),
+                size: content.size,
+                sha256: hex(&sha),
+            });
+        }
+    }
+    let layer_content = overlay
+        .get(&layer_rel.to_ascii_lowercase())
+        .cloned()
+        .ok_or_else(|| bad_kit(format!("overlay/{layer_rel} is missing")))?;
+
+    // The new root: this medium's base with the kit's layer stacked.
+    let base_path = medium
+        .find(BASE)
+        .ok_or_else(|| refuse(format!("{}: no {BASE}", medium.root.display())))?;
+    let base_name = base_path.display().to_string();
+    let base = Archive::open(&base_path)
+        .and_then(|a| a.read_tree())
+        .map_err(|e| refuse(format!("{base_name}: {e}")))?;
+    progress.phase("hashing base", base.content_bytes());
+    let done = std::sync::atomic::AtomicU64::new(0);
+    let tick = |n: u64| {
+        let d = done.fetch_add(n, std::sync::atomic::Ordering::Relaxed) + n;
+        progress.position(d);
+    };
+    let base = HashedTree::new(base, &base_name, &tick)?;
+    let layer_name = format!("overlay/{layer_rel}");
+    let image = layer_content
+        .0
+        .source
+        .random_access()
+        .ok_or_else(|| bad_kit(format!("{layer_name} cannot be opened in place")))?;
+    // The reader's errors name the image.
+    let upper = Archive::from_image(image, layer_name.clone())
+        .and_then(|a| a.read_tree())
+        .map_err(|e| bad_kit(e.to_string()))?;
+    progress.phase("hashing layer", upper.content_bytes());
+    done.store(0, std::sync::atomic::Ordering::Relaxed);
+    let upper = HashedTree::new(upper, &layer_name, &tick)?;
+    let new_root = base.stack(&upper, &layer_name)?;
+    let os = release::os_release(&new_root.tree).unwrap_or_default();
+    let to_version = os.version.ok_or_else(|| {
+        bad_kit(format!(
+            "no version in /etc/os-release of this medium's base with {layer_name} stacked"
+        ))
+    })?;
+    if !version::is_safe_name(&to_version) {
+        return Err(bad_kit(format!(
+            "version {to_version:?} in /etc/os-release is not a safe name"
+        )));
+    }
+    let product = os.product.unwrap_or_else(|| state.product.clone());
+
+    // The boot tree after: the current one without delete_files, with the overlay copied on.
+    let under = |p: &str, d: &str| {
+        p.eq_ignore_ascii_case(d)
+            || (p.len() > d.len()
+                && p.as_bytes()[d.len()] == b'/'
+                && p[..d.len()].eq_ignore_ascii_case(d))
+    };
+    let mut boot_tree: Vec<FileEntry> = state
+        .boot_files
+        .iter()
+        .filter(|f| !kit.control.delete_files.iter().any(|d| under(&f.path, d)))
+        .filter(|f| !carried.iter().any(|e| e.path.eq_ignore_ascii_case(&f.path)))
+        .cloned()
+        .collect();
+    boot_tree.extend(carried);
+    boot_tree.sort_by(|a, b| a.path.cmp(&b.path));
+    check_kit_paths(&[], &boot_tree, &layer_rel, bad_kit)?;
+    Ok(Proposal {
+        product,
+        build_target: None,
+        from_version: state.base_version.clone(),
+        to_version,
+        layer,
+        old_tree_digest: None,
+        new_tree_digest: new_root.digest(),
+        boot_tree,
+        delete_files: kit.control.delete_files.clone(),
+        writer_format: None,
+        layer_content,
+        overlay,
+        payload,
     })
 }
 
@@ -882,7 +1173,7 @@ pub fn execute(
     // Step 2: intent, layer, staged copies and new boot files; every file and directory entry
     // made durable; each re-read from the device.
     let intent = staging.join(INTENT_FILE);
-    let intent_text = intent_text(&plan.control.layer, &plan.old_state_sha, &plan.writes);
+    let intent_text = intent_text(&plan.layer_name, &plan.old_state_sha, &plan.writes);
     write_file(fs, &intent, intent_text.as_bytes()).map_err(|e| io_err(&intent, e))?;
     fs.fsync_dir(&staging).map_err(|e| io_err(&staging, e))?;
 
@@ -946,9 +1237,9 @@ pub fn execute(
     let deleted = finish(medium, &journal, fs)?;
     Ok(ApplyReport {
         model: plan.model,
-        from_version: plan.control.from_version.clone(),
-        to_version: plan.control.to_version.clone(),
-        layer: plan.control.layer.clone(),
+        from_version: plan.from_version.clone(),
+        to_version: plan.to_version.clone(),
+        layer: plan.layer_name.clone(),
         bytes_written: total
             + plan
                 .writes
