@@ -1,6 +1,9 @@
 //! Interoperability with Tails' own installer: `tails-install-iuk` (Perl, from the public Tails
 //! sources) installs a kit made by `iuk-build build` onto a medium made from the old ISO, and the
-//! medium's stack (`live/filesystem.squashfs` + the kit's layer) equals the new ISO's root.
+//! medium's stack (`live/filesystem.squashfs` + the kit's layer) equals the new ISO's root. And
+//! the reverse: kits made by Tails' own `tails-create-iuk` from the fixture ISOs are installed by
+//! `iuk-apply --legacy-tails-kit` (its ISO loop mounts emulated with osirrox, as this kernel has
+//! no iso9660 driver; its other mounts, rsync and gensquashfs run for real).
 //!
 //! How to run (as root; Tails' code is never vendored or fetched by this project — point
 //! `IUK_TAILS_SRC` at a checkout of the Tails sources, the directory holding `config/`):
@@ -760,4 +763,186 @@ fn tails_installed_medium_is_adopted_and_upgraded_by_iuk_apply() {
         &snapshot(&stack.overlay.point),
         "adopted Tails medium + iuk-apply'd 6.10 -> 6.11 vs 6.11's root",
     );
+}
+
+// ------------------------------------------------------------------------------------------------
+// Kits made by Tails' own tooling, installed by iuk-apply --legacy-tails-kit
+
+/// The `sudo`, `mount` and `umount` shims for `tails-create-iuk`: this kernel has no iso9660 driver, so its
+/// read-only loop mount of an ISO is emulated by extracting the ISO with osirrox (it only reads
+/// from that mount); every other mount (tmpfs, squashfs, overlay) runs the real command.
+fn mount_shims(dir: &Path) {
+    let real = |tool: &str| {
+        find_tool(tool)
+            .unwrap_or_else(|| panic!("no `{tool}`"))
+            .display()
+            .to_string()
+    };
+    let mount = format!(
+        r#"#!/bin/sh
+if [ "$1" = -o ] && [ "$2" = loop,ro ] && [ "${{3%.iso}}" != "$3" ]; then
+  osirrox -indev "$3" -extract / "$4" >/dev/null 2>&1 || exit 1
+  printf '%s\n' "$4" >> "$IUK_TEST_FAKE_MOUNTS"
+  exit 0
+fi
+exec {} "$@"
+"#,
+        real("mount")
+    );
+    let umount = format!(
+        r#"#!/bin/sh
+if [ -f "$IUK_TEST_FAKE_MOUNTS" ] && grep -qxF "$1" "$IUK_TEST_FAKE_MOUNTS"; then
+  chmod -R u+w "$1" && find "$1" -mindepth 1 -delete
+  exit $?
+fi
+exec {} "$@"
+"#,
+        real("umount")
+    );
+    // `sudo -n VAR=VALUE CMD…` (as tails-create-iuk runs gensquashfs): env handles the
+    // assignments as sudo does.
+    let sudo = "#!/bin/sh\n[ \"$1\" = -n ] && shift\nprintf '%s\\n' \"$*\" >> \"$IUK_TEST_SUDO_LOG\"\nexec env \"$@\"\n";
+    for (name, text) in [("mount", mount), ("umount", umount), ("sudo", sudo.into())] {
+        let p = dir.join(name);
+        fs::write(&p, text).unwrap();
+        fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    }
+}
+
+/// Unmounts (lazily, deepest first) whatever is still mounted below a directory when dropped:
+/// a failing `tails-create-iuk` leaves its mounts behind.
+struct UnmountBelow(PathBuf);
+
+impl Drop for UnmountBelow {
+    fn drop(&mut self) {
+        let mounts = fs::read_to_string("/proc/mounts").unwrap_or_default();
+        let prefix = format!("{}/", self.0.display());
+        let mut points: Vec<&str> = mounts
+            .lines()
+            .filter_map(|l| l.split(' ').nth(1))
+            .filter(|p| p.starts_with(&prefix))
+            .collect();
+        points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        for p in points {
+            let _ = Command::new("umount").arg("-l").arg(p).status();
+        }
+    }
+}
+
+/// Makes the kit OLD → NEW with Tails' own `tails-create-iuk`.
+fn tails_create_iuk(tails: &Tails, work: &Work, old: &str, new: &str) -> PathBuf {
+    let create = tails.install_iuk.with_file_name("tails-create-iuk");
+    let shim_dir = work.path("create-bin");
+    fs::create_dir_all(&shim_dir).unwrap();
+    mount_shims(&shim_dir);
+    let tmpdir = work.path("create-tmp");
+    fs::create_dir_all(&tmpdir).unwrap();
+    let _unmount = UnmountBelow(tmpdir.clone());
+    let out = work.path(&format!("Tails_amd64_{old}_to_{new}.tails.iuk"));
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut paths = vec![shim_dir.clone()];
+    paths.extend(std::env::split_paths(&path));
+    run_ok(
+        Command::new("perl")
+            .arg("-I")
+            .arg(&tails.perl5lib)
+            .arg(&create)
+            .arg("--old_iso")
+            .arg(testdata(&format!("Tails-{old}.iso")))
+            .arg("--new_iso")
+            .arg(testdata(&format!("Tails-{new}.iso")))
+            .arg("--squashfs_diff_name")
+            .arg(format!("Tails_amd64_{old}_to_{new}.squashfs"))
+            .arg("--outfile")
+            .arg(&out)
+            .current_dir(work.tmp.path())
+            .env("PATH", std::env::join_paths(paths).unwrap())
+            .env("TMPDIR", &tmpdir)
+            .env("SOURCE_DATE_EPOCH", EPOCH.to_string())
+            .env("IUK_TEST_SUDO_LOG", work.path("create-sudo.log"))
+            .env("IUK_TEST_MEDIUM", work.medium())
+            .env("IUK_TEST_FAKE_MOUNTS", work.path("fake-mounts")),
+    );
+    out
+}
+
+/// Entries without what Tails' own diff does not keep: its layer stamps every inode with
+/// SOURCE_DATE_EPOCH (gensquashfs), and rsync into overlayfs splits a hard-link group whose
+/// members lie in different layers. Everything else of the new root must be there.
+fn as_tails_keeps(mut entries: Vec<iuk_e2e::Entry>) -> Vec<iuk_e2e::Entry> {
+    for e in &mut entries {
+        e.mtime = 0;
+        e.link_group = None;
+    }
+    entries
+}
+
+/// Kits made by Tails' own `tails-create-iuk` (6.9 → 6.10, then the cumulative 6.9 → 6.11) are
+/// refused by iuk-apply without `--legacy-tails-kit` and installed with it: the kernel's stack
+/// equals the new root (mtimes aside, as with Tails' own installer), `verify --deep` passes.
+#[test]
+fn kits_made_by_tails_own_tooling_are_installed_with_legacy_tails_kit() {
+    let Some(tails) = tails_or_skip() else {
+        return;
+    };
+    for tool in ["bsdtar", "gensquashfs"] {
+        assert!(
+            find_tool(tool).is_some(),
+            "`{tool}` is not installed: run scripts/tails-interop-deps"
+        );
+    }
+    let work = Work::new();
+    let k10 = tails_create_iuk(&tails, &work, "6.9", "6.10");
+    let k11 = tails_create_iuk(&tails, &work, "6.9", "6.11");
+    let medium = work.path("iuk-medium");
+    let ia = |args: &[&str]| {
+        let mut c = iuk_command("iuk-apply");
+        c.args(args).arg("--medium").arg(&medium);
+        c
+    };
+    run_ok(ia(&["init"]).arg("--iso").arg(testdata("Tails-6.9.iso")));
+    let r = run(ia(&["apply"]).arg(&k10));
+    assert!(
+        r.code == Some(1) && r.stderr.contains("--legacy-tails-kit"),
+        "a kit of Tails' tooling must be refused without --legacy-tails-kit: {r}"
+    );
+    for (kit, version, layers) in [(&k10, "6.10", 1), (&k11, "6.11", 1)] {
+        let r = run_ok(ia(&["apply", "--legacy-tails-kit", "--json"]).arg(kit));
+        let report: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+        assert_eq!(report["to_version"], version, "{r}");
+        run_ok(&mut ia(&["verify", "--deep"]));
+        let module = fs::read_to_string(medium.join("live/Tails.module")).unwrap();
+        assert_eq!(
+            module.lines().count(),
+            1 + layers,
+            "base + the kit's layer: {module:?}"
+        );
+        // The layer on the medium is the kit's, byte for byte.
+        let name = format!("Tails_amd64_6.9_to_{version}.squashfs");
+        let unpacked = work.path(&format!("unpacked-{version}"));
+        run_ok(
+            Command::new("unsquashfs")
+                .arg("-q")
+                .arg("-d")
+                .arg(&unpacked)
+                .arg(kit)
+                .arg(format!("overlay/live/{name}")),
+        );
+        assert_eq!(
+            sha256_file(&unpacked.join("overlay/live").join(&name)),
+            sha256_file(&medium.join("live").join(&name)),
+            "{name}: the medium's copy differs from the kit's"
+        );
+        let iso_dir = work.path(&format!("iso-{version}"));
+        if !iso_dir.exists() {
+            extract_as_tails_installs(&testdata(&format!("Tails-{version}.iso")), &iso_dir);
+        }
+        let stack = mount_stack(&medium);
+        let new_root = mount_squashfs(&iso_dir.join("live/filesystem.squashfs"));
+        assert_same_tree(
+            &as_tails_keeps(snapshot(new_root.path())),
+            &as_tails_keeps(snapshot(&stack.overlay.point)),
+            &format!("Tails-made kit to {version} applied by iuk-apply vs {version}'s root"),
+        );
+    }
 }
