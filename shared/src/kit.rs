@@ -15,7 +15,6 @@
 //! mtimes change with the file, as a full install would see them, and are still a pure function
 //! of the inputs.)
 
-use std::io::Read;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -457,33 +456,33 @@ pub enum AnyKit {
     Legacy(LegacyKit),
 }
 
+/// The bytes of the small file `name` at the top of a kit's tree (FORMAT, control.yml), at most
+/// `limit` bytes.
+pub fn small_file(tree: &Tree, name: &str, limit: u64) -> Result<Vec<u8>, KitError> {
+    let n = tree.lookup(name.as_bytes()).ok_or_else(|| {
+        KitError::Invalid(format!(
+            "no {name}: not a kit (a kit holds FORMAT, control.yml and overlay/)"
+        ))
+    })?;
+    let InodeKind::File(c) = &tree.node_inode(n).kind else {
+        return Err(KitError::Invalid(format!("{name} is not a file")));
+    };
+    if c.size > limit {
+        return Err(KitError::Invalid(format!(
+            "{name} is {} bytes, more than {limit}",
+            c.size
+        )));
+    }
+    c.read_all()
+        .map_err(|e| KitError::Invalid(format!("{name}: {e}")))
+}
+
 /// A kit's image, tree, FORMAT text and control.yml text.
 fn read_parts(path: &std::path::Path) -> Result<(Arc<Archive>, Tree, String, String), KitError> {
     let archive = Archive::open(path)?;
     let tree = archive.read_tree()?;
-    let read_small = |name: &[u8], limit: u64| -> Result<Vec<u8>, KitError> {
-        let what = String::from_utf8_lossy(name).into_owned();
-        let n = tree
-            .lookup(name)
-            .ok_or_else(|| KitError::Invalid(format!("no {what} in the kit")))?;
-        let InodeKind::File(c) = &tree.node_inode(n).kind else {
-            return Err(KitError::Invalid(format!("{what} is not a file")));
-        };
-        if c.size > limit {
-            return Err(KitError::Invalid(format!(
-                "{what} is {} bytes, more than {limit}",
-                c.size
-            )));
-        }
-        let mut out = Vec::new();
-        c.source
-            .open()
-            .and_then(|mut r| r.read_to_end(&mut out))
-            .map_err(|e| KitError::Invalid(format!("{what}: {e}")))?;
-        Ok(out)
-    };
-    let format = String::from_utf8_lossy(&read_small(b"FORMAT", 16)?).into_owned();
-    let text = read_small(b"control.yml", MAX_CONTROL)?;
+    let format = String::from_utf8_lossy(&small_file(&tree, "FORMAT", 16)?).into_owned();
+    let text = small_file(&tree, "control.yml", MAX_CONTROL)?;
     let text = String::from_utf8(text)
         .map_err(|_| KitError::Invalid("control.yml is not UTF-8".into()))?;
     Ok((archive, tree, format, text))

@@ -25,7 +25,7 @@ use crate::kit::{self, Control, KitError, GENERATOR, MAX_CONTROL};
 use crate::release::{Release, ReleaseError};
 use crate::squashfs::read::Archive;
 use crate::squashfs::write::WRITER_FORMAT_VERSION;
-use crate::tree::{hex, InodeKind, Tree};
+use crate::tree::hex;
 
 /// Errors of a rebuild: the kit or an input cannot be read, or the kit is refused.
 #[derive(Debug, thiserror::Error)]
@@ -162,26 +162,8 @@ fn read_kit(path: &Path) -> Result<KitFiles, RebuildError> {
     // Archive errors already name the file.
     let archive = Archive::open(path).map_err(|e| refuse(e.to_string()))?;
     let tree = archive.read_tree().map_err(|e| refuse(e.to_string()))?;
-    let read = |tree: &Tree, file: &str, limit: u64| -> Result<Vec<u8>, KitError> {
-        let n = tree.lookup(file.as_bytes()).ok_or_else(|| {
-            KitError::Invalid(format!(
-                "no {file}: not a kit (a kit holds FORMAT, control.yml and overlay/)"
-            ))
-        })?;
-        let InodeKind::File(c) = &tree.node_inode(n).kind else {
-            return Err(KitError::Invalid(format!("{file} is not a file")));
-        };
-        if c.size > limit {
-            return Err(KitError::Invalid(format!(
-                "{file} is {} bytes, more than {limit}",
-                c.size
-            )));
-        }
-        c.read_all()
-            .map_err(|e| KitError::Invalid(format!("{file}: {e}")))
-    };
-    let format = read(&tree, "FORMAT", 64).map_err(kit_err)?;
-    let control = read(&tree, "control.yml", MAX_CONTROL).map_err(kit_err)?;
+    let format = kit::small_file(&tree, "FORMAT", 64).map_err(kit_err)?;
+    let control = kit::small_file(&tree, "control.yml", MAX_CONTROL).map_err(kit_err)?;
     let control_text = String::from_utf8(control)
         .map_err(|_| kit_err(KitError::Invalid("control.yml is not UTF-8".into())))?;
     Ok(KitFiles {
