@@ -43,7 +43,8 @@ pub enum Command {
     Recover(MediumArgs),
     /// Show the medium's versions, layers, trusted keys, free space and pending recovery.
     Status(StatusArgs),
-    /// Check the medium against its state (names and sizes; --deep hashes everything).
+    /// Check the medium against its state (names and sizes; --deep hashes every file and
+    /// checks the base's and the stacked tree digests, in userspace).
     Verify(VerifyArgs),
 }
 
@@ -234,7 +235,9 @@ pub struct VerifyArgs {
     /// The medium (the mounted system partition)
     #[arg(long, value_name = "DIR")]
     medium: PathBuf,
-    /// Also hash every layer and boot file (default: names and sizes only)
+    /// Also hash every layer and boot file, and read the base and every layer to check the
+    /// base's tree digest and the stacked tree's digest against the state, without mounting
+    /// (default: names and sizes only)
     #[arg(long)]
     deep: bool,
 }
@@ -726,6 +729,9 @@ fn verify_cmd(a: VerifyArgs) -> Result<()> {
     }
     let (s, _, _) = m.read_state()?;
     m.check_consistent(&s, a.deep)?;
+    if a.deep {
+        iuk::medium::adopt::verify_trees(&m, &s, &Bar(Mutex::new(None)))?;
+    }
     let keys = trust::trusted_keyring(&m, &s)?;
     println!(
         "{}: {} {} verified ({} layers{}{})",
@@ -734,7 +740,7 @@ fn verify_cmd(a: VerifyArgs) -> Result<()> {
         s.current_version,
         s.layers.len(),
         if a.deep {
-            ", every layer and boot file hashed"
+            ", every layer and boot file hashed, base and stacked tree digests"
         } else {
             ", names and sizes"
         },

@@ -548,6 +548,76 @@ fn chain_on_a_fat32_medium() {
     drop(fat);
 }
 
+#[test]
+fn verify_deep_checks_the_base_and_stacked_trees() {
+    if !tools_or_skip(&["osirrox"]) {
+        return;
+    }
+    let work = tmpdir();
+    let w = work.path();
+    let m = w.join("medium");
+    init_medium(&m, "6.9");
+    apply_kit(&m, &build_kit(w, "6.9", "6.10"));
+    run_ok(ia("verify", &m).arg("--deep"));
+
+    // Another valid base of the same size passes the quick check, not the deep one.
+    let other = w.join("other-base.squashfs");
+    run_ok(
+        Command::new("osirrox")
+            .arg("-indev")
+            .arg(iso("6.10"))
+            .arg("-extract")
+            .arg("/live/filesystem.squashfs")
+            .arg(&other),
+    );
+    let base = m.join("live/filesystem.squashfs");
+    let saved = fs::read(&base).unwrap();
+    let mut bytes = fs::read(&other).unwrap();
+    bytes.resize(saved.len().max(bytes.len()), 0);
+    fs::write(&base, &bytes).unwrap();
+    run_ok(&mut ia("verify", &m));
+    let r = run(ia("verify", &m).arg("--deep"));
+    assert_one_line_error(
+        &r,
+        "verify --deep of another base",
+        "does not hold the tree of 6.9",
+    );
+    fs::write(&base, &saved).unwrap();
+
+    // A state whose current tree digest is not the stack's.
+    let state = m.join("live/iuk-state.yml");
+    let text = fs::read_to_string(&state).unwrap();
+    let digest = text
+        .lines()
+        .find_map(|l| l.strip_prefix("current-tree-digest: "))
+        .expect("current-tree-digest in the state")
+        .trim_matches('"')
+        .to_string();
+    let flipped: String = digest
+        .chars()
+        .enumerate()
+        .map(|(i, c)| {
+            if i == 0 {
+                if c == '0' {
+                    '1'
+                } else {
+                    '0'
+                }
+            } else {
+                c
+            }
+        })
+        .collect();
+    fs::write(&state, text.replace(&digest, &flipped)).unwrap();
+    run_ok(&mut ia("verify", &m));
+    let r = run(ia("verify", &m).arg("--deep"));
+    assert_one_line_error(
+        &r,
+        "verify --deep of a wrong digest",
+        "do not stack to the tree of 6.10",
+    );
+}
+
 // ------------------------------------------------------------------------------------------------
 // Kits of Tails' own tooling (--legacy-tails-kit)
 

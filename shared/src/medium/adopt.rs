@@ -10,6 +10,9 @@
 use std::fs;
 use std::path::Path;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::apply::ApplyProgress;
 use super::fsops::{write_file, MediumFs};
 use super::state::{Layer, State, STATE_FORMAT};
 use super::trust::{keyring_files, prepare_keyring, stray_keyrings, trusted_keyring, KeyringInput};
@@ -286,6 +289,20 @@ impl HashedTree {
         Ok(HashedTree { tree, hashes })
     }
 
+    /// Hashes every file of `tree` as the progress phase `phase`.
+    pub fn with_progress(
+        tree: Tree,
+        what: &str,
+        phase: &str,
+        progress: &dyn ApplyProgress,
+    ) -> Result<HashedTree, MediumError> {
+        progress.phase(phase, tree.content_bytes());
+        let done = AtomicU64::new(0);
+        HashedTree::new(tree, what, &|n| {
+            progress.position(done.fetch_add(n, Ordering::Relaxed) + n)
+        })
+    }
+
     /// The tree with `upper` stacked on it as overlayfs would (`what` names `upper`).
     pub fn stack(&self, upper: &HashedTree, what: &str) -> Result<HashedTree, MediumError> {
         let (tree, origins) = merge_with_origins(&self.tree, &upper.tree)
@@ -306,6 +323,51 @@ impl HashedTree {
             self.hashes.get(i.0 as usize).copied().flatten()
         }))
     }
+}
+
+/// Checks the trees the medium's layers stack to against the state, in userspace: the base's
+/// tree digest and that of the whole stack (`verify --deep`).
+pub fn verify_trees(
+    medium: &Medium,
+    state: &State,
+    progress: &dyn ApplyProgress,
+) -> Result<(), MediumError> {
+    let changed = |what: String| {
+        refuse(format!(
+            "{}: {what}; the medium was changed by something else than iuk-apply (run \
+             `iuk-apply adopt` to take it over again)",
+            medium.root.display()
+        ))
+    };
+    let open = |rel: &str| -> Result<HashedTree, MediumError> {
+        let p = medium
+            .find(rel)
+            .ok_or_else(|| changed(format!("{rel} is missing")))?;
+        let what = p.display().to_string();
+        // The reader's errors name the image.
+        let tree = Archive::open(&p)
+            .and_then(|a| a.read_tree())
+            .map_err(|e| changed(e.to_string()))?;
+        HashedTree::with_progress(tree, &what, &format!("hashing {rel}"), progress)
+    };
+    let mut stack = open(BASE)?;
+    if stack.digest() != state.base_tree_digest {
+        return Err(changed(format!(
+            "{BASE} does not hold the tree of {} the state records",
+            state.base_version
+        )));
+    }
+    for l in &state.layers {
+        let rel = format!("live/{}.squashfs", l.name);
+        stack = stack.stack(&open(&rel)?, &rel)?;
+    }
+    if stack.digest() != state.current_tree_digest {
+        return Err(changed(format!(
+            "the layers do not stack to the tree of {} the state records",
+            state.current_version
+        )));
+    }
+    Ok(())
 }
 
 fn collect(medium: &Medium, dir: &Path, out: &mut Vec<FileEntry>) -> Result<(), MediumError> {

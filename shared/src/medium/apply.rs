@@ -967,13 +967,7 @@ fn legacy_proposal(
     let base = Archive::open(&base_path)
         .and_then(|a| a.read_tree())
         .map_err(|e| refuse(format!("{base_name}: {e}")))?;
-    progress.phase("hashing base", base.content_bytes());
-    let done = std::sync::atomic::AtomicU64::new(0);
-    let tick = |n: u64| {
-        let d = done.fetch_add(n, std::sync::atomic::Ordering::Relaxed) + n;
-        progress.position(d);
-    };
-    let base = HashedTree::new(base, &base_name, &tick)?;
+    let base = HashedTree::with_progress(base, &base_name, "hashing base", progress)?;
     let layer_name = format!("overlay/{layer_rel}");
     let image = layer_content
         .0
@@ -984,9 +978,7 @@ fn legacy_proposal(
     let upper = Archive::from_image(image, layer_name.clone())
         .and_then(|a| a.read_tree())
         .map_err(|e| bad_kit(e.to_string()))?;
-    progress.phase("hashing layer", upper.content_bytes());
-    done.store(0, std::sync::atomic::Ordering::Relaxed);
-    let upper = HashedTree::new(upper, &layer_name, &tick)?;
+    let upper = HashedTree::with_progress(upper, &layer_name, "hashing layer", progress)?;
     let new_root = base.stack(&upper, &layer_name)?;
     let os = release::os_release(&new_root.tree).unwrap_or_default();
     let to_version = os.version.ok_or_else(|| {

@@ -514,6 +514,8 @@ mod tests {
                 }
                 let (s, _, _) = cm.read_state().unwrap();
                 cm.check_consistent(&s, true).unwrap();
+                crate::medium::adopt::verify_trees(&cm, &s, &NoProgress)
+                    .unwrap_or_else(|e| panic!("prefix {prefix} case {i}: {e}"));
                 fs::remove_dir_all(&dir).unwrap();
                 cases += 1;
             }
