@@ -1853,6 +1853,50 @@ mod tests {
         assert_eq!(f.read_all().unwrap(), pattern(50_000, 3));
     }
 
+    #[test]
+    fn a_damaged_outer_image_gives_errors_not_panics_through_random_access() {
+        let inner = image_with(pattern(30_000, 5), 4096, Compressor::Gzip { level: 9 });
+        let mut inner_bytes = vec![0u8; inner.image.len() as usize];
+        inner.image.read_exact_at(&mut inner_bytes, 0).unwrap();
+        let outer = image_with(inner_bytes, 4096, Compressor::Gzip { level: 9 });
+        let mut good = vec![0u8; outer.image.len() as usize];
+        outer.image.read_exact_at(&mut good, 0).unwrap();
+        let mut seed = 99u64;
+        let mut errors = 0;
+        for _ in 0..300 {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let mut bad = good.clone();
+            let at = (seed >> 33) as usize % bad.len();
+            bad[at] ^= 1 << ((seed >> 20) % 8);
+            let result = (|| -> Result<Vec<u8>> {
+                let o = Archive::from_image(Arc::new(bad), "outer".into())?;
+                let t = o.read_tree()?;
+                let n = t.lookup(b"f").ok_or_else(|| corrupt!("no f"))?;
+                let InodeKind::File(c) = &t.node_inode(n).kind else {
+                    return Err(corrupt!("not a file"));
+                };
+                let img = c
+                    .source
+                    .random_access()
+                    .ok_or_else(|| corrupt!("no access"))?;
+                let nested = Archive::from_image(img, "nested".into())?;
+                let nt = nested.read_tree()?;
+                let n = nt.lookup(b"f").ok_or_else(|| corrupt!("no f"))?;
+                let InodeKind::File(f) = &nt.node_inode(n).kind else {
+                    return Err(corrupt!("not a file"));
+                };
+                f.read_all().map_err(|e| SqfsError::io("read", e))
+            })();
+            match result {
+                Ok(bytes) => assert!(bytes.len() == 30_000),
+                Err(_) => errors += 1,
+            }
+        }
+        assert!(errors > 0, "no flipped byte was noticed");
+    }
+
     struct Src {
         dir: tempfile::TempDir,
         src: PathBuf,
