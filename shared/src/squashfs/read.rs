@@ -1681,15 +1681,20 @@ pub(crate) mod fixtures {
             }
             m.ents.insert(rel, e);
         }
-        m.links = groups
+        m.links = link_groups(groups);
+        m
+    }
+
+    /// The paths of every group of two or more hard links, each sorted.
+    fn link_groups<K>(groups: HashMap<K, Vec<Vec<u8>>>) -> BTreeSet<Vec<Vec<u8>>> {
+        groups
             .into_values()
             .filter(|g| g.len() > 1)
             .map(|mut g| {
                 g.sort();
                 g
             })
-            .collect();
-        m
+            .collect()
     }
 
     /// The model of a tree, reading every file's content through its handle.
@@ -1731,14 +1736,7 @@ pub(crate) mod fixtures {
             }
             m.ents.insert(path, e);
         }
-        m.links = groups
-            .into_values()
-            .filter(|g| g.len() > 1)
-            .map(|mut g| {
-                g.sort();
-                g
-            })
-            .collect();
+        m.links = link_groups(groups);
         m
     }
 
@@ -1776,7 +1774,6 @@ mod tests {
 
     /// An image holding one file `f` with `data`, written by our writer.
     fn image_with(data: Vec<u8>, block_size: u32, comp: Compressor) -> Arc<Archive> {
-        use crate::tree::{Content, Inode, Metadata, Tree};
         let mut t = Tree::new(Metadata {
             perm: 0o755,
             ..Default::default()
@@ -1801,6 +1798,42 @@ mod tests {
         Archive::from_image(Arc::new(out.into_inner()), "outer".into()).unwrap()
     }
 
+    /// All bytes of an image.
+    fn image_bytes(a: &Archive) -> Vec<u8> {
+        let mut v = vec![0u8; a.image.len() as usize];
+        a.image.read_exact_at(&mut v, 0).unwrap();
+        v
+    }
+
+    /// The content of file `f` at the root of an image of [`image_with`].
+    fn file_f(a: &Arc<Archive>) -> Result<Content> {
+        let t = a.read_tree()?;
+        let n = t.lookup(b"f").ok_or_else(|| corrupt!("no f"))?;
+        match &t.node_inode(n).kind {
+            InodeKind::File(c) => Ok(c.clone()),
+            _ => Err(corrupt!("f is not a file")),
+        }
+    }
+
+    /// The bytes of `f` inside the image stored as `f` in `outer`, opened in place.
+    fn nested_f(outer: Arc<dyn ReadAt>) -> Result<Vec<u8>> {
+        let c = file_f(&Archive::from_image(outer, "outer".into())?)?;
+        let img = c
+            .source
+            .random_access()
+            .ok_or_else(|| corrupt!("no random access"))?;
+        let f = file_f(&Archive::from_image(img, "nested".into())?)?;
+        f.read_all().map_err(|e| SqfsError::io("nested f", e))
+    }
+
+    /// The next value of a small linear congruential generator.
+    fn lcg(seed: &mut u64) -> u64 {
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        *seed
+    }
+
     #[test]
     fn random_access_to_a_file_matches_its_stream() {
         // Compressed, stored (random) and sparse blocks, and a tail in a fragment.
@@ -1809,19 +1842,17 @@ mod tests {
         data.extend(vec![0u8; 8192]);
         data.extend(pattern(1000, 9));
         let a = image_with(data.clone(), 4096, Compressor::Gzip { level: 9 });
-        let t = a.read_tree().unwrap();
-        let InodeKind::File(c) = &t.node_inode(t.lookup(b"f").unwrap()).kind else {
-            panic!("not a file")
-        };
-        let img = c.source.random_access().expect("random access");
+        let img = file_f(&a)
+            .unwrap()
+            .source
+            .random_access()
+            .expect("random access");
         assert_eq!(img.len(), data.len() as u64);
         let mut seed = 1u64;
         for _ in 0..400 {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            let off = (seed >> 33) as usize % data.len();
-            let len = ((seed >> 13) as usize % 9000).min(data.len() - off);
+            let r = lcg(&mut seed);
+            let off = (r >> 33) as usize % data.len();
+            let len = ((r >> 13) as usize % 9000).min(data.len() - off);
             let mut buf = vec![0u8; len];
             img.read_exact_at(&mut buf, off as u64).unwrap();
             assert_eq!(buf, data[off..off + len], "{off}+{len}");
@@ -1834,62 +1865,26 @@ mod tests {
     fn an_image_inside_an_image_opens_in_place() {
         // The inner image's blocks are compressed by the outer one and its tail is a fragment.
         let inner = image_with(pattern(50_000, 3), 4096, Compressor::Gzip { level: 9 });
-        let inner_bytes = {
-            let mut v = vec![0u8; inner.image.len() as usize];
-            inner.image.read_exact_at(&mut v, 0).unwrap();
-            v
-        };
-        let outer = image_with(inner_bytes, 4096, Compressor::Gzip { level: 9 });
-        let t = outer.read_tree().unwrap();
-        let InodeKind::File(c) = &t.node_inode(t.lookup(b"f").unwrap()).kind else {
-            panic!("not a file")
-        };
-        let nested =
-            Archive::from_image(c.source.random_access().unwrap(), "nested".into()).unwrap();
-        let nt = nested.read_tree().unwrap();
-        let InodeKind::File(f) = &nt.node_inode(nt.lookup(b"f").unwrap()).kind else {
-            panic!("not a file")
-        };
-        assert_eq!(f.read_all().unwrap(), pattern(50_000, 3));
+        let outer = image_with(image_bytes(&inner), 4096, Compressor::Gzip { level: 9 });
+        assert_eq!(
+            nested_f(Arc::new(image_bytes(&outer))).unwrap(),
+            pattern(50_000, 3)
+        );
     }
 
     #[test]
     fn a_damaged_outer_image_gives_errors_not_panics_through_random_access() {
         let inner = image_with(pattern(30_000, 5), 4096, Compressor::Gzip { level: 9 });
-        let mut inner_bytes = vec![0u8; inner.image.len() as usize];
-        inner.image.read_exact_at(&mut inner_bytes, 0).unwrap();
-        let outer = image_with(inner_bytes, 4096, Compressor::Gzip { level: 9 });
-        let mut good = vec![0u8; outer.image.len() as usize];
-        outer.image.read_exact_at(&mut good, 0).unwrap();
+        let outer = image_with(image_bytes(&inner), 4096, Compressor::Gzip { level: 9 });
+        let good = image_bytes(&outer);
         let mut seed = 99u64;
         let mut errors = 0;
         for _ in 0..300 {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
+            let r = lcg(&mut seed);
             let mut bad = good.clone();
-            let at = (seed >> 33) as usize % bad.len();
-            bad[at] ^= 1 << ((seed >> 20) % 8);
-            let result = (|| -> Result<Vec<u8>> {
-                let o = Archive::from_image(Arc::new(bad), "outer".into())?;
-                let t = o.read_tree()?;
-                let n = t.lookup(b"f").ok_or_else(|| corrupt!("no f"))?;
-                let InodeKind::File(c) = &t.node_inode(n).kind else {
-                    return Err(corrupt!("not a file"));
-                };
-                let img = c
-                    .source
-                    .random_access()
-                    .ok_or_else(|| corrupt!("no access"))?;
-                let nested = Archive::from_image(img, "nested".into())?;
-                let nt = nested.read_tree()?;
-                let n = nt.lookup(b"f").ok_or_else(|| corrupt!("no f"))?;
-                let InodeKind::File(f) = &nt.node_inode(n).kind else {
-                    return Err(corrupt!("not a file"));
-                };
-                f.read_all().map_err(|e| SqfsError::io("read", e))
-            })();
-            match result {
+            let at = (r >> 33) as usize % bad.len();
+            bad[at] ^= 1 << ((r >> 20) % 8);
+            match nested_f(Arc::new(bad)) {
                 Ok(bytes) => assert!(bytes.len() == 30_000),
                 Err(_) => errors += 1,
             }
