@@ -1,15 +1,13 @@
 //! `iuk-build build`: two releases in, one deterministic FORMAT 2 kit out.
 
 use std::path::PathBuf;
-use std::sync::Mutex;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use indicatif::ProgressBar;
-use iuk::build::{build, BuildOptions, BuildProgress};
+use iuk::build::{build, BuildOptions};
 use iuk::squashfs::write::WriterParams;
 
-use crate::progress;
+use crate::progress::Bars;
 use crate::writer_args::{BcjName, CompressionName, WriterArgs, WriterDefaults};
 
 /// Build an incremental upgrade kit (FORMAT 2, installable by Tails' installer) from two releases.
@@ -63,35 +61,6 @@ pub struct BuildArgs {
     pub json: bool,
 }
 
-struct Bars {
-    bar: Mutex<Option<ProgressBar>>,
-}
-
-impl BuildProgress for Bars {
-    fn phase(&self, name: &str, total: u64) {
-        if let Ok(mut b) = self.bar.lock() {
-            if let Some(old) = b.take() {
-                old.finish_and_clear();
-            }
-            *b = Some(progress::bytes_bar(total, name));
-        }
-    }
-    fn position(&self, done: u64) {
-        if let Ok(b) = self.bar.lock() {
-            if let Some(b) = b.as_ref() {
-                b.set_position(done);
-            }
-        }
-    }
-    fn warn(&self, message: &str) {
-        let line = format!("iuk-build: warning: {message}");
-        match self.bar.lock().ok().as_ref().and_then(|b| b.as_ref()) {
-            Some(b) => b.suspend(|| eprintln!("{line}")),
-            None => eprintln!("{line}"),
-        }
-    }
-}
-
 /// Runs `build`.
 pub fn run(a: BuildArgs) -> Result<()> {
     let w = a.writer.resolve(&WriterDefaults {
@@ -119,15 +88,9 @@ pub fn run(a: BuildArgs) -> Result<()> {
         layer,
         sort_text: w.sort_text,
     };
-    let bars = Bars {
-        bar: Mutex::new(None),
-    };
+    let bars = Bars::default();
     let report = build(&a.old, &a.new, a.out.as_deref(), &opts, &bars);
-    if let Ok(mut b) = bars.bar.lock() {
-        if let Some(b) = b.take() {
-            b.finish_and_clear();
-        }
-    }
+    bars.finish();
     let r = report?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);

@@ -2,15 +2,12 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Mutex;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use indicatif::ProgressBar;
-use iuk::build::BuildProgress;
 use iuk::rebuild::{rebuild, RebuildOptions, RebuildReport, Verdict};
 
-use crate::progress;
+use crate::progress::Bars;
 
 /// Rebuild a published kit from the two releases and check that it is byte-identical.
 ///
@@ -52,45 +49,6 @@ pub struct RebuildArgs {
     pub json: bool,
 }
 
-struct Bars {
-    bar: Mutex<Option<ProgressBar>>,
-}
-
-impl Bars {
-    fn finish(&self) {
-        if let Ok(mut b) = self.bar.lock() {
-            if let Some(b) = b.take() {
-                b.finish_and_clear();
-            }
-        }
-    }
-}
-
-impl BuildProgress for Bars {
-    fn phase(&self, name: &str, total: u64) {
-        if let Ok(mut b) = self.bar.lock() {
-            if let Some(old) = b.take() {
-                old.finish_and_clear();
-            }
-            *b = Some(progress::bytes_bar(total, name));
-        }
-    }
-    fn position(&self, done: u64) {
-        if let Ok(b) = self.bar.lock() {
-            if let Some(b) = b.as_ref() {
-                b.set_position(done);
-            }
-        }
-    }
-    fn warn(&self, message: &str) {
-        let line = format!("iuk-build: warning: {message}");
-        match self.bar.lock().ok().as_ref().and_then(|b| b.as_ref()) {
-            Some(b) => b.suspend(|| eprintln!("{line}")),
-            None => eprintln!("{line}"),
-        }
-    }
-}
-
 /// Runs `rebuild`: exit 0 identical, 1 different or wrong inputs, 2 error.
 pub fn main(a: RebuildArgs) -> ExitCode {
     match run(a) {
@@ -112,9 +70,7 @@ fn run(a: RebuildArgs) -> Result<Verdict> {
         .num_threads(jobs)
         .build_global()
         .context("cannot start worker threads")?;
-    let bars = Bars {
-        bar: Mutex::new(None),
-    };
+    let bars = Bars::default();
     let opts = RebuildOptions {
         jobs,
         keep: a.keep.clone(),
