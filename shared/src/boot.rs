@@ -11,8 +11,9 @@ use std::collections::HashMap;
 
 use rayon::prelude::*;
 
+use crate::kit::FileEntry;
 use crate::release::{Release, ReleaseError, ReleaseFile, ReleaseFileKind, ROOTFS};
-use crate::tree::Content;
+use crate::tree::{hex, Content};
 
 /// Directories whose removed entries Tails lists in `delete_files` (non-recursively).
 pub const MONITORED_DIRS: [&str; 16] = [
@@ -83,6 +84,17 @@ pub struct BootTree {
     pub files: Vec<BootFile>,
     /// Symlinks of the release left out (FAT has none).
     pub skipped_symlinks: Vec<String>,
+}
+
+impl BootFile {
+    /// Its path, size and sha256, as control.yml and the medium's state record them.
+    pub fn entry(&self) -> FileEntry {
+        FileEntry {
+            path: self.path.clone(),
+            size: self.size,
+            sha256: hex(&self.sha256),
+        }
+    }
 }
 
 impl BootTree {

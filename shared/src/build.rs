@@ -20,7 +20,7 @@ use std::time::Instant;
 
 use sha2::{Digest, Sha256};
 
-use crate::boot::{self, BootError, WHOLE_DIRS};
+use crate::boot::{self, BootError, BootFile, WHOLE_DIRS};
 use crate::diff::{self, DiffError, DiffStats, Hashed};
 use crate::kit::{self, Control, FileEntry, KitError, LayerParams, OverlayFile, GENERATOR};
 use crate::output::{write_new_file, OutputError};
@@ -433,11 +433,7 @@ pub fn build(
                     content: f.content.clone(),
                     mtime: f.mtime,
                 },
-                FileEntry {
-                    path: f.path.clone(),
-                    size: f.size,
-                    sha256: hex(&f.sha256),
-                },
+                f.entry(),
             ));
         }
     }
@@ -459,15 +455,7 @@ pub fn build(
         old_tree_digest: hex(&old_digest),
         new_tree_digest: hex(&new_digest),
         overlay: overlay.iter().map(|(_, e)| e.clone()).collect(),
-        boot_tree: new_boot
-            .files
-            .iter()
-            .map(|f| FileEntry {
-                path: f.path.clone(),
-                size: f.size,
-                sha256: hex(&f.sha256),
-            })
-            .collect(),
+        boot_tree: new_boot.files.iter().map(BootFile::entry).collect(),
     };
     let files: Vec<OverlayFile> = overlay.into_iter().map(|(f, _)| f).collect();
     let kit_tree = kit::container_tree(&control, &files)?;

@@ -14,8 +14,7 @@ use super::trust::{prepare_keyring, KeyringInput};
 use super::{
     io_err, Medium, MediumError, BASE, DEFAULT_MAX_LAYERS, LOCK_FILE, STAGING_DIR, STATE_FILE,
 };
-use crate::boot;
-use crate::kit::FileEntry;
+use crate::boot::{self, BootFile};
 use crate::release::{self, Release, ROOTFS};
 use crate::tree::{content_hashes, hex, tree_digest};
 use crate::version;
@@ -159,15 +158,7 @@ pub fn init(
         module_file: module_file.clone(),
         max_layers: opts.max_layers.unwrap_or(DEFAULT_MAX_LAYERS),
         layers: Vec::new(),
-        boot_files: bt
-            .files
-            .iter()
-            .map(|f| FileEntry {
-                path: f.path.clone(),
-                size: f.size,
-                sha256: hex(&f.sha256),
-            })
-            .collect(),
+        boot_files: bt.files.iter().map(BootFile::entry).collect(),
         keyring: keyring.as_ref().map(|k| k.file_name.clone()),
         key_fingerprints: keyring
             .as_ref()
