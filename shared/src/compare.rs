@@ -861,7 +861,7 @@ fn superblock_fields(a: &Archive) -> Vec<(&'static str, String)> {
         ("inode count", sb.inode_count.to_string()),
         (
             "modification time",
-            format!("{} ({} UTC)", sb.mod_time, utc(sb.mod_time, true)),
+            format!("{} ({} UTC)", sb.mod_time, utc(sb.mod_time.into(), true)),
         ),
         ("block size", sb.block_size.to_string()),
         ("block log", sb.block_log.to_string()),
@@ -942,7 +942,7 @@ fn dev(d: u64) -> String {
 }
 
 fn mtime(t: u32) -> String {
-    format!("{t} ({} UTC)", utc(t, true))
+    format!("{t} ({} UTC)", utc(t.into(), true))
 }
 
 /// For every inode named by several entries, the first path naming it (walk order).

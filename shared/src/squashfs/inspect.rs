@@ -305,7 +305,7 @@ pub fn report(archive: &Archive) -> Result<Report> {
     }
     Ok(Report {
         name: archive.name().to_string(),
-        mod_time_utc: utc(sb.mod_time, true),
+        mod_time_utc: utc(sb.mod_time.into(), true),
         compressor: compressor_report(archive)?,
         flags: flag_names(sb.flags),
         counts: c,
@@ -315,7 +315,7 @@ pub fn report(archive: &Archive) -> Result<Report> {
 }
 
 /// `YYYY-MM-DD HH:MM` (with `:SS` when `seconds`) for `t` seconds after the epoch, in UTC.
-pub fn utc(t: u32, seconds: bool) -> String {
+pub fn utc(t: u64, seconds: bool) -> String {
     let days = (t / 86_400) as i64;
     let rem = t % 86_400;
     // Howard Hinnant's civil_from_days.
@@ -428,7 +428,7 @@ pub fn listing(archive: &Archive) -> Result<Vec<String>> {
         let mut line = format!(
             "{} {uid}/{gid} {field} {} {path}",
             mode_string(type_char, h.perm),
-            utc(h.mtime, false)
+            utc(h.mtime.into(), false)
         );
         if let Some(t) = target {
             line.push_str(" -> ");
@@ -449,7 +449,7 @@ mod tests {
     #[test]
     fn times_modes_flags_and_escapes() {
         assert_eq!(utc(0, false), "1970-01-01 00:00");
-        assert_eq!(utc(u32::MAX, true), "2106-02-07 06:28:15");
+        assert_eq!(utc(u32::MAX.into(), true), "2106-02-07 06:28:15");
         assert_eq!(utc(951_782_400, false), "2000-02-29 00:00");
         assert_eq!(utc(1_704_067_199, true), "2023-12-31 23:59:59");
         assert_eq!(mode_string('d', 0o755), "drwxr-xr-x");
