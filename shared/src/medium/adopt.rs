@@ -105,11 +105,7 @@ pub fn adopt(
     let base_path = medium
         .find(BASE)
         .ok_or_else(|| refuse(format!("{root}: no {BASE}: not an installed live system")))?;
-    let base =
-        Archive::open(&base_path).map_err(|e| refuse(format!("{}: {e}", base_path.display())))?;
-    let base_tree = base
-        .read_tree()
-        .map_err(|e| refuse(format!("{}: {e}", base_path.display())))?;
+    let base_tree = read_image_tree(&base_path)?;
     let base_os = release::os_release(&base_tree).unwrap_or_default();
     let product = opts
         .product
@@ -166,7 +162,7 @@ pub fn adopt(
             module_path.display()
         )));
     }
-    let mut merged = HashedTree::new(base_tree, &base_path.display().to_string(), &|_| {})?;
+    let mut merged = HashedTree::new(base_tree, &|_| {})?;
     let base_digest = merged.digest();
     let mut layers = Vec::new();
     let mut current_version = base_version.clone();
@@ -190,9 +186,7 @@ pub fn adopt(
             ))
         })?;
         let what = p.display().to_string();
-        let a = Archive::open(&p).map_err(|e| refuse(format!("{what}: {e}")))?;
-        let t = a.read_tree().map_err(|e| refuse(format!("{what}: {e}")))?;
-        merged = merged.stack(&HashedTree::new(t, &what, &|_| {})?, &what)?;
+        merged = merged.stack(&HashedTree::new(read_image_tree(&p)?, &|_| {})?, &what)?;
         let v = release::os_release(&merged.tree)
             .unwrap_or_default()
             .version
@@ -269,6 +263,13 @@ pub fn adopt(
     })
 }
 
+/// The tree of the SquashFS image at `path` (the reader's errors name the image).
+pub fn read_image_tree(path: &Path) -> Result<Tree, MediumError> {
+    Archive::open(path)
+        .and_then(|a| a.read_tree())
+        .map_err(|e| refuse(e.to_string()))
+}
+
 /// A tree with the sha256 of every inode's content (indexed by inode id), so that layers can
 /// be stacked on it and its tree digest taken without reading any file twice.
 pub struct HashedTree {
@@ -279,26 +280,21 @@ pub struct HashedTree {
 }
 
 impl HashedTree {
-    /// Hashes every file of `tree` (`what` names it in errors; `progress` gets bytes read).
-    pub fn new(
-        tree: Tree,
-        what: &str,
-        progress: &(dyn Fn(u64) + Sync),
-    ) -> Result<HashedTree, MediumError> {
-        let hashes = content_hashes(&tree, progress).map_err(|e| refuse(format!("{what}: {e}")))?;
+    /// Hashes every file of `tree` (`progress` gets bytes read; errors name the file).
+    pub fn new(tree: Tree, progress: &(dyn Fn(u64) + Sync)) -> Result<HashedTree, MediumError> {
+        let hashes = content_hashes(&tree, progress).map_err(|e| refuse(e.to_string()))?;
         Ok(HashedTree { tree, hashes })
     }
 
     /// Hashes every file of `tree` as the progress phase `phase`.
     pub fn with_progress(
         tree: Tree,
-        what: &str,
         phase: &str,
         progress: &dyn ApplyProgress,
     ) -> Result<HashedTree, MediumError> {
         progress.phase(phase, tree.content_bytes());
         let done = AtomicU64::new(0);
-        HashedTree::new(tree, what, &|n| {
+        HashedTree::new(tree, &|n| {
             progress.position(done.fetch_add(n, Ordering::Relaxed) + n)
         })
     }
@@ -343,12 +339,8 @@ pub fn verify_trees(
         let p = medium
             .find(rel)
             .ok_or_else(|| changed(format!("{rel} is missing")))?;
-        let what = p.display().to_string();
-        // The reader's errors name the image.
-        let tree = Archive::open(&p)
-            .and_then(|a| a.read_tree())
-            .map_err(|e| changed(e.to_string()))?;
-        HashedTree::with_progress(tree, &what, &format!("hashing {rel}"), progress)
+        let tree = read_image_tree(&p).map_err(|e| changed(e.to_string()))?;
+        HashedTree::with_progress(tree, &format!("hashing {rel}"), progress)
     };
     let mut stack = open(BASE)?;
     if stack.digest() != state.base_tree_digest {

@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use super::adopt::HashedTree;
+use super::adopt::{read_image_tree, HashedTree};
 use super::fsops::{drop_cache, parent_of, rewrite_file, write_file, MediumFs};
 use super::journal::{self, Delete, Journal, Write};
 use super::state::{Layer, State};
@@ -963,11 +963,7 @@ fn legacy_proposal(
     let base_path = medium
         .find(BASE)
         .ok_or_else(|| refuse(format!("{}: no {BASE}", medium.root.display())))?;
-    let base_name = base_path.display().to_string();
-    let base = Archive::open(&base_path)
-        .and_then(|a| a.read_tree())
-        .map_err(|e| refuse(format!("{base_name}: {e}")))?;
-    let base = HashedTree::with_progress(base, &base_name, "hashing base", progress)?;
+    let base = HashedTree::with_progress(read_image_tree(&base_path)?, "hashing base", progress)?;
     let layer_name = format!("overlay/{layer_rel}");
     let image = layer_content
         .0
@@ -978,7 +974,7 @@ fn legacy_proposal(
     let upper = Archive::from_image(image, layer_name.clone())
         .and_then(|a| a.read_tree())
         .map_err(|e| bad_kit(e.to_string()))?;
-    let upper = HashedTree::with_progress(upper, &layer_name, "hashing layer", progress)?;
+    let upper = HashedTree::with_progress(upper, "hashing layer", progress)?;
     let new_root = base.stack(&upper, &layer_name)?;
     let os = release::os_release(&new_root.tree).unwrap_or_default();
     let to_version = os.version.ok_or_else(|| {
