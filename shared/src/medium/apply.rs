@@ -96,6 +96,8 @@ pub struct BootWrite {
     pub content: Content,
     /// sha256 of the file it replaces, if one exists.
     pub old: Option<[u8; 32]>,
+    /// Size of the file it replaces (0 when none).
+    pub old_size: u64,
     /// Written at its final name in step 2 instead of staged: nothing is at the path (in any
     /// case spelling) and its directory exists, so no file of the old release changes and the
     /// intent names it for `recover` to delete if the apply is not committed.
@@ -222,24 +224,13 @@ impl SpaceWritten {
 /// What step 2 and the commit write: the layer, each staged copy, each boot file written
 /// directly, the growth of boot files overwritten in place, and `others` (intent, journal,
 /// state, module file).
-fn space_written(
-    medium: &Medium,
-    layer: &Content,
-    writes: &[BootWrite],
-    others: [(u64, u64); 4],
-) -> SpaceWritten {
+fn space_written(layer: &Content, writes: &[BootWrite], others: [(u64, u64); 4]) -> SpaceWritten {
     let mut files = vec![(layer.size, 0)];
     for w in writes {
         files.push((w.content.size, 0));
-        if w.direct {
-            continue;
+        if !w.direct {
+            files.push((w.content.size, w.old_size));
         }
-        let old = medium
-            .find(&w.path)
-            .and_then(|p| fs::symlink_metadata(p).ok())
-            .filter(|m| m.is_file())
-            .map_or(0, |m| m.len());
-        files.push((w.content.size, old));
     }
     files.extend(others);
     SpaceWritten(files)
@@ -545,9 +536,12 @@ pub fn plan(
             )));
         }
         let existing = medium.find(&e.path);
-        let old = match &existing {
-            Some(p) if p.is_file() => Some(sha_of(p)?),
-            _ => None,
+        let (old, old_size) = match &existing {
+            Some(p) if p.is_file() => (
+                Some(sha_of(p)?),
+                fs::metadata(p).map_err(|e| io_err(p, e))?.len(),
+            ),
+            _ => (None, 0),
         };
         let direct = existing.is_none() && direct_target(medium, &e.path).is_some();
         written.insert(e.path.to_ascii_lowercase());
@@ -556,6 +550,7 @@ pub fn plan(
             sha256: want,
             content: content.clone(),
             old,
+            old_size,
             direct,
         });
     }
@@ -627,7 +622,6 @@ pub fn plan(
         .map_or(0, |m| m.len());
     let journal = plan_journal(old_state_sha, &new_state, &writes, &deletes);
     let written_files = space_written(
-        medium,
         &layer.0,
         &writes,
         [
