@@ -435,14 +435,21 @@ fn describe_plan(p: &Plan) -> serde_json::Value {
     })
 }
 
+impl KitArgs {
+    /// The options `check` and `apply` share.
+    fn options(&self) -> Result<ApplyOptions> {
+        Ok(ApplyOptions {
+            max_layers: self.max_layers,
+            kit_sha256: parse_sha(&self.sha256)?,
+            udf: signed_udf(&self.udf, &self.signature)?,
+            legacy_tails_kit: self.legacy_tails_kit,
+        })
+    }
+}
+
 fn check_cmd(a: KitArgs) -> Result<()> {
     let m = Medium::new(&a.medium);
-    let opts = ApplyOptions {
-        max_layers: a.max_layers,
-        kit_sha256: parse_sha(&a.sha256)?,
-        udf: signed_udf(&a.udf, &a.signature)?,
-        legacy_tails_kit: a.legacy_tails_kit,
-    };
+    let opts = a.options()?;
     let plan = apply::plan(&m, &a.kit, &opts, &Bar(Mutex::new(None)))?;
     for w in &plan.warnings {
         eprintln!("iuk-apply: warning: {w}");
@@ -491,12 +498,7 @@ fn recover_first(m: &Medium) -> Result<Recovery> {
 
 fn apply_cmd(a: KitArgs) -> Result<()> {
     let m = Medium::new(&a.medium);
-    let opts = ApplyOptions {
-        max_layers: a.max_layers,
-        kit_sha256: parse_sha(&a.sha256)?,
-        udf: signed_udf(&a.udf, &a.signature)?,
-        legacy_tails_kit: a.legacy_tails_kit,
-    };
+    let opts = a.options()?;
     let _lock = m.lock()?;
     recover_first(&m)?;
     let bar = Bar(Mutex::new(None));
