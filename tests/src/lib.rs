@@ -221,6 +221,28 @@ pub fn run_ok(cmd: &mut Command) -> Run {
     r
 }
 
+/// Runs every `(name, output, command)` case, each of which must succeed, and asserts that all
+/// outputs have the same sha256 (the determinism tests).
+pub fn assert_same_outputs(cases: Vec<(String, PathBuf, Command)>) {
+    let mut results = Vec::new();
+    for (name, out, mut c) in cases {
+        let r = run(&mut c);
+        assert!(r.ok(), "{name}: {c:?}: {r}");
+        results.push((name, sha256_file(&out)));
+    }
+    let (first_name, first) = results[0].clone();
+    let differing: Vec<String> = results
+        .iter()
+        .filter(|(_, s)| *s != first)
+        .map(|(n, s)| format!("{n}: {s}"))
+        .collect();
+    assert!(
+        differing.is_empty(),
+        "`{first_name}` gave {first}, but:\n  {}",
+        differing.join("\n  ")
+    );
+}
+
 /// A `Command` for a built binary, with `SOURCE_DATE_EPOCH` removed from its environment so
 /// that only what a test passes explicitly counts.
 pub fn iuk_command(name: &str) -> Command {

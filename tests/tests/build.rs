@@ -22,9 +22,9 @@ use iuk::kit::Control;
 use iuk::release::Release;
 use iuk::tree::{content_hashes, hex, tree_digest, Tree};
 use iuk_e2e::{
-    assert_same_tree, diff_snapshots, dir_names, fixture, iuk_command, kernel_or_skip,
-    mount_overlay, mount_squashfs, require_root_or_skip, run, run_ok, sha256_file, sha256_hex,
-    show_path, snapshot, tool_or_skip, Entry, Kind, Run,
+    assert_same_outputs, assert_same_tree, diff_snapshots, dir_names, fixture, iuk_command,
+    kernel_or_skip, mount_overlay, mount_squashfs, require_root_or_skip, run, run_ok, sha256_file,
+    sha256_hex, show_path, snapshot, tool_or_skip, Entry, Kind, Run,
 };
 use tempfile::TempDir;
 
@@ -1098,23 +1098,7 @@ fn deterministic_across_jobs_and_environment() {
         c
     });
     let outputs: Vec<PathBuf> = cases.iter().map(|(_, o, _)| o.clone()).collect();
-    let mut results = Vec::new();
-    for (name, out, mut c) in cases {
-        let r = run(&mut c);
-        assert!(r.ok(), "{name}: {c:?}: {r}");
-        results.push((name, sha256_file(&out)));
-    }
-    let (first_name, first) = results[0].clone();
-    let differing: Vec<String> = results
-        .iter()
-        .filter(|(_, s)| *s != first)
-        .map(|(n, s)| format!("{n}: {s}"))
-        .collect();
-    assert!(
-        differing.is_empty(),
-        "`{first_name}` gave {first}, but:\n  {}",
-        differing.join("\n  ")
-    );
+    assert_same_outputs(cases);
     let mut want: Vec<_> = outputs
         .iter()
         .map(|o| o.file_name().unwrap().to_os_string())

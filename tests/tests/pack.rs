@@ -15,9 +15,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use iuk_e2e::{
-    assert_same_tree, bin, dir_names, iuk_command, kernel_or_skip, make_tree, mount_squashfs, pack,
-    require_root_or_skip, run, run_ok, sha256_file, show_path, skip, snapshot, tool_or_skip, Entry,
-    Kind, Run,
+    assert_same_outputs, assert_same_tree, bin, dir_names, iuk_command, kernel_or_skip, make_tree,
+    mount_squashfs, pack, require_root_or_skip, run, run_ok, sha256_file, show_path, skip,
+    snapshot, tool_or_skip, Entry, Kind, Run,
 };
 use tempfile::TempDir;
 
@@ -530,23 +530,7 @@ fn deterministic_across_jobs_and_environment() {
             .env("LC_ALL", "C");
         *c = r;
     });
-    let mut results = Vec::new();
-    for (name, out, mut c) in cases {
-        let r = run(&mut c);
-        assert!(r.ok(), "{name}: {c:?}: {r}");
-        results.push((name, sha256_file(&out)));
-    }
-    let (first_name, first) = results[0].clone();
-    let differing: Vec<String> = results
-        .iter()
-        .filter(|(_, s)| *s != first)
-        .map(|(n, s)| format!("{n}: {s}"))
-        .collect();
-    assert!(
-        differing.is_empty(),
-        "`{first_name}` gave {first}, but:\n  {}",
-        differing.join("\n  ")
-    );
+    assert_same_outputs(cases);
 }
 
 /// The same logical tree created in another order (so readdir returns entries in another
