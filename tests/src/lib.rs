@@ -844,6 +844,127 @@ pub fn mount_fusefat(image: &Path) -> Mounted {
     );
 }
 
+// ------------------------------------------------------------------------------------------------
+// Killing the real binary at its system calls (strace)
+
+/// The system calls the kill tests trace: every one that can change a file or a directory.
+pub const MUTATING_SYSCALLS: &str = "write,pwrite64,pwritev,writev,unlink,unlinkat,mkdir,\
+    mkdirat,rmdir,fsync,fdatasync,syncfs,ftruncate,truncate,openat,open,creat,rename,renameat,\
+    renameat2,copy_file_range,link,linkat,symlink,symlinkat,fchmod,fchmodat,chmod,fchown,\
+    fchownat,chown";
+
+/// One system call of an strace log (`-f -o FILE`): pid, name, the whole line.
+pub struct Call {
+    /// The thread that made it.
+    pub pid: String,
+    /// The system call's name.
+    pub name: String,
+    /// The whole line.
+    pub line: String,
+}
+
+/// The calls of an strace log written with `-f -qq -o FILE`.
+pub fn parse_strace(text: &str) -> Vec<Call> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let Some((pid, rest)) = line.split_once(' ') else {
+            continue;
+        };
+        let rest = rest.trim_start();
+        if rest.starts_with("+++") || rest.starts_with("---") || rest.starts_with("<...") {
+            continue;
+        }
+        let Some(open) = rest.find('(') else { continue };
+        out.push(Call {
+            pid: pid.to_string(),
+            name: rest[..open].to_string(),
+            line: line.to_string(),
+        });
+    }
+    out
+}
+
+/// Runs `program args` to success under strace, tracing [`MUTATING_SYSCALLS`] into `trace`;
+/// asserts that nothing renames, links, chmods or chowns on `medium` and that one thread
+/// changes it; returns the calls and that thread's pid. `what` names the run in messages.
+pub fn trace_clean_run(
+    what: &str,
+    trace: &Path,
+    program: &Path,
+    args: &[&OsStr],
+    medium: &Path,
+) -> (Vec<Call>, String) {
+    run_ok(
+        Command::new("strace")
+            .args(["-f", "-qq", "-o"])
+            .arg(trace)
+            .args(["-e", &format!("trace={MUTATING_SYSCALLS}")])
+            .arg(program)
+            .args(args),
+    );
+    let calls = parse_strace(&fs::read_to_string(trace).unwrap());
+    let medium_s = medium.display().to_string();
+    let forbidden: Vec<&str> = calls
+        .iter()
+        .filter(|c| {
+            c.name.starts_with("rename")
+                || c.name.contains("link") && c.name != "unlink" && c.name != "unlinkat"
+                || c.name.contains("chmod")
+                || c.name.contains("chown")
+        })
+        .filter(|c| c.line.contains(&medium_s))
+        .map(|c| c.line.as_str())
+        .collect();
+    assert!(
+        forbidden.is_empty(),
+        "{what}: renames, links or chmods on the medium:\n  {}",
+        forbidden.join("\n  ")
+    );
+    let pids: std::collections::BTreeSet<String> = calls
+        .iter()
+        .filter(|c| c.line.contains(&medium_s))
+        .map(|c| c.pid.clone())
+        .collect();
+    assert_eq!(
+        pids.len(),
+        1,
+        "{what}: the medium is changed from more than one thread: {pids:?}"
+    );
+    let pid = pids.into_iter().next().unwrap();
+    (calls, pid)
+}
+
+/// The kill points among `pid`'s calls of each of `kinds`, numbered as strace's `when=` counts
+/// them (per syscall, per thread); among `openat` only the calls that create or truncate.
+/// Kinds never called are left out.
+pub fn kill_points<'a>(
+    calls: &[Call],
+    pid: &str,
+    kinds: &[&'a str],
+) -> BTreeMap<&'a str, Vec<usize>> {
+    let mut per_kind = BTreeMap::new();
+    for &kind in kinds {
+        let ks: Vec<usize> = calls
+            .iter()
+            .filter(|c| c.pid == pid && c.name == kind)
+            .enumerate()
+            .filter(|(_, c)| {
+                kind != "openat" || c.line.contains("O_CREAT") || c.line.contains("O_TRUNC")
+            })
+            .map(|(i, _)| i + 1)
+            .collect();
+        if !ks.is_empty() {
+            per_kind.insert(kind, ks);
+        }
+    }
+    per_kind
+}
+
+/// Copies a tree with `cp -a` (a pristine medium for each kill).
+pub fn copy_tree(from: &Path, to: &Path) {
+    run_ok(Command::new("cp").arg("-a").arg(from).arg(to));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

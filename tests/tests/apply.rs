@@ -20,7 +20,7 @@
 //! missing, unless `IUK_REQUIRE_KERNEL=1`. The binaries must be built first
 //! (`cargo build --release -p iuk-build -p iuk-apply`).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -31,9 +31,9 @@ use iuk::squashfs::read::Archive;
 use iuk::squashfs::write::write_image;
 use iuk::tree::{Content, InodeKind};
 use iuk_e2e::{
-    assert_same_tree, diff_snapshots, fixture, iuk_command, kernel_or_skip, mount_fusefat,
-    mount_overlay, mount_squashfs, mount_tmpfs, require_root_or_skip, run, run_ok, sha256_file,
-    sha256_hex, snapshot, tool_or_skip, Entry, Run,
+    assert_same_tree, copy_tree, diff_snapshots, fixture, iuk_command, kernel_or_skip, kill_points,
+    mount_fusefat, mount_overlay, mount_squashfs, mount_tmpfs, require_root_or_skip, run, run_ok,
+    sha256_file, sha256_hex, snapshot, tool_or_skip, trace_clean_run, Entry, Run,
 };
 use tempfile::TempDir;
 
@@ -1645,33 +1645,6 @@ fn the_free_space_check_is_enough_and_within_the_goal() {
 // ------------------------------------------------------------------------------------------------
 // 5: kills
 
-/// One system call of an strace log (`-f -o FILE`): pid, name, the whole line.
-struct Call {
-    pid: String,
-    name: String,
-    line: String,
-}
-
-fn parse_strace(text: &str) -> Vec<Call> {
-    let mut out = Vec::new();
-    for line in text.lines() {
-        let Some((pid, rest)) = line.split_once(' ') else {
-            continue;
-        };
-        let rest = rest.trim_start();
-        if rest.starts_with("+++") || rest.starts_with("---") || rest.starts_with("<...") {
-            continue;
-        }
-        let Some(open) = rest.find('(') else { continue };
-        out.push(Call {
-            pid: pid.to_string(),
-            name: rest[..open].to_string(),
-            line: line.to_string(),
-        });
-    }
-    out
-}
-
 /// Up to `cap` values of `v`, evenly spread, first and last included.
 fn spread(v: &[usize], cap: usize) -> Vec<usize> {
     if v.len() <= cap {
@@ -1680,10 +1653,6 @@ fn spread(v: &[usize], cap: usize) -> Vec<usize> {
     let mut out: Vec<usize> = (0..cap).map(|i| v[i * (v.len() - 1) / (cap - 1)]).collect();
     out.dedup();
     out
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    run_ok(Command::new("cp").arg("-a").arg(from).arg(to));
 }
 
 /// A kill test: the medium `old_ref` (holding `old`), the kit that takes it to `new`, how many
@@ -1723,86 +1692,43 @@ fn kill_test(w: &Path, case: &KillCase) {
     copy_tree(old_ref, &new_ref);
 
     // The clean run, traced.
-    const TRACED: &str = "write,pwrite64,pwritev,writev,unlink,unlinkat,mkdir,mkdirat,rmdir,\
-                          fsync,fdatasync,syncfs,ftruncate,truncate,openat,open,creat,\
-                          rename,renameat,renameat2,copy_file_range,link,linkat,symlink,\
-                          symlinkat,fchmod,fchmodat,chmod,fchown,fchownat,chown";
     let trace_file = w.join(format!("{tag}-clean.strace"));
-    run_ok(
-        Command::new("strace")
-            .args(["-f", "-qq", "-o"])
-            .arg(&trace_file)
-            .args(["-e", &format!("trace={TRACED}")])
-            .arg(bin_path("iuk-apply"))
-            .arg("apply")
-            .arg(kit)
-            .arg("--medium")
-            .arg(&new_ref),
+    let (calls, pid) = trace_clean_run(
+        &format!("{tag}: the clean apply"),
+        &trace_file,
+        &bin_path("iuk-apply"),
+        &[
+            "apply".as_ref(),
+            kit.as_os_str(),
+            "--medium".as_ref(),
+            new_ref.as_os_str(),
+        ],
+        &new_ref,
     );
-    let calls = parse_strace(&fs::read_to_string(&trace_file).unwrap());
-    let medium_s = new_ref.display().to_string();
-    let forbidden: Vec<&str> = calls
-        .iter()
-        .filter(|c| {
-            c.name.starts_with("rename")
-                || c.name.contains("link") && c.name != "unlink" && c.name != "unlinkat"
-                || c.name.contains("chmod")
-                || c.name.contains("chown")
-        })
-        .filter(|c| c.line.contains(&medium_s))
-        .map(|c| c.line.as_str())
-        .collect();
-    assert!(
-        forbidden.is_empty(),
-        "{tag}: the clean apply renames, links or chmods on the medium:\n  {}",
-        forbidden.join("\n  ")
-    );
-    let pids: BTreeSet<&str> = calls
-        .iter()
-        .filter(|c| c.line.contains(&medium_s))
-        .map(|c| c.pid.as_str())
-        .collect();
-    assert_eq!(
-        pids.len(),
-        1,
-        "{tag}: the medium is changed from more than one thread: {pids:?}"
-    );
-    let pid = *pids.iter().next().unwrap();
 
-    // Kill points: every call of each mutating kind, counted as strace's `when=` counts them
-    // (per syscall, per thread), and among `openat` only those that create or truncate.
-    let mut per_kind: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
-    for kind in [
-        "write",
-        "pwrite64",
-        "pwritev",
-        "writev",
-        "unlink",
-        "unlinkat",
-        "mkdir",
-        "mkdirat",
-        "rmdir",
-        "fsync",
-        "fdatasync",
-        "syncfs",
-        "ftruncate",
-        "truncate",
-        "copy_file_range",
-        "openat",
-    ] {
-        let ks: Vec<usize> = calls
-            .iter()
-            .filter(|c| c.pid == pid && c.name == kind)
-            .enumerate()
-            .filter(|(_, c)| {
-                kind != "openat" || c.line.contains("O_CREAT") || c.line.contains("O_TRUNC")
-            })
-            .map(|(i, _)| i + 1)
-            .collect();
-        if !ks.is_empty() {
-            per_kind.insert(kind, ks);
-        }
-    }
+    // Kill points: every call of each mutating kind.
+    let per_kind = kill_points(
+        &calls,
+        &pid,
+        &[
+            "write",
+            "pwrite64",
+            "pwritev",
+            "writev",
+            "unlink",
+            "unlinkat",
+            "mkdir",
+            "mkdirat",
+            "rmdir",
+            "fsync",
+            "fdatasync",
+            "syncfs",
+            "ftruncate",
+            "truncate",
+            "copy_file_range",
+            "openat",
+        ],
+    );
     for kind in ["write", "unlink", "fsync", "openat"]
         .iter()
         .chain(required)

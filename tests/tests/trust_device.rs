@@ -15,8 +15,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use iuk_e2e::{
-    assert_same_tree, fixture, iuk_command, kernel_or_skip, mount_overlay, mount_squashfs,
-    require_root_or_skip, run, run_ok, sha256_file, sha256_hex, snapshot, Run,
+    assert_same_tree, copy_tree, fixture, iuk_command, kernel_or_skip, kill_points, mount_overlay,
+    mount_squashfs, require_root_or_skip, run, run_ok, sha256_file, sha256_hex, snapshot,
+    trace_clean_run, Run,
 };
 use tempfile::TempDir;
 
@@ -986,37 +987,6 @@ fn media_without_keys_take_unsigned_kits_with_a_warning() {
 // ------------------------------------------------------------------------------------------------
 // trust killed at its system calls
 
-/// One system call of an strace log (`-f -o FILE`): pid, name, the whole line.
-struct Call {
-    pid: String,
-    name: String,
-    line: String,
-}
-
-fn parse_strace(text: &str) -> Vec<Call> {
-    let mut out = Vec::new();
-    for line in text.lines() {
-        let Some((pid, rest)) = line.split_once(' ') else {
-            continue;
-        };
-        let rest = rest.trim_start();
-        if rest.starts_with("+++") || rest.starts_with("---") || rest.starts_with("<...") {
-            continue;
-        }
-        let Some(open) = rest.find('(') else { continue };
-        out.push(Call {
-            pid: pid.to_string(),
-            name: rest[..open].to_string(),
-            line: line.to_string(),
-        });
-    }
-    out
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    run_ok(Command::new("cp").arg("-a").arg(from).arg(to));
-}
-
 #[test]
 fn killed_trust_recovers_to_the_old_or_the_new_keyring() {
     if !have(&["gpg", "strace", "cp"]) {
@@ -1053,80 +1023,44 @@ fn killed_trust_recovers_to_the_old_or_the_new_keyring() {
     // The clean run, traced: no rename, link or chmod on the medium; one thread changes it.
     let new_ref = w.join("new");
     copy_tree(&old_ref, &new_ref);
-    const TRACED: &str = "write,pwrite64,pwritev,writev,unlink,unlinkat,mkdir,mkdirat,rmdir,\
-                          fsync,fdatasync,syncfs,ftruncate,truncate,openat,open,creat,\
-                          rename,renameat,renameat2,copy_file_range,link,linkat,symlink,\
-                          symlinkat,fchmod,fchmodat,chmod,fchown,fchownat,chown";
     let trace = w.join("clean.strace");
-    let mut cmd = Command::new("strace");
-    cmd.args(["-f", "-qq", "-o"])
-        .arg(&trace)
-        .args(["-e", &format!("trace={TRACED}")])
-        .arg(iuk_e2e::bin("iuk-apply"))
-        .args(trust(&new_ref).get_args());
-    run_ok(&mut cmd);
-    let calls = parse_strace(&fs::read_to_string(&trace).unwrap());
-    let medium_s = new_ref.display().to_string();
-    let forbidden: Vec<&str> = calls
-        .iter()
-        .filter(|c| {
-            c.name.starts_with("rename")
-                || (c.name.contains("link") && c.name != "unlink" && c.name != "unlinkat")
-                || c.name.contains("chmod")
-                || c.name.contains("chown")
-        })
-        .filter(|c| c.line.contains(&medium_s))
-        .map(|c| c.line.as_str())
-        .collect();
-    assert!(
-        forbidden.is_empty(),
-        "trust renames, links or chmods: {forbidden:?}"
+    let (calls, pid) = trace_clean_run(
+        "the clean trust",
+        &trace,
+        &iuk_e2e::bin("iuk-apply"),
+        &trust(&new_ref).get_args().collect::<Vec<_>>(),
+        &new_ref,
     );
-    let pids: BTreeSet<&str> = calls
-        .iter()
-        .filter(|c| c.line.contains(&medium_s))
-        .map(|c| c.pid.as_str())
-        .collect();
-    assert_eq!(
-        pids.len(),
-        1,
-        "the medium is changed from several threads: {pids:?}"
-    );
-    let pid = *pids.iter().next().unwrap();
     let old_files = files(&old_ref);
     let new_files = files(&new_ref);
     assert!(new_files.contains_key(&format!("live/{new_name}")));
     assert!(!new_files.contains_key(&format!("live/{old_name}")));
 
-    // Kill points: every call of each mutating kind (openat: only those creating or
-    // truncating), counted as strace's `when=` counts them.
-    let mut points: Vec<(&str, usize)> = Vec::new();
-    for kind in [
-        "write",
-        "unlink",
-        "unlinkat",
-        "fsync",
-        "fdatasync",
-        "ftruncate",
-        "openat",
-    ] {
-        for (i, c) in calls
-            .iter()
-            .filter(|c| c.pid == pid && c.name == kind)
-            .enumerate()
-        {
-            if kind != "openat" || c.line.contains("O_CREAT") || c.line.contains("O_TRUNC") {
-                points.push((kind, i + 1));
-            }
-        }
-    }
+    // Kill points: every call of each mutating kind.
+    let per_kind = kill_points(
+        &calls,
+        &pid,
+        &[
+            "write",
+            "unlink",
+            "unlinkat",
+            "fsync",
+            "fdatasync",
+            "ftruncate",
+            "openat",
+        ],
+    );
     // (No ftruncate is required: std's `set_len` skips it when the size is right already.)
     for kind in ["write", "unlink", "fsync", "openat"] {
         assert!(
-            points.iter().any(|(k, _)| *k == kind),
-            "the clean trust made no {kind} call: {points:?}"
+            per_kind.contains_key(kind),
+            "the clean trust made no {kind} call: {per_kind:?}"
         );
     }
+    let points: Vec<(&str, usize)> = per_kind
+        .iter()
+        .flat_map(|(kind, ks)| ks.iter().map(move |k| (*kind, *k)))
+        .collect();
     eprintln!("kill points: {}", points.len());
 
     let (mut olds, mut news) = (0, 0);
