@@ -844,6 +844,45 @@ pub fn mount_fusefat(image: &Path) -> Mounted {
     );
 }
 
+/// Every regular file under `dir`, by `/`-separated relative path; panics on other types
+/// than directories and regular files.
+pub fn read_files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    fn walk(root: &Path, d: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
+        for e in fs::read_dir(d).unwrap() {
+            let e = e.unwrap();
+            let p = e.path();
+            let ft = e.file_type().unwrap();
+            let rel = p.strip_prefix(root).unwrap().to_str().unwrap().to_string();
+            if ft.is_dir() {
+                walk(root, &p, out);
+            } else if ft.is_file() {
+                out.insert(rel, fs::read(&p).unwrap());
+            } else {
+                panic!("{}: neither a file nor a directory", p.display());
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(dir, dir, &mut out);
+    out
+}
+
+/// `hay` with every occurrence of `from` replaced by `to`.
+pub fn replace_all(hay: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(hay.len());
+    let mut i = 0;
+    while i < hay.len() {
+        if hay[i..].starts_with(from) {
+            out.extend_from_slice(to);
+            i += from.len();
+        } else {
+            out.push(hay[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
 // ------------------------------------------------------------------------------------------------
 // Killing the real binary at its system calls (strace)
 

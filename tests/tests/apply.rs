@@ -32,8 +32,9 @@ use iuk::squashfs::write::write_image;
 use iuk::tree::{Content, InodeKind};
 use iuk_e2e::{
     assert_same_tree, copy_tree, diff_snapshots, fixture, iuk_command, kernel_or_skip, kill_points,
-    mount_fusefat, mount_overlay, mount_squashfs, mount_tmpfs, require_root_or_skip, run, run_ok,
-    sha256_file, sha256_hex, snapshot, tool_or_skip, trace_clean_run, Entry, Run,
+    mount_fusefat, mount_overlay, mount_squashfs, mount_tmpfs, read_files, replace_all,
+    require_root_or_skip, run, run_ok, sha256_file, sha256_hex, snapshot, tool_or_skip,
+    trace_clean_run, Entry, Run,
 };
 use tempfile::TempDir;
 
@@ -156,43 +157,6 @@ struct Release {
     base_sha: String,
     /// The boot tree as installed: medium path → sha256.
     boot: BTreeMap<String, String>,
-}
-
-/// Every regular file under `dir`, by `/`-separated relative path.
-fn read_files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    fn walk(root: &Path, d: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
-        for e in fs::read_dir(d).unwrap() {
-            let e = e.unwrap();
-            let p = e.path();
-            let ft = e.file_type().unwrap();
-            let rel = p.strip_prefix(root).unwrap().to_str().unwrap().to_string();
-            if ft.is_dir() {
-                walk(root, &p, out);
-            } else if ft.is_file() {
-                out.insert(rel, fs::read(&p).unwrap());
-            } else {
-                panic!("{}: neither a file nor a directory", p.display());
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk(dir, dir, &mut out);
-    out
-}
-
-fn replace_all(hay: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(hay.len());
-    let mut i = 0;
-    while i < hay.len() {
-        if hay[i..].starts_with(from) {
-            out.extend_from_slice(to);
-            i += from.len();
-        } else {
-            out.push(hay[i]);
-            i += 1;
-        }
-    }
-    out
 }
 
 /// The boot tree an installer puts on the medium, computed from the ISO's files as Tails does:

@@ -23,8 +23,8 @@ use iuk::release::Release;
 use iuk::tree::{content_hashes, hex, tree_digest, Tree};
 use iuk_e2e::{
     assert_same_outputs, assert_same_tree, diff_snapshots, dir_names, fixture, iuk_command,
-    kernel_or_skip, mount_overlay, mount_squashfs, require_root_or_skip, run, run_ok, sha256_file,
-    sha256_hex, show_path, snapshot, tool_or_skip, Entry, Kind, Run,
+    kernel_or_skip, mount_overlay, mount_squashfs, read_files, require_root_or_skip, run, run_ok,
+    sha256_file, sha256_hex, show_path, snapshot, tool_or_skip, Entry, Kind, Run,
 };
 use tempfile::TempDir;
 
@@ -127,29 +127,6 @@ fn rootfs_of(version: &str, dir: &Path) -> PathBuf {
     if !out.exists() {
         osirrox_extract(&iso(version), "/live/filesystem.squashfs", &out);
     }
-    out
-}
-
-/// Every regular file under `dir`, by `/`-separated relative path; panics on other types
-/// than directories and regular files.
-fn read_files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    fn walk(root: &Path, d: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
-        for e in fs::read_dir(d).unwrap() {
-            let e = e.unwrap();
-            let p = e.path();
-            let ft = e.file_type().unwrap();
-            let rel = p.strip_prefix(root).unwrap().to_str().unwrap().to_string();
-            if ft.is_dir() {
-                walk(root, &p, out);
-            } else if ft.is_file() {
-                out.insert(rel, fs::read(&p).unwrap());
-            } else {
-                panic!("{}: neither a file nor a directory", p.display());
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk(dir, dir, &mut out);
     out
 }
 

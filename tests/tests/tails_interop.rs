@@ -51,8 +51,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use iuk_e2e::{
-    assert_same_tree, bin, find_tool, iuk_command, kernel_or_skip, mount_squashfs, repo_root, run,
-    run_ok, sha256_file, skip, snapshot, Mounted, Run,
+    assert_same_tree, bin, find_tool, iuk_command, kernel_or_skip, mount_squashfs, replace_all,
+    repo_root, run, run_ok, sha256_file, skip, snapshot, Mounted, Run,
 };
 use tempfile::TempDir;
 
@@ -285,21 +285,6 @@ fn extract_as_tails_installs(iso: &Path, dir: &Path) {
             }
         }
     }
-}
-
-fn replace_all(hay: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(hay.len());
-    let mut i = 0;
-    while i < hay.len() {
-        if hay[i..].starts_with(from) {
-            out.extend_from_slice(to);
-            i += from.len();
-        } else {
-            out.push(hay[i]);
-            i += 1;
-        }
-    }
-    out
 }
 
 /// The content the syslinux installer would have written as `syslinux/ldlinux.sys`.
