@@ -769,6 +769,34 @@ pub fn fixture(name: &str) -> PathBuf {
     repo_root().join("testdata").join(name)
 }
 
+/// The fixture ISO of a version (`testdata/Tails-<version>.iso`).
+pub fn iso(version: &str) -> PathBuf {
+    fixture(&format!("Tails-{version}.iso"))
+}
+
+/// The default layer name of the kit `from` → `to` of the fixtures.
+pub fn layer_name(from: &str, to: &str) -> String {
+    format!("Tails_{from}_to_{to}")
+}
+
+/// `true` when every named tool is installed; otherwise reports a skip and returns `false`.
+pub fn tools_or_skip(names: &[&str]) -> bool {
+    names.iter().all(|n| tool_or_skip(n).is_some())
+}
+
+/// `iuk-build build --old OLD --new NEW --out OUT` (no epoch, SOURCE_DATE_EPOCH removed).
+pub fn build_cmd(old: &Path, new: &Path, out: &Path) -> Command {
+    let mut c = iuk_command("iuk-build");
+    c.arg("build")
+        .arg("--old")
+        .arg(old)
+        .arg("--new")
+        .arg(new)
+        .arg("--out")
+        .arg(out);
+    c
+}
+
 /// Hex sha256 of bytes.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex(&Sha256::digest(bytes))

@@ -31,9 +31,9 @@ use iuk::squashfs::read::Archive;
 use iuk::squashfs::write::write_image;
 use iuk::tree::{Content, InodeKind};
 use iuk_e2e::{
-    assert_same_tree, copy_tree, diff_snapshots, fixture, iuk_command, kernel_or_skip, kill_points,
-    mount_fusefat, mount_overlay, mount_squashfs, mount_tmpfs, read_files, replace_all,
-    require_root_or_skip, run, run_ok, sha256_file, sha256_hex, snapshot, tool_or_skip,
+    assert_same_tree, copy_tree, diff_snapshots, iso, iuk_command, kernel_or_skip, kill_points,
+    layer_name, mount_fusefat, mount_overlay, mount_squashfs, mount_tmpfs, read_files, replace_all,
+    require_root_or_skip, run, run_ok, sha256_file, sha256_hex, snapshot, tools_or_skip,
     trace_clean_run, Entry, Run,
 };
 use tempfile::TempDir;
@@ -46,24 +46,11 @@ const MAX_KILLS: usize = 60;
 // ------------------------------------------------------------------------------------------------
 // Fixtures, kits and commands
 
-fn iso(version: &str) -> PathBuf {
-    fixture(&format!("Tails-{version}.iso"))
-}
-
-fn layer_name(from: &str, to: &str) -> String {
-    format!("Tails_{from}_to_{to}")
-}
-
 fn tmpdir() -> TempDir {
     tempfile::Builder::new()
         .prefix("iuk-e2e-apply-")
         .tempdir()
         .unwrap()
-}
-
-/// `true` when every named tool is installed; otherwise reports a skip and returns `false`.
-fn tools_or_skip(names: &[&str]) -> bool {
-    names.iter().all(|n| tool_or_skip(n).is_some())
 }
 
 /// The common preconditions: root, loop mounts, osirrox.

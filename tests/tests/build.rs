@@ -22,9 +22,10 @@ use iuk::kit::Control;
 use iuk::release::Release;
 use iuk::tree::{content_hashes, hex, tree_digest, Tree};
 use iuk_e2e::{
-    assert_same_outputs, assert_same_tree, diff_snapshots, dir_names, fixture, iuk_command,
-    kernel_or_skip, mount_overlay, mount_squashfs, read_files, require_root_or_skip, run, run_ok,
-    sha256_file, sha256_hex, show_path, snapshot, tool_or_skip, Entry, Kind, Run,
+    assert_same_outputs, assert_same_tree, build_cmd, diff_snapshots, dir_names, fixture, iso,
+    iuk_command, kernel_or_skip, layer_name, mount_overlay, mount_squashfs, read_files,
+    require_root_or_skip, run, run_ok, sha256_file, sha256_hex, show_path, snapshot, tools_or_skip,
+    Entry, Kind, Run,
 };
 use tempfile::TempDir;
 
@@ -38,14 +39,6 @@ const PAIRS: [(&str, &str); 4] = [
     ("6.9", "6.11"),
 ];
 
-fn iso(version: &str) -> PathBuf {
-    fixture(&format!("Tails-{version}.iso"))
-}
-
-fn layer_name(from: &str, to: &str) -> String {
-    format!("Tails_{from}_to_{to}")
-}
-
 fn layer_path(from: &str, to: &str) -> String {
     format!("live/{}.squashfs", layer_name(from, to))
 }
@@ -55,24 +48,6 @@ fn tmpdir() -> TempDir {
         .prefix("iuk-e2e-build-")
         .tempdir()
         .unwrap()
-}
-
-/// `true` when every named tool is installed; otherwise reports a skip and returns `false`.
-fn tools_or_skip(names: &[&str]) -> bool {
-    names.iter().all(|n| tool_or_skip(n).is_some())
-}
-
-/// `iuk-build build --old OLD --new NEW --out OUT` (no epoch, SOURCE_DATE_EPOCH removed).
-fn build_cmd(old: &Path, new: &Path, out: &Path) -> Command {
-    let mut c = iuk_command("iuk-build");
-    c.arg("build")
-        .arg("--old")
-        .arg(old)
-        .arg("--new")
-        .arg(new)
-        .arg("--out")
-        .arg(out);
-    c
 }
 
 /// Builds a kit with the declared epoch and `args`; panics unless it succeeds.

@@ -21,14 +21,12 @@ use iuk::squashfs::inode::InodeBody;
 use iuk::squashfs::read::Archive;
 use iuk::squashfs::write::{write_image, WriterParams};
 use iuk::tree::InodeKind;
-use iuk_e2e::{dir_names, fixture, iuk_command, pack, run, run_ok, sha256_file, tool_or_skip, Run};
+use iuk_e2e::{
+    build_cmd, dir_names, iso, iuk_command, pack, run, run_ok, sha256_file, tool_or_skip, Run,
+};
 use tempfile::TempDir;
 
 const EPOCH: u32 = 1_700_000_000;
-
-fn iso(version: &str) -> PathBuf {
-    fixture(&format!("Tails-{version}.iso"))
-}
 
 fn tmpdir() -> TempDir {
     tempfile::Builder::new()
@@ -39,15 +37,8 @@ fn tmpdir() -> TempDir {
 
 /// Builds a kit with `args` (the epoch is passed by the caller, in `args` or `env`).
 fn build(old: &Path, new: &Path, out: &Path, args: &[&str], env: &[(&str, &str)]) {
-    let mut c = iuk_command("iuk-build");
-    c.arg("build")
-        .arg("--old")
-        .arg(old)
-        .arg("--new")
-        .arg(new)
-        .arg("--out")
-        .arg(out)
-        .args(args);
+    let mut c = build_cmd(old, new, out);
+    c.args(args);
     for (k, v) in env {
         c.env(k, v);
     }

@@ -17,7 +17,7 @@ use std::process::{Command, Stdio};
 use iuk_e2e::{
     assert_same_tree, copy_tree, fixture, iuk_command, kernel_or_skip, kill_points, mount_overlay,
     mount_squashfs, require_root_or_skip, run, run_ok, sha256_file, sha256_hex, snapshot,
-    trace_clean_run, Run,
+    tools_or_skip, trace_clean_run, Run,
 };
 use tempfile::TempDir;
 
@@ -29,15 +29,6 @@ fn tmpdir() -> TempDir {
         .prefix("iuk-e2e-trustdev-")
         .tempdir()
         .unwrap()
-}
-
-fn have(tools: &[&str]) -> bool {
-    for t in tools {
-        if iuk_e2e::tool_or_skip(t).is_none() {
-            return false;
-        }
-    }
-    true
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -328,7 +319,7 @@ fn picks(v: &serde_json::Value, outcome: &str, model: Option<&str>, version: &st
 
 #[test]
 fn signed_apply_stacks_and_everything_else_is_refused_before_any_write() {
-    if !have(&["gpg"]) {
+    if !tools_or_skip(&["gpg"]) {
         return;
     }
     let work = tmpdir();
@@ -460,7 +451,7 @@ fn signed_apply_stacks_and_everything_else_is_refused_before_any_write() {
 /// never against the clock).
 #[test]
 fn rsa_subkey_and_expired_since_signing_keys_are_accepted() {
-    if !have(&["gpg"]) {
+    if !tools_or_skip(&["gpg"]) {
         return;
     }
     let work = tmpdir();
@@ -540,7 +531,7 @@ fn rsa_subkey_and_expired_since_signing_keys_are_accepted() {
 
 #[test]
 fn select_takes_the_path_of_the_rule() {
-    if !have(&["gpg"]) {
+    if !tools_or_skip(&["gpg"]) {
         return;
     }
     let work = tmpdir();
@@ -687,7 +678,7 @@ fn select_takes_the_path_of_the_rule() {
 
 #[test]
 fn trust_rotates_keys_and_revocations_take_effect_at_once() {
-    if !have(&["gpg"]) {
+    if !tools_or_skip(&["gpg"]) {
         return;
     }
     let work = tmpdir();
@@ -840,7 +831,7 @@ fn trust_rotates_keys_and_revocations_take_effect_at_once() {
 
 #[test]
 fn media_without_keys_take_unsigned_kits_with_a_warning() {
-    if !have(&["gpg"]) {
+    if !tools_or_skip(&["gpg"]) {
         return;
     }
     let work = tmpdir();
@@ -989,7 +980,7 @@ fn media_without_keys_take_unsigned_kits_with_a_warning() {
 
 #[test]
 fn killed_trust_recovers_to_the_old_or_the_new_keyring() {
-    if !have(&["gpg", "strace", "cp"]) {
+    if !tools_or_skip(&["gpg", "strace", "cp"]) {
         return;
     }
     let work = tmpdir();
