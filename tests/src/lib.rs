@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use sha2::{Digest, Sha256};
+use tempfile::TempDir;
 
 // ------------------------------------------------------------------------------------------------
 // Binaries and scripts
@@ -909,6 +910,115 @@ pub fn replace_all(hay: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
         }
     }
     out
+}
+
+// ------------------------------------------------------------------------------------------------
+// GnuPG
+
+/// A temporary GnuPG home; its agent is stopped when dropped.
+pub struct Gpg(TempDir);
+
+impl Drop for Gpg {
+    fn drop(&mut self) {
+        let _ = Command::new("gpgconf")
+            .arg("--homedir")
+            .arg(self.0.path())
+            .args(["--kill", "gpg-agent"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+impl Default for Gpg {
+    fn default() -> Gpg {
+        Gpg::new()
+    }
+}
+
+impl Gpg {
+    /// A new home, tuned for fast signing.
+    pub fn new() -> Gpg {
+        let home = tempfile::Builder::new()
+            .prefix("iuk-gpg-")
+            .tempdir()
+            .unwrap();
+        // The fewest key-derivation rounds for the passphrase (faster signing).
+        fs::write(home.path().join("gpg-agent.conf"), "s2k-count 65536\n").unwrap();
+        Gpg(home)
+    }
+
+    /// Runs gpg in the home, in batch mode, with a fixed passphrase; panics unless it succeeds.
+    pub fn run(&self, args: &[&str]) -> Vec<u8> {
+        let out = Command::new("gpg")
+            .arg("--homedir")
+            .arg(self.0.path())
+            .args(["--batch", "--no-tty", "--yes", "--quiet"])
+            .args(["--pinentry-mode", "loopback", "--passphrase", "pw"])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "gpg {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    }
+
+    /// Makes an ed25519 key with the usage given (`sign`, `cert`) and returns its fingerprint.
+    pub fn gen(&self, email: &str, usage: &str) -> String {
+        self.run(&[
+            "--quick-gen-key",
+            &format!("Key <{email}>"),
+            "ed25519",
+            usage,
+            "0",
+        ]);
+        let text = String::from_utf8(self.run(&["--with-colons", "--list-keys", email])).unwrap();
+        text.lines()
+            .find(|l| l.starts_with("fpr:"))
+            .and_then(|l| l.split(':').nth(9))
+            .unwrap()
+            .to_string()
+    }
+
+    /// The armored public keys.
+    pub fn export(&self, fprs: &[&str]) -> Vec<u8> {
+        let mut args = vec!["--export", "--armor"];
+        args.extend_from_slice(fprs);
+        let out = self.run(&args);
+        assert!(!out.is_empty());
+        out
+    }
+
+    /// The revocation certificate GnuPG made with the key (its armor line unmasked).
+    pub fn revocation(&self, fpr: &str) -> Vec<u8> {
+        let p = self
+            .0
+            .path()
+            .join("openpgp-revocs.d")
+            .join(format!("{fpr}.rev"));
+        fs::read_to_string(p)
+            .unwrap()
+            .replace(":-----BEGIN PGP", "-----BEGIN PGP")
+            .into_bytes()
+    }
+
+    /// `gpg --armor --detach-sign` of `file` by `key`, written to `out`.
+    pub fn sign(&self, key: &str, file: &Path, out: &Path) -> PathBuf {
+        self.run(&[
+            "--local-user",
+            key,
+            "--armor",
+            "--detach-sign",
+            "--output",
+            out.to_str().unwrap(),
+            file.to_str().unwrap(),
+        ]);
+        out.to_path_buf()
+    }
 }
 
 // ------------------------------------------------------------------------------------------------

@@ -12,12 +12,12 @@
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use iuk::kit::Kit;
 use iuk::sign::verify_detached;
 use iuk::udf::{select_path, Device, Model, PathType, Selection, Udf};
-use iuk_e2e::{fixture, iuk_command, pack, run, run_ok, sha256_file, Run};
+use iuk_e2e::{fixture, iuk_command, pack, run, run_ok, sha256_file, Gpg, Run};
 use tempfile::TempDir;
 
 const EPOCH: u32 = 1_700_000_000;
@@ -295,38 +295,6 @@ fn describe_refuses_mismatched_kits() {
 // ------------------------------------------------------------------------------------------------
 // Signature
 
-/// Runs gpg in a temporary home, in batch mode, with a fixed passphrase.
-fn gpg(home: &Path, args: &[&str]) -> Vec<u8> {
-    let out = Command::new("gpg")
-        .arg("--homedir")
-        .arg(home)
-        .args(["--batch", "--no-tty", "--yes", "--quiet"])
-        .args(["--pinentry-mode", "loopback", "--passphrase", "pw"])
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "gpg {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-}
-
-struct GpgHome(TempDir);
-
-impl Drop for GpgHome {
-    fn drop(&mut self) {
-        let _ = Command::new("gpgconf")
-            .arg("--homedir")
-            .arg(self.0.path())
-            .args(["--kill", "gpg-agent"])
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
 #[test]
 fn signed_udf_verifies_against_the_keyring() {
     if iuk_e2e::find_tool("gpg").is_none() {
@@ -353,46 +321,13 @@ fn signed_udf_verifies_against_the_keyring() {
         .arg(&out);
         c
     });
-    let home = GpgHome(
-        tempfile::Builder::new()
-            .prefix("iuk-gpg-")
-            .tempdir()
-            .unwrap(),
-    );
-    let h = home.0.path();
-    // The fewest key-derivation rounds for the passphrase (faster signing).
-    fs::write(h.join("gpg-agent.conf"), "s2k-count 65536\n").unwrap();
-    gpg(
-        h,
-        &[
-            "--quick-gen-key",
-            "Release <release@example.org>",
-            "ed25519",
-            "sign",
-            "0",
-        ],
-    );
-    let keyring = gpg(h, &["--export", "--armor", "release@example.org"]);
-    let sig_path = d.path().join("upgrades.yml.pgp");
-    gpg(
-        h,
-        &[
-            "--armor",
-            "--detach-sign",
-            "--output",
-            sig_path.to_str().unwrap(),
-            out.to_str().unwrap(),
-        ],
-    );
+    let g = Gpg::new();
+    let fpr = g.gen("release@example.org", "sign");
+    let keyring = g.export(&[&fpr]);
+    let sig_path = g.sign(&fpr, &out, &d.path().join("upgrades.yml.pgp"));
     let data = fs::read(&out).unwrap();
     let sig = fs::read(&sig_path).unwrap();
     let v = verify_detached(&data, &sig, &keyring).unwrap();
-    let listing = String::from_utf8(gpg(h, &["--with-colons", "--list-keys"])).unwrap();
-    let fpr = listing
-        .lines()
-        .find(|l| l.starts_with("fpr:"))
-        .and_then(|l| l.split(':').nth(9))
-        .unwrap();
     assert_eq!(v.fingerprint, fpr);
     // The verified bytes are a UDF this device takes.
     let udf = Udf::from_bytes(&data).unwrap();

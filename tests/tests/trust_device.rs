@@ -17,7 +17,7 @@ use std::process::{Command, Stdio};
 use iuk_e2e::{
     assert_same_tree, copy_tree, fixture, iuk_command, kernel_or_skip, kill_points, mount_overlay,
     mount_squashfs, require_root_or_skip, run, run_ok, sha256_file, sha256_hex, snapshot,
-    tools_or_skip, trace_clean_run, Run,
+    tools_or_skip, trace_clean_run, Gpg, Run,
 };
 use tempfile::TempDir;
 
@@ -29,107 +29,6 @@ fn tmpdir() -> TempDir {
         .prefix("iuk-e2e-trustdev-")
         .tempdir()
         .unwrap()
-}
-
-// ------------------------------------------------------------------------------------------------
-// GnuPG
-
-/// A temporary GnuPG home; its agent is stopped when dropped.
-struct Gpg(TempDir);
-
-impl Drop for Gpg {
-    fn drop(&mut self) {
-        let _ = Command::new("gpgconf")
-            .arg("--homedir")
-            .arg(self.0.path())
-            .args(["--kill", "gpg-agent"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
-impl Gpg {
-    fn new() -> Gpg {
-        let home = tempfile::Builder::new()
-            .prefix("iuk-gpg-")
-            .tempdir()
-            .unwrap();
-        // The fewest key-derivation rounds for the passphrase (faster signing).
-        fs::write(home.path().join("gpg-agent.conf"), "s2k-count 65536\n").unwrap();
-        Gpg(home)
-    }
-
-    fn run(&self, args: &[&str]) -> Vec<u8> {
-        let out = Command::new("gpg")
-            .arg("--homedir")
-            .arg(self.0.path())
-            .args(["--batch", "--no-tty", "--yes", "--quiet"])
-            .args(["--pinentry-mode", "loopback", "--passphrase", "pw"])
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "gpg {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out.stdout
-    }
-
-    /// Makes an ed25519 key with the usage given (`sign`, `cert`) and returns its fingerprint.
-    fn gen(&self, email: &str, usage: &str) -> String {
-        self.run(&[
-            "--quick-gen-key",
-            &format!("Key <{email}>"),
-            "ed25519",
-            usage,
-            "0",
-        ]);
-        let text = String::from_utf8(self.run(&["--with-colons", "--list-keys", email])).unwrap();
-        text.lines()
-            .find(|l| l.starts_with("fpr:"))
-            .and_then(|l| l.split(':').nth(9))
-            .unwrap()
-            .to_string()
-    }
-
-    /// The armored public keys.
-    fn export(&self, fprs: &[&str]) -> Vec<u8> {
-        let mut args = vec!["--export", "--armor"];
-        args.extend_from_slice(fprs);
-        let out = self.run(&args);
-        assert!(!out.is_empty());
-        out
-    }
-
-    /// The revocation certificate GnuPG made with the key (its armor line unmasked).
-    fn revocation(&self, fpr: &str) -> Vec<u8> {
-        let p = self
-            .0
-            .path()
-            .join("openpgp-revocs.d")
-            .join(format!("{fpr}.rev"));
-        fs::read_to_string(p)
-            .unwrap()
-            .replace(":-----BEGIN PGP", "-----BEGIN PGP")
-            .into_bytes()
-    }
-
-    /// `gpg --armor --detach-sign` of `file` by `key`, written to `out`.
-    fn sign(&self, key: &str, file: &Path, out: &Path) -> PathBuf {
-        self.run(&[
-            "--local-user",
-            key,
-            "--armor",
-            "--detach-sign",
-            "--output",
-            out.to_str().unwrap(),
-            file.to_str().unwrap(),
-        ]);
-        out.to_path_buf()
-    }
 }
 
 /// A file `name` in `dir` holding `bytes`.
