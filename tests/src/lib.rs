@@ -798,6 +798,12 @@ pub fn build_cmd(old: &Path, new: &Path, out: &Path) -> Command {
     c
 }
 
+/// The mkfs time in the superblock of the SquashFS image at `path` (bytes 8..12).
+pub fn mkfs_time(path: &Path) -> u32 {
+    let bytes = fs::read(path).unwrap();
+    u32::from_le_bytes(bytes[8..12].try_into().unwrap())
+}
+
 /// Hex sha256 of bytes.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex(&Sha256::digest(bytes))

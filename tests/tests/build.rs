@@ -23,7 +23,7 @@ use iuk::release::Release;
 use iuk::tree::{content_hashes, hex, tree_digest, Tree};
 use iuk_e2e::{
     assert_same_outputs, assert_same_tree, build_cmd, diff_snapshots, dir_names, fixture, iso,
-    iuk_command, kernel_or_skip, layer_name, mount_overlay, mount_squashfs, read_files,
+    iuk_command, kernel_or_skip, layer_name, mkfs_time, mount_overlay, mount_squashfs, read_files,
     require_root_or_skip, run, run_ok, sha256_file, sha256_hex, show_path, snapshot, tools_or_skip,
     Entry, Kind, Run,
 };
@@ -1086,10 +1086,6 @@ fn another_epoch_changes_the_bytes() {
         sha256_file(&b),
         "the epoch did not change the kit"
     );
-    let mkfs_time = |p: &Path| {
-        let bytes = fs::read(p).unwrap();
-        u32::from_le_bytes(bytes[8..12].try_into().unwrap())
-    };
     assert_eq!(mkfs_time(&a), EPOCH);
     assert_eq!(mkfs_time(&b), EPOCH + 1);
 }

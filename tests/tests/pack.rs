@@ -16,8 +16,8 @@ use std::process::Command;
 
 use iuk_e2e::{
     assert_same_outputs, assert_same_tree, bin, dir_names, iuk_command, kernel_or_skip, make_tree,
-    mount_squashfs, pack, require_root_or_skip, run, run_ok, sha256_file, show_path, skip,
-    snapshot, tool_or_skip, Entry, Kind, Run,
+    mkfs_time, mount_squashfs, pack, require_root_or_skip, run, run_ok, sha256_file, show_path,
+    skip, snapshot, tool_or_skip, Entry, Kind, Run,
 };
 use tempfile::TempDir;
 
@@ -617,10 +617,6 @@ fn epoch_changes_the_bytes() {
         sha256_file(&b),
         "the epoch did not change the image"
     );
-    let mkfs_time = |p: &Path| {
-        let bytes = fs::read(p).unwrap();
-        u32::from_le_bytes(bytes[8..12].try_into().unwrap())
-    };
     assert_eq!(mkfs_time(&a), EPOCH);
     assert_eq!(mkfs_time(&b), EPOCH + 1);
 }
