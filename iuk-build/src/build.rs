@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 use iuk::build::{build, BuildOptions};
 use iuk::squashfs::write::WriterParams;
@@ -68,14 +68,7 @@ pub fn run(a: BuildArgs) -> Result<()> {
         xz_bcj: BcjName::X86,
         block_size: 1 << 20,
     })?;
-    let jobs = a
-        .jobs
-        .map(|j| j as usize)
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(jobs)
-        .build_global()
-        .context("cannot start worker threads")?;
+    let jobs = crate::start_workers(a.jobs)?;
     let mut layer = WriterParams::new(w.compressor, w.block_size, w.epoch);
     layer.sort = w.sort;
     layer.jobs = jobs;

@@ -42,6 +42,19 @@ enum Command {
     Compare(compare::CompareArgs),
 }
 
+/// Starts the worker threads for hashing and compression: `jobs`, or one per CPU.
+fn start_workers(jobs: Option<u32>) -> anyhow::Result<usize> {
+    use anyhow::Context;
+    let jobs = jobs
+        .map(|j| j as usize)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(jobs)
+        .build_global()
+        .context("cannot start worker threads")?;
+    Ok(jobs)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 use iuk::rebuild::{rebuild, RebuildOptions, RebuildReport, Verdict};
 
@@ -62,14 +62,7 @@ pub fn main(a: RebuildArgs) -> ExitCode {
 }
 
 fn run(a: RebuildArgs) -> Result<Verdict> {
-    let jobs = a
-        .jobs
-        .map(|j| j as usize)
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(jobs)
-        .build_global()
-        .context("cannot start worker threads")?;
+    let jobs = crate::start_workers(a.jobs)?;
     let bars = Bars::default();
     let opts = RebuildOptions {
         jobs,
