@@ -1,18 +1,17 @@
 //! The subcommands of `iuk-apply`.
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
-use iuk::medium::apply::{self, ApplyOptions, ApplyProgress, Plan};
+use iuk::medium::apply::{self, ApplyOptions, Plan};
 use iuk::medium::fsops::RealFs;
 use iuk::medium::init::{self, InitOptions};
 use iuk::medium::recover::{self, Recovery};
 use iuk::medium::trust::{self, KeyringInput, Outcome, SignedUdf};
-use iuk::medium::{read_limited, Medium, MediumError};
+use iuk::medium::{Medium, MediumError};
+use iuk::progress::Bars;
 use iuk::sign::{MAX_KEYRING, MAX_SIGNATURE};
 use iuk::udf::MAX_UDF;
 
@@ -257,46 +256,6 @@ pub fn run(c: Command) -> Result<()> {
     }
 }
 
-struct Bar(Mutex<Option<ProgressBar>>);
-
-impl ApplyProgress for Bar {
-    fn phase(&self, name: &str, total: u64) {
-        if !std::io::stderr().is_terminal() {
-            return;
-        }
-        if let Ok(mut b) = self.0.lock() {
-            if let Some(old) = b.take() {
-                old.finish_and_clear();
-            }
-            let bar = ProgressBar::new(total);
-            bar.set_style(
-                ProgressStyle::with_template("{msg:14} [{bar:30}] {bytes}/{total_bytes} ETA {eta}")
-                    .unwrap_or_else(|_| ProgressStyle::default_bar())
-                    .progress_chars("=> "),
-            );
-            bar.set_message(name.to_string());
-            *b = Some(bar);
-        }
-    }
-    fn position(&self, done: u64) {
-        if let Ok(b) = self.0.lock() {
-            if let Some(b) = b.as_ref() {
-                b.set_position(done);
-            }
-        }
-    }
-}
-
-impl Drop for Bar {
-    fn drop(&mut self) {
-        if let Ok(mut b) = self.0.lock() {
-            if let Some(b) = b.take() {
-                b.finish_and_clear();
-            }
-        }
-    }
-}
-
 fn parse_sha(s: &Option<String>) -> Result<Option<[u8; 32]>> {
     match s {
         None => Ok(None),
@@ -309,7 +268,8 @@ fn parse_sha(s: &Option<String>) -> Result<Option<[u8; 32]>> {
 
 /// Reads a whole input file of at most `limit` bytes (a pipe works: no stat, no mmap).
 fn read_input(path: &Path, limit: usize, what: &str) -> Result<Vec<u8>> {
-    read_limited(path, limit).with_context(|| format!("{}: cannot read the {what}", path.display()))
+    iuk::io::read_capped(path, limit as u64)
+        .with_context(|| format!("{}: cannot read the {what}", path.display()))
 }
 
 fn keyring_input(path: &Option<PathBuf>) -> Result<Option<KeyringInput>> {
@@ -450,7 +410,7 @@ impl KitArgs {
 fn check_cmd(a: KitArgs) -> Result<()> {
     let m = Medium::new(&a.medium);
     let opts = a.options()?;
-    let plan = apply::plan(&m, &a.kit, &opts, &Bar(Mutex::new(None)))?;
+    let plan = apply::plan(&m, &a.kit, &opts, &Bars::new("iuk-apply"))?;
     for w in &plan.warnings {
         eprintln!("iuk-apply: warning: {w}");
     }
@@ -501,7 +461,7 @@ fn apply_cmd(a: KitArgs) -> Result<()> {
     let opts = a.options()?;
     let _lock = m.lock()?;
     recover_first(&m)?;
-    let bar = Bar(Mutex::new(None));
+    let bar = Bars::new("iuk-apply");
     let plan = apply::plan(&m, &a.kit, &opts, &bar)?;
     for w in &plan.warnings {
         eprintln!("iuk-apply: warning: {w}");
@@ -732,7 +692,7 @@ fn verify_cmd(a: VerifyArgs) -> Result<()> {
     let (s, _, _) = m.read_state()?;
     m.check_consistent(&s, a.deep)?;
     if a.deep {
-        iuk::medium::adopt::verify_trees(&m, &s, &Bar(Mutex::new(None)))?;
+        iuk::medium::adopt::verify_trees(&m, &s, &Bars::new("iuk-apply"))?;
     }
     let keys = trust::trusted_keyring(&m, &s)?;
     println!(

@@ -7,8 +7,8 @@ use clap::Args;
 use iuk::build::{build, BuildOptions};
 use iuk::squashfs::write::WriterParams;
 
-use crate::progress::Bars;
 use crate::writer_args::{BcjName, CompressionName, WriterArgs, WriterDefaults};
+use iuk::progress::Bars;
 
 /// Build an incremental upgrade kit (FORMAT 2, installable by Tails' installer) from two releases.
 ///
@@ -81,7 +81,7 @@ pub fn run(a: BuildArgs) -> Result<()> {
         layer,
         sort_text: w.sort_text,
     };
-    let bars = Bars::default();
+    let bars = Bars::new("iuk-build");
     let report = build(&a.old, &a.new, a.out.as_deref(), &opts, &bars);
     bars.finish();
     let r = report?;

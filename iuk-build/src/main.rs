@@ -6,7 +6,6 @@ mod compare;
 mod describe;
 mod inspect;
 mod pack;
-mod progress;
 mod rebuild;
 mod writer_args;
 

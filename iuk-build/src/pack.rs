@@ -11,7 +11,6 @@ use iuk::squashfs::read::Archive;
 use iuk::squashfs::write::{write_image, WriterParams};
 use iuk::tree::Tree;
 
-use crate::progress;
 use crate::writer_args::{BcjName, CompressionName, WriterArgs, WriterDefaults};
 
 /// Pack a directory (or repack a SquashFS image) into a deterministic SquashFS image.
@@ -136,7 +135,7 @@ pub fn run(a: PackArgs) -> Result<()> {
     if let Some(j) = a.jobs {
         params.jobs = j as usize;
     }
-    let bar = progress::bytes_bar(total, "packing");
+    let bar = iuk::progress::bytes_bar(total, "packing");
     let report = write_new_file(&a.output, |f| -> Result<_> {
         let mut out = std::io::BufWriter::with_capacity(1 << 20, f);
         let r = write_image(&tree, &params, &mut out, &|n| bar.set_position(n))?;

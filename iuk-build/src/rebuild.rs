@@ -7,7 +7,7 @@ use anyhow::Result;
 use clap::Args;
 use iuk::rebuild::{rebuild, RebuildOptions, RebuildReport, Verdict};
 
-use crate::progress::Bars;
+use iuk::progress::Bars;
 
 /// Rebuild a published kit from the two releases and check that it is byte-identical.
 ///
@@ -63,7 +63,7 @@ pub fn main(a: RebuildArgs) -> ExitCode {
 
 fn run(a: RebuildArgs) -> Result<Verdict> {
     let jobs = crate::start_workers(a.jobs)?;
-    let bars = Bars::default();
+    let bars = Bars::new("iuk-build");
     let opts = RebuildOptions {
         jobs,
         keep: a.keep.clone(),

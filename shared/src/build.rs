@@ -21,14 +21,15 @@ use std::time::Instant;
 use sha2::{Digest, Sha256};
 
 use crate::boot::{self, BootError, BootFile, WHOLE_DIRS};
-use crate::diff::{self, DiffError, DiffStats, Hashed};
+use crate::diff::{self, DiffError, DiffStats, HashedTree};
 use crate::kit::{self, Control, FileEntry, KitError, LayerParams, OverlayFile, GENERATOR};
 use crate::output::{write_new_file, OutputError};
+use crate::progress::Progress;
 use crate::release::{self, hex_opt, Release, ReleaseError};
 use crate::squashfs::read::Archive;
 use crate::squashfs::write::{write_image, WriterParams, WRITER_FORMAT_VERSION};
 use crate::squashfs::SqfsError;
-use crate::tree::{content_hashes, hex, tree_digest_with, TreeError};
+use crate::tree::{hex, TreeError};
 use crate::version;
 
 /// Errors of a build; every message names the input or output concerned.
@@ -79,16 +80,6 @@ pub struct BuildOptions {
     pub sort_text: Option<String>,
 }
 
-/// Receives progress and warnings while a build runs.
-pub trait BuildProgress: Sync {
-    /// A new phase starts; `total` is its size in bytes (0 when unknown).
-    fn phase(&self, name: &str, total: u64);
-    /// Bytes done so far in the current phase.
-    fn position(&self, done: u64);
-    /// Something the user should know; the build goes on.
-    fn warn(&self, message: &str);
-}
-
 /// What a build produced, for the summary line and `--json`.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct BuildReport {
@@ -137,7 +128,7 @@ fn pick(
     found: Option<&str>,
     flag_name: &str,
     image: &Path,
-    progress: &dyn BuildProgress,
+    progress: &dyn Progress,
 ) -> Result<String, BuildError> {
     let v = match (flag, found) {
         (Some(f), _) => f,
@@ -202,7 +193,7 @@ pub fn build(
     new_path: &Path,
     out: Option<&Path>,
     opts: &BuildOptions,
-    progress: &dyn BuildProgress,
+    progress: &dyn Progress,
 ) -> Result<BuildReport, BuildError> {
     let start = Instant::now();
     let check_out = |out: &Path| -> Result<(), BuildError> {
@@ -315,27 +306,13 @@ pub fn build(
     let old_sizes = old_tree.content_bytes();
     let total = old_sizes + new_tree.content_bytes();
     progress.phase("hashing", total);
-    let old_hashes = content_hashes(&old_tree, &|n| progress.position(n))?;
-    let new_hashes = content_hashes(&new_tree, &|n| progress.position(old_sizes + n))?;
-    let old_digest = tree_digest_with(&old_tree, |i| {
-        old_hashes.get(i.0 as usize).copied().flatten()
-    });
-    let new_digest = tree_digest_with(&new_tree, |i| {
-        new_hashes.get(i.0 as usize).copied().flatten()
-    });
+    let old_root = HashedTree::new(old_tree, &|n| progress.position(n))?;
+    let new_root = HashedTree::new(new_tree, &|n| progress.position(old_sizes + n))?;
+    let old_digest = old_root.digest();
+    let new_digest = new_root.digest();
 
     progress.phase("diffing", 0);
-    let (layer_tree, stats) = diff::diff(
-        Hashed {
-            tree: &old_tree,
-            hashes: &old_hashes,
-        },
-        Hashed {
-            tree: &new_tree,
-            hashes: &new_hashes,
-        },
-        epoch,
-    )?;
+    let (layer_tree, stats) = diff::diff(old_root.hashed(), new_root.hashed(), epoch)?;
 
     // The layer goes to a temporary file beside the output, removed whatever happens.
     let out_dir = out
@@ -377,14 +354,8 @@ pub fn build(
 
     progress.phase("verifying", stats.content_bytes);
     let layer_archive = Archive::open(&layer_tmp)?;
-    let layer_read = layer_archive.read_tree()?;
-    let layer_hashes = content_hashes(&layer_read, &|n| progress.position(n))?;
-    let (merged, origins) = diff::merge_with_origins(&old_tree, &layer_read)?;
-    let merged_digest = tree_digest_with(&merged, |i| match origins[i.0 as usize] {
-        diff::Origin::Lower(o) => old_hashes.get(o.0 as usize).copied().flatten(),
-        diff::Origin::Upper(u) => layer_hashes.get(u.0 as usize).copied().flatten(),
-    });
-    if merged_digest != new_digest {
+    let layer_read = HashedTree::new(layer_archive.read_tree()?, &|n| progress.position(n))?;
+    if old_root.stack(&layer_read)?.digest() != new_digest {
         return Err(refuse(format!(
             "internal check failed: the layer stacked on {} does not give {} (please report this)",
             old_path.display(),

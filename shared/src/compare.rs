@@ -27,8 +27,8 @@ use serde::Serialize;
 use serde_yaml_ng::Value;
 use sha2::{Digest, Sha256};
 
+use crate::io::{FileImage, ReadAt, SubImage};
 use crate::kit::{Control, MAX_CONTROL};
-use crate::squashfs::image::{FileImage, ReadAt, SubImage};
 use crate::squashfs::inode::{InodeBody, BLOCK_UNCOMPRESSED};
 use crate::squashfs::inspect::{compressor_report, escape, flag_names, utc};
 use crate::squashfs::read::Archive;

@@ -19,8 +19,13 @@
 //! checked in userspace (merge(old, diff(old, new)) has the digest of new).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::tree::{Inode, InodeId, InodeKind, Metadata, NodeId, Tree, TreeError, Xattr};
+use crate::progress::Progress;
+use crate::tree::{
+    content_hashes, tree_digest, Inode, InodeId, InodeKind, Metadata, NodeId, Tree, TreeError,
+    Xattr,
+};
 
 /// Errors of the diff and the merge.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +43,63 @@ pub struct Hashed<'a> {
     pub tree: &'a Tree,
     /// Content hashes, indexed by [`InodeId`].
     pub hashes: &'a [Option<[u8; 32]>],
+}
+
+/// A tree that owns the sha256 of every inode's content (indexed by inode id), so that layers
+/// can be stacked on it and its tree digest taken without reading any file twice. The builder's
+/// check of a new layer and the medium's checks of its stack use this one view of stacking.
+pub struct HashedTree {
+    /// The tree.
+    pub tree: Tree,
+    /// sha256 of each inode's content; None for inodes that are not regular files.
+    pub hashes: Vec<Option<[u8; 32]>>,
+}
+
+impl HashedTree {
+    /// Hashes every file of `tree` (`progress` gets bytes read; errors name the file).
+    pub fn new(tree: Tree, progress: &(dyn Fn(u64) + Sync)) -> Result<HashedTree, TreeError> {
+        let hashes = content_hashes(&tree, progress)?;
+        Ok(HashedTree { tree, hashes })
+    }
+
+    /// Hashes every file of `tree` as the progress phase `phase`.
+    pub fn with_progress(
+        tree: Tree,
+        phase: &str,
+        progress: &dyn Progress,
+    ) -> Result<HashedTree, TreeError> {
+        progress.phase(phase, tree.content_bytes());
+        let done = AtomicU64::new(0);
+        HashedTree::new(tree, &|n| {
+            progress.position(done.fetch_add(n, Ordering::Relaxed) + n)
+        })
+    }
+
+    /// The borrowed view [`diff`] takes.
+    pub fn hashed(&self) -> Hashed<'_> {
+        Hashed {
+            tree: &self.tree,
+            hashes: &self.hashes,
+        }
+    }
+
+    /// The tree with `upper` stacked on it as overlayfs would.
+    pub fn stack(&self, upper: &HashedTree) -> Result<HashedTree, DiffError> {
+        let (tree, origins) = merge_with_origins(&self.tree, &upper.tree)?;
+        let hashes = origins
+            .iter()
+            .map(|o| match o {
+                Origin::Lower(i) => self.hashes.get(i.0 as usize).copied().flatten(),
+                Origin::Upper(i) => upper.hashes.get(i.0 as usize).copied().flatten(),
+            })
+            .collect();
+        Ok(HashedTree { tree, hashes })
+    }
+
+    /// The canonical tree digest ([`crate::tree::tree_digest`]).
+    pub fn digest(&self) -> [u8; 32] {
+        tree_digest(&self.tree, &self.hashes)
+    }
 }
 
 /// What a diff found, counted per entry.

@@ -19,9 +19,10 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use serde_yaml_ng::Value;
 
-use crate::build::{build, BuildError, BuildOptions, BuildProgress};
+use crate::build::{build, BuildError, BuildOptions};
 use crate::compare::{self, CompareError, Comparison};
 use crate::kit::{self, Control, KitError, GENERATOR, MAX_CONTROL};
+use crate::progress::Progress;
 use crate::release::{Release, ReleaseError};
 use crate::squashfs::read::Archive;
 use crate::squashfs::write::WRITER_FORMAT_VERSION;
@@ -335,7 +336,7 @@ pub fn rebuild(
     old: &Path,
     new: &Path,
     opts: &RebuildOptions,
-    progress: &dyn BuildProgress,
+    progress: &dyn Progress,
 ) -> Result<RebuildReport, RebuildError> {
     progress.phase("reading kit", 0);
     let control = rebuildable_control(kit_path)?;

@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
+use crate::io::{FileImage, ReadAt, SubImage};
 use crate::iso::{Iso, IsoError, IsoKind};
-use crate::squashfs::image::{FileImage, ReadAt, SubImage};
 use crate::squashfs::read::Archive;
 use crate::squashfs::SqfsError;
 use crate::tree::{Content, ContentSource, HostFile, InodeKind, NodeId, Tree};

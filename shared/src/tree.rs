@@ -52,7 +52,7 @@ pub trait ContentSource: Send + Sync {
     fn describe(&self) -> String;
     /// Positioned reads of the same bytes (to open an image stored inside another), when the
     /// source offers them.
-    fn random_access(&self) -> Option<Arc<dyn crate::squashfs::image::ReadAt>> {
+    fn random_access(&self) -> Option<Arc<dyn crate::io::ReadAt>> {
         None
     }
 }
@@ -157,7 +157,7 @@ impl ContentSource for MemorySource {
     fn describe(&self) -> String {
         "memory".to_string()
     }
-    fn random_access(&self) -> Option<Arc<dyn crate::squashfs::image::ReadAt>> {
+    fn random_access(&self) -> Option<Arc<dyn crate::io::ReadAt>> {
         Some(Arc::new(self.0.as_ref().clone()))
     }
 }

@@ -1563,7 +1563,7 @@ fn the_free_space_check_is_enough_and_within_the_goal() {
                 &medium,
                 &kits[i],
                 &Default::default(),
-                &iuk::medium::apply::NoProgress,
+                &iuk::progress::NoProgress,
             )
             .unwrap();
             assert_eq!(checked["needed_bytes"].as_u64(), Some(plan.needed));
@@ -1582,7 +1582,7 @@ fn the_free_space_check_is_enough_and_within_the_goal() {
                 &medium,
                 &plan,
                 &mut iuk::medium::fsops::RealFs::new(),
-                &iuk::medium::apply::NoProgress,
+                &iuk::progress::NoProgress,
             )
             .unwrap_or_else(|e| panic!("{name}: {e}"));
             drop(lock);

@@ -14,9 +14,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
+use iuk::io::{ReadAt, SubImage};
 use iuk::kit::{container_tree, Control, Kit, OverlayFile};
 use iuk::squashfs::compress::Compressor;
-use iuk::squashfs::image::{ReadAt, SubImage};
 use iuk::squashfs::inode::InodeBody;
 use iuk::squashfs::read::Archive;
 use iuk::squashfs::write::{write_image, WriterParams};

@@ -10,9 +10,6 @@
 use std::fs;
 use std::path::Path;
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
-use super::apply::ApplyProgress;
 use super::fsops::{write_file, MediumFs};
 use super::state::{Layer, State, STATE_FORMAT};
 use super::trust::{keyring_files, prepare_keyring, stray_keyrings, trusted_keyring, KeyringInput};
@@ -21,11 +18,12 @@ use super::{
     STAGING_DIR, STATE_FILE,
 };
 use crate::boot::is_protected;
-use crate::diff::{merge_with_origins, Origin};
+use crate::diff::HashedTree;
 use crate::kit::FileEntry;
+use crate::progress::Progress;
 use crate::release;
 use crate::squashfs::read::Archive;
-use crate::tree::{content_hashes, hex, tree_digest_with, Tree};
+use crate::tree::{hex, Tree};
 use crate::version;
 
 /// Files a boot-loader installer writes that no ISO has: never recorded as boot files.
@@ -162,8 +160,8 @@ pub fn adopt(
             module_path.display()
         )));
     }
-    let mut merged = HashedTree::new(base_tree, &|_| {})?;
-    let base_digest = merged.digest();
+    let mut merged = HashedTree::new(base_tree, &|_| {}).map_err(|e| refuse(e.to_string()))?;
+    let base_digest = hex(&merged.digest());
     let mut layers = Vec::new();
     let mut current_version = base_version.clone();
     for line in &lines[1..] {
@@ -186,7 +184,11 @@ pub fn adopt(
             ))
         })?;
         let what = p.display().to_string();
-        merged = merged.stack(&HashedTree::new(read_image_tree(&p)?, &|_| {})?, &what)?;
+        let layer =
+            HashedTree::new(read_image_tree(&p)?, &|_| {}).map_err(|e| refuse(e.to_string()))?;
+        merged = merged
+            .stack(&layer)
+            .map_err(|e| refuse(format!("{what}: {e}")))?;
         let v = release::os_release(&merged.tree)
             .unwrap_or_default()
             .version
@@ -204,7 +206,7 @@ pub fn adopt(
         });
         current_version = v;
     }
-    let current_digest = merged.digest();
+    let current_digest = hex(&merged.digest());
 
     // Boot files: every other file on the medium.
     let mut boot_files = Vec::new();
@@ -270,63 +272,12 @@ pub fn read_image_tree(path: &Path) -> Result<Tree, MediumError> {
         .map_err(|e| refuse(e.to_string()))
 }
 
-/// A tree with the sha256 of every inode's content (indexed by inode id), so that layers can
-/// be stacked on it and its tree digest taken without reading any file twice.
-pub struct HashedTree {
-    /// The tree.
-    pub tree: Tree,
-    /// sha256 of each inode's content; None for inodes that are not regular files.
-    pub hashes: Vec<Option<[u8; 32]>>,
-}
-
-impl HashedTree {
-    /// Hashes every file of `tree` (`progress` gets bytes read; errors name the file).
-    pub fn new(tree: Tree, progress: &(dyn Fn(u64) + Sync)) -> Result<HashedTree, MediumError> {
-        let hashes = content_hashes(&tree, progress).map_err(|e| refuse(e.to_string()))?;
-        Ok(HashedTree { tree, hashes })
-    }
-
-    /// Hashes every file of `tree` as the progress phase `phase`.
-    pub fn with_progress(
-        tree: Tree,
-        phase: &str,
-        progress: &dyn ApplyProgress,
-    ) -> Result<HashedTree, MediumError> {
-        progress.phase(phase, tree.content_bytes());
-        let done = AtomicU64::new(0);
-        HashedTree::new(tree, &|n| {
-            progress.position(done.fetch_add(n, Ordering::Relaxed) + n)
-        })
-    }
-
-    /// The tree with `upper` stacked on it as overlayfs would (`what` names `upper`).
-    pub fn stack(&self, upper: &HashedTree, what: &str) -> Result<HashedTree, MediumError> {
-        let (tree, origins) = merge_with_origins(&self.tree, &upper.tree)
-            .map_err(|e| refuse(format!("{what}: {e}")))?;
-        let hashes = origins
-            .iter()
-            .map(|o| match o {
-                Origin::Lower(i) => self.hashes.get(i.0 as usize).copied().flatten(),
-                Origin::Upper(i) => upper.hashes.get(i.0 as usize).copied().flatten(),
-            })
-            .collect();
-        Ok(HashedTree { tree, hashes })
-    }
-
-    /// The canonical tree digest (lower-case hex).
-    pub fn digest(&self) -> String {
-        hex(&tree_digest_with(&self.tree, |i| {
-            self.hashes.get(i.0 as usize).copied().flatten()
-        }))
-    }
-}
-
 /// Checks the trees the medium's layers stack to against the state, in userspace: the base's
 /// tree digest and that of the whole stack (`verify --deep`).
 pub fn verify_trees(
     medium: &Medium,
     state: &State,
-    progress: &dyn ApplyProgress,
+    progress: &dyn Progress,
 ) -> Result<(), MediumError> {
     let changed = |what: String| {
         refuse(format!(
@@ -341,9 +292,10 @@ pub fn verify_trees(
             .ok_or_else(|| changed(format!("{rel} is missing")))?;
         let tree = read_image_tree(&p).map_err(|e| changed(e.to_string()))?;
         HashedTree::with_progress(tree, &format!("hashing {rel}"), progress)
+            .map_err(|e| refuse(e.to_string()))
     };
     let mut stack = open(BASE)?;
-    if stack.digest() != state.base_tree_digest {
+    if hex(&stack.digest()) != state.base_tree_digest {
         return Err(changed(format!(
             "{BASE} does not hold the tree of {} the state records",
             state.base_version
@@ -351,9 +303,11 @@ pub fn verify_trees(
     }
     for l in &state.layers {
         let rel = format!("live/{}.squashfs", l.name);
-        stack = stack.stack(&open(&rel)?, &rel)?;
+        stack = stack
+            .stack(&open(&rel)?)
+            .map_err(|e| refuse(format!("{rel}: {e}")))?;
     }
-    if stack.digest() != state.current_tree_digest {
+    if hex(&stack.digest()) != state.current_tree_digest {
         return Err(changed(format!(
             "the layers do not stack to the tree of {} the state records",
             state.current_version

@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use super::adopt::{read_image_tree, HashedTree};
+use super::adopt::read_image_tree;
 use super::fsops::{drop_cache, parent_of, rewrite_file, write_file, MediumFs};
 use super::journal::{self, Delete, Journal, Write};
 use super::state::{Layer, State};
@@ -35,7 +35,9 @@ use super::{
     STAGING_DIR,
 };
 use crate::boot::{is_protected, MONITORED_DIRS};
+use crate::diff::HashedTree;
 use crate::kit::{AnyKit, FileEntry, Kit, LegacyKit, FORMAT, GENERATOR};
+use crate::progress::Progress;
 use crate::release;
 use crate::squashfs::read::Archive;
 use crate::squashfs::write::WRITER_FORMAT_VERSION;
@@ -67,22 +69,6 @@ pub struct ApplyOptions {
     /// Accept a kit made by Tails' own tooling (control.yml with only `delete_files`), which
     /// does not say which release it was built against.
     pub legacy_tails_kit: bool,
-}
-
-/// Receives progress of long steps.
-pub trait ApplyProgress: Sync {
-    /// A phase starts; `total` bytes to go.
-    fn phase(&self, name: &str, total: u64);
-    /// Bytes done in the current phase.
-    fn position(&self, done: u64);
-}
-
-/// A progress sink that shows nothing.
-pub struct NoProgress;
-
-impl ApplyProgress for NoProgress {
-    fn phase(&self, _: &str, _: u64) {}
-    fn position(&self, _: u64) {}
 }
 
 /// A boot file the apply writes.
@@ -301,7 +287,7 @@ pub fn plan(
     medium: &Medium,
     kit_path: &Path,
     opts: &ApplyOptions,
-    progress: &dyn ApplyProgress,
+    progress: &dyn Progress,
 ) -> Result<Plan, MediumError> {
     let kit_name = kit_path.display().to_string();
     let bad_kit = |what: String| refuse(format!("{kit_name}: {what}"));
@@ -749,7 +735,7 @@ fn check_kit_paths(
 fn iuk_proposal(
     kit: &Kit,
     bad_kit: &dyn Fn(String) -> MediumError,
-    progress: &dyn ApplyProgress,
+    progress: &dyn Progress,
 ) -> Result<Proposal, MediumError> {
     let c = &kit.control;
     if c.generator != GENERATOR {
@@ -864,7 +850,7 @@ fn legacy_proposal(
     state: &State,
     kit: &LegacyKit,
     bad_kit: &dyn Fn(String) -> MediumError,
-    progress: &dyn ApplyProgress,
+    progress: &dyn Progress,
 ) -> Result<Proposal, MediumError> {
     let mut files: Vec<(String, Content)> = Vec::new();
     for id in kit.tree.walk() {
@@ -957,7 +943,8 @@ fn legacy_proposal(
     let base_path = medium
         .find(BASE)
         .ok_or_else(|| refuse(format!("{}: no {BASE}", medium.root.display())))?;
-    let base = HashedTree::with_progress(read_image_tree(&base_path)?, "hashing base", progress)?;
+    let base = HashedTree::with_progress(read_image_tree(&base_path)?, "hashing base", progress)
+        .map_err(|e| refuse(e.to_string()))?;
     let layer_name = format!("overlay/{layer_rel}");
     let image = layer_content
         .0
@@ -968,8 +955,11 @@ fn legacy_proposal(
     let upper = Archive::from_image(image, layer_name.clone())
         .and_then(|a| a.read_tree())
         .map_err(|e| bad_kit(e.to_string()))?;
-    let upper = HashedTree::with_progress(upper, "hashing layer", progress)?;
-    let new_root = base.stack(&upper, &layer_name)?;
+    let upper = HashedTree::with_progress(upper, "hashing layer", progress)
+        .map_err(|e| refuse(e.to_string()))?;
+    let new_root = base
+        .stack(&upper)
+        .map_err(|e| refuse(format!("{layer_name}: {e}")))?;
     let os = release::os_release(&new_root.tree).unwrap_or_default();
     let to_version = os.version.ok_or_else(|| {
         bad_kit(format!(
@@ -1007,7 +997,7 @@ fn legacy_proposal(
         to_version,
         layer,
         old_tree_digest: None,
-        new_tree_digest: new_root.digest(),
+        new_tree_digest: hex(&new_root.digest()),
         boot_tree,
         delete_files: kit.control.delete_files.clone(),
         writer_format: None,
@@ -1102,7 +1092,7 @@ pub(super) fn copy_in(
     fs: &mut dyn MediumFs,
     path: &Path,
     content: &Content,
-    progress: &dyn ApplyProgress,
+    progress: &dyn Progress,
     done: &mut u64,
 ) -> Result<[u8; 32], MediumError> {
     let h = fs.create(path).map_err(|e| io_err(path, e))?;
@@ -1144,7 +1134,7 @@ pub fn execute(
     medium: &Medium,
     plan: &Plan,
     fs: &mut dyn MediumFs,
-    progress: &dyn ApplyProgress,
+    progress: &dyn Progress,
 ) -> Result<ApplyReport, MediumError> {
     let live = medium.live();
     let staging = medium.staging();

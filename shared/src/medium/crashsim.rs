@@ -396,21 +396,15 @@ pub fn crash_states(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::build::{build, BuildOptions, BuildProgress};
-    use crate::medium::apply::{execute, plan, ApplyOptions, NoProgress};
+    use crate::build::{build, BuildOptions};
+    use crate::medium::apply::{execute, plan, ApplyOptions};
     use crate::medium::fsops::RealFs;
     use crate::medium::init::{init, InitOptions};
     use crate::medium::recover::recover;
     use crate::medium::Medium;
+    use crate::progress::NoProgress;
     use crate::squashfs::compress::Compressor;
     use crate::squashfs::write::WriterParams;
-
-    struct Quiet;
-    impl BuildProgress for Quiet {
-        fn phase(&self, _: &str, _: u64) {}
-        fn position(&self, _: u64) {}
-        fn warn(&self, _: &str) {}
-    }
 
     fn fixture(name: &str) -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -444,7 +438,7 @@ mod tests {
             &fixture(&format!("Tails-{to}.iso")),
             Some(&out),
             &opts,
-            &Quiet,
+            &NoProgress,
         )
         .unwrap();
         out

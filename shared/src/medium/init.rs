@@ -7,7 +7,7 @@
 use std::fs;
 use std::path::Path;
 
-use super::apply::{copy_in, NoProgress};
+use super::apply::copy_in;
 use super::fsops::{write_file, MediumFs};
 use super::state::{State, STATE_FORMAT};
 use super::trust::{prepare_keyring, KeyringInput};
@@ -15,6 +15,7 @@ use super::{
     io_err, Medium, MediumError, BASE, DEFAULT_MAX_LAYERS, LOCK_FILE, STAGING_DIR, STATE_FILE,
 };
 use crate::boot::{self, BootFile};
+use crate::progress::NoProgress;
 use crate::release::{self, Release, ROOTFS};
 use crate::tree::{content_hashes, hex, tree_digest};
 use crate::version;

@@ -144,7 +144,7 @@ impl Medium {
     /// Reads the state, returning it with its text and the sha256 of its bytes.
     pub fn read_state(&self) -> Result<(State, String, [u8; 32]), MediumError> {
         let path = self.live_file(STATE_FILE);
-        let bytes = read_limited(&path, state::MAX_STATE).map_err(|e| MediumError::State {
+        let bytes = crate::io::read_capped(&path, state::MAX_STATE as u64).map_err(|e| MediumError::State {
             path: self.root.clone(),
             problem: if e.kind() == io::ErrorKind::NotFound {
                 format!("no live/{STATE_FILE}: not a medium of iuk-apply (use `iuk-apply init` or `adopt`)")
@@ -256,20 +256,6 @@ pub fn find_child(dir: &Path, name: &str) -> Option<PathBuf> {
                 .is_some_and(|n| n.to_lowercase() == lower)
         })
         .map(|e| e.path())
-}
-
-/// Reads a whole file of at most `limit` bytes.
-pub fn read_limited(path: &Path, limit: usize) -> io::Result<Vec<u8>> {
-    let f = File::open(path)?;
-    let mut out = Vec::new();
-    f.take(limit as u64 + 1).read_to_end(&mut out)?;
-    if out.len() > limit {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("larger than {limit} bytes"),
-        ));
-    }
-    Ok(out)
 }
 
 /// The sha256 of a file on the medium.

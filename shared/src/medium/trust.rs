@@ -28,7 +28,7 @@ use super::apply::finish;
 use super::fsops::{drop_cache, write_file, MediumFs};
 use super::journal::{Delete, Journal};
 use super::state::State;
-use super::{io_err, read_limited, sha_of, Medium, MediumError, JOURNAL_FILE};
+use super::{io_err, sha_of, Medium, MediumError, JOURNAL_FILE};
 use crate::sign::{Keyring, Verified, MAX_KEYRING};
 use crate::tree::hex;
 use crate::udf::{self, PathType, Selection, Udf};
@@ -137,8 +137,8 @@ pub fn trusted_keyring(medium: &Medium, state: &State) -> Result<Option<Trusted>
     let path = medium
         .find(&format!("live/{name}"))
         .ok_or_else(|| damaged("is missing".into()))?;
-    let bytes =
-        read_limited(&path, MAX_KEYRING).map_err(|e| damaged(format!("is unreadable: {e}")))?;
+    let bytes = crate::io::read_capped(&path, MAX_KEYRING as u64)
+        .map_err(|e| damaged(format!("is unreadable: {e}")))?;
     if !keyring_name(&bytes).eq_ignore_ascii_case(name) {
         return Err(damaged("does not have the sha256 its name says".into()));
     }

@@ -8,9 +8,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use super::compress::Compressor;
-use super::image::ReadAt;
 use super::{Result, SqfsError, META_SIZE};
 use crate::corrupt;
+use crate::io::ReadAt;
 
 /// Header bit marking a metadata block stored uncompressed.
 pub const UNCOMPRESSED: u16 = 0x8000;

@@ -8,7 +8,6 @@
 
 pub mod compress;
 pub mod dir;
-pub mod image;
 pub mod inode;
 pub mod inspect;
 pub mod meta;

@@ -15,7 +15,6 @@ use std::sync::{Arc, Mutex};
 
 use super::compress::Compressor;
 use super::dir::{read_listing, DirEntry};
-use super::image::{FileImage, ReadAt, SubImage};
 use super::inode::{decode_dev, DiskInode, InodeBody, BLOCK_UNCOMPRESSED};
 use super::meta::{MetaReader, MetaRef};
 use super::superblock::{self, flags, Superblock};
@@ -23,6 +22,7 @@ use super::table::{FragmentEntry, Table};
 use super::xattr::XattrReader;
 use super::{Result, SqfsError, INVALID_U32, INVALID_U64, META_SIZE};
 use crate::corrupt;
+use crate::io::{FileImage, ReadAt, SubImage};
 use crate::tree::{
     Content, ContentSource, Inode, InodeId, InodeKind, Metadata, NodeId, Tree, Xattr,
 };

@@ -3,10 +3,10 @@
 //! the xattr id table (16) all take this shape. Reader and writer.
 
 use super::compress::Compressor;
-use super::image::ReadAt;
 use super::meta::{MetaReader, MetaWriter};
 use super::{Result, SqfsError, META_SIZE};
 use crate::corrupt;
+use crate::io::ReadAt;
 
 /// A fragment table entry: where a fragment block lies and its stored size.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -162,7 +162,7 @@ pub struct XattrReader {
 
 impl XattrReader {
     /// Opens the tables whose header is at `header_at`; metadata must lie before `end`.
-    pub fn open(image: &dyn super::image::ReadAt, header_at: u64, end: u64) -> Result<XattrReader> {
+    pub fn open(image: &dyn crate::io::ReadAt, header_at: u64, end: u64) -> Result<XattrReader> {
         if header_at.checked_add(16).is_none_or(|e| e > end) {
             return Err(corrupt!("xattr table header outside the image"));
         }
