@@ -43,3 +43,56 @@ iuk_ensure_packages() {
     return 1
   fi
 }
+
+# Prints the URI the machine's apt sources use for Debian suite $1 (bookworm, bookworm-security, …),
+# read from /etc/apt/sources.list and /etc/apt/sources.list.d/ (one-line and deb822 forms), so no
+# mirror's host name is written into the scripts. Fails with advice when no source names the suite.
+iuk_apt_uri() {
+  local suite=$1 uri
+  uri=$(python3 - "$suite" /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources <<'PY'
+import sys
+want, files = sys.argv[1], sys.argv[2:]
+def stanzas(text):
+    block = {}
+    for line in text.splitlines() + [""]:
+        if line.lstrip().startswith("#"):
+            continue
+        if not line.strip():
+            if block:
+                yield block
+            block = {}
+        elif line[0] in " \t" and block:
+            continue
+        elif ":" in line:
+            k, v = line.split(":", 1)
+            block[k.strip().lower()] = v.split()
+for f in files:
+    try:
+        text = open(f).read()
+    except OSError:
+        continue
+    if f.endswith(".sources"):
+        for b in stanzas(text):
+            if "deb" in b.get("types", []) and want in b.get("suites", []) and \
+               b.get("enabled", ["yes"])[0].lower() != "no" and b.get("uris"):
+                print(b["uris"][0]); sys.exit(0)
+    else:
+        for line in text.splitlines():
+            w = line.split("#", 1)[0].split()
+            if w[:1] != ["deb"]:
+                continue
+            w = w[1:]
+            if w and w[0].startswith("["):
+                while w and not w[0].endswith("]"):
+                    w = w[1:]
+                w = w[1:]
+            if len(w) >= 2 and w[1] == want:
+                print(w[0]); sys.exit(0)
+sys.exit(1)
+PY
+) || {
+    echo "no apt source for the Debian suite $suite in /etc/apt/sources.list{,.d/}: add one (e.g. a deb line for your mirror) and run this again" >&2
+    return 1
+  }
+  echo "$uri"
+}
