@@ -29,7 +29,7 @@ use crate::release::{self, hex_opt, Release, ReleaseError};
 use crate::squashfs::read::Archive;
 use crate::squashfs::write::{write_image, WriterParams, WRITER_FORMAT_VERSION};
 use crate::squashfs::SqfsError;
-use crate::tree::{hex, TreeError};
+use crate::tree::{hex, Tree, TreeError};
 use crate::version;
 
 /// Errors of a build; every message names the input or output concerned.
@@ -179,6 +179,10 @@ fn out_canonical(out: &Path) -> Option<PathBuf> {
 /// Builds the kit upgrading `old` to `new` into `out` (default: [`default_kit_name`] in the
 /// current directory). Nothing is left at the output path on failure.
 ///
+/// The pipeline's steps, in order: [`names`] (product, versions, layer and output names),
+/// hashing both roots, the diff, [`write_layer`], [`verify_layer`], [`overlay_files`], and
+/// [`write_kit`].
+///
 /// Determinism (audited; invariant 2). What reaches the bytes: the two releases' content (root
 /// filesystems, boot files and the mtimes the release records for them — for a directory input,
 /// the host files' mtimes, so a rebuild from directories needs an extraction that keeps them, as
@@ -196,26 +200,9 @@ pub fn build(
     progress: &dyn Progress,
 ) -> Result<BuildReport, BuildError> {
     let start = Instant::now();
-    let check_out = |out: &Path| -> Result<(), BuildError> {
-        for input in [old_path, new_path] {
-            if same_file(input, out) {
-                return Err(refuse(format!(
-                    "{}: output would overwrite an input",
-                    out.display()
-                )));
-            }
-        }
-        if out_canonical(out).is_none() {
-            let dir = match out.parent() {
-                Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-                _ => PathBuf::from("."),
-            };
-            return Err(BuildError::Output(OutputError::NoDirectory(dir)));
-        }
-        Ok(())
-    };
+    let inputs = [old_path, new_path];
     if let Some(o) = out {
-        check_out(o)?;
+        check_output(o, inputs)?;
     }
     let epoch = opts.layer.mod_time;
 
@@ -230,9 +217,141 @@ pub fn build(
     };
     let old_tree = old_fs.read_tree().map_err(|e| rootfs_err(&old, e))?;
     let new_tree = new_fs.read_tree().map_err(|e| rootfs_err(&new, e))?;
+    let names = names(&old, &new, &old_tree, &new_tree, out, opts, progress)?;
+    let out = names.out.as_path();
 
-    let old_os = release::os_release(&old_tree).unwrap_or_default();
-    let new_os = release::os_release(&new_tree).unwrap_or_default();
+    let old_sizes = old_tree.content_bytes();
+    let total = old_sizes + new_tree.content_bytes();
+    progress.phase("hashing", total);
+    let old_root = HashedTree::new(old_tree, &|n| progress.position(n))?;
+    let new_root = HashedTree::new(new_tree, &|n| progress.position(old_sizes + n))?;
+    let old_digest = old_root.digest();
+    let new_digest = new_root.digest();
+
+    progress.phase("diffing", 0);
+    let (layer_tree, stats) = diff::diff(old_root.hashed(), new_root.hashed(), epoch)?;
+
+    // The layer goes to a temporary file beside the output, removed whatever happens.
+    let layer_tmp = TempFile(layer_temp_path(out));
+    progress.phase("compressing", stats.content_bytes);
+    write_layer(&layer_tree, &opts.layer, &layer_tmp.0, progress)?;
+    progress.phase("verifying", stats.content_bytes);
+    verify_layer(&old_root, &layer_tmp.0, &new_digest, inputs, progress)?;
+
+    progress.phase("boot files", 0);
+    let Overlay {
+        files: overlay,
+        new_boot,
+        layer_bytes,
+    } = overlay_files(&old, &new, &layer_tmp.0, &names.layer_path, progress)?;
+    let delete_files = boot::delete_files(&old, &new);
+    let control = Control {
+        delete_files: delete_files.clone(),
+        generator: GENERATOR.to_string(),
+        writer_format: WRITER_FORMAT_VERSION,
+        product: names.product.clone(),
+        build_target: opts.build_target.clone(),
+        from_version: names.from.clone(),
+        to_version: names.to.clone(),
+        layer: names.layer.clone(),
+        layer_params: LayerParams::from_writer(&opts.layer, opts.sort_text.clone()),
+        old_iso_sha256: hex_opt(old.iso_sha256()?),
+        new_iso_sha256: hex_opt(new.iso_sha256()?),
+        old_tree_digest: hex(&old_digest),
+        new_tree_digest: hex(&new_digest),
+        overlay: overlay.iter().map(|(_, e)| e.clone()).collect(),
+        boot_tree: new_boot.files.iter().map(BootFile::entry).collect(),
+    };
+    let files: Vec<OverlayFile> = overlay.into_iter().map(|(f, _)| f).collect();
+    let kit_sha = write_kit(
+        out,
+        &control,
+        &files,
+        opts.layer.jobs,
+        &names.layer_path,
+        progress,
+    )?;
+
+    let kit_bytes = std::fs::metadata(out).map(|m| m.len()).unwrap_or(0);
+    let new_image_bytes = if new.is_iso() {
+        std::fs::metadata(new_path).map(|m| m.len()).unwrap_or(0)
+    } else {
+        new_fs.superblock().bytes_used
+    };
+    Ok(BuildReport {
+        output: out.display().to_string(),
+        kit_sha256: hex(&kit_sha),
+        product: names.product,
+        from_version: names.from,
+        to_version: names.to,
+        layer: names.layer,
+        diff: stats,
+        layer_bytes,
+        kit_bytes,
+        new_image_bytes,
+        ratio: if new_image_bytes > 0 {
+            kit_bytes as f64 / new_image_bytes as f64
+        } else {
+            0.0
+        },
+        overlay_files: files.len(),
+        delete_files: delete_files.len(),
+        old_tree_digest: hex(&old_digest),
+        new_tree_digest: hex(&new_digest),
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// Refuses an output path that is one of the inputs or whose directory does not exist.
+fn check_output(out: &Path, inputs: [&Path; 2]) -> Result<(), BuildError> {
+    for input in inputs {
+        if same_file(input, out) {
+            return Err(refuse(format!(
+                "{}: output would overwrite an input",
+                out.display()
+            )));
+        }
+    }
+    if out_canonical(out).is_none() {
+        let dir = match out.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        return Err(BuildError::Output(OutputError::NoDirectory(dir)));
+    }
+    Ok(())
+}
+
+/// The names a kit carries and is written under, decided before anything is hashed.
+struct Names {
+    /// Product name.
+    product: String,
+    /// From-version.
+    from: String,
+    /// To-version.
+    to: String,
+    /// Layer name.
+    layer: String,
+    /// `live/<layer>.squashfs`.
+    layer_path: String,
+    /// The kit's output path.
+    out: PathBuf,
+}
+
+/// Step 1: product and versions from the flags, else from each root's `/etc/os-release`; the
+/// to-version newer in Debian order; safe build target and layer name; the output path checked.
+fn names(
+    old: &Release,
+    new: &Release,
+    old_tree: &Tree,
+    new_tree: &Tree,
+    out: Option<&Path>,
+    opts: &BuildOptions,
+    progress: &dyn Progress,
+) -> Result<Names, BuildError> {
+    let (old_path, new_path) = (old.path(), new.path());
+    let old_os = release::os_release(old_tree).unwrap_or_default();
+    let new_os = release::os_release(new_tree).unwrap_or_default();
     let product = pick(
         "product",
         opts.product.as_deref(),
@@ -280,114 +399,143 @@ pub fn build(
         Some(o) => o.to_path_buf(),
         None => PathBuf::from(default_kit_name(&product, &opts.build_target, &from, &to)),
     };
-    check_out(&out)?;
-    let out = out.as_path();
-    let layer_name = match &opts.layer_name {
+    check_output(&out, [old_path, new_path])?;
+    let layer = match &opts.layer_name {
         Some(n) => n.clone(),
         None => format!("{product}_{from}_to_{to}"),
     };
-    if !version::is_safe_name(&layer_name) || layer_name.eq_ignore_ascii_case("filesystem") {
+    if !version::is_safe_name(&layer) || layer.eq_ignore_ascii_case("filesystem") {
         return Err(refuse(format!(
-            "layer name {layer_name:?} is not allowed (letters, digits and . _ + ~ - only; never \"filesystem\")"
+            "layer name {layer:?} is not allowed (letters, digits and . _ + ~ - only; never \"filesystem\")"
         )));
     }
-
-    let layer_path = format!("live/{layer_name}.squashfs");
+    let layer_path = format!("live/{layer}.squashfs");
     if new
         .files()
         .iter()
         .any(|f| String::from_utf8_lossy(&f.path).eq_ignore_ascii_case(&layer_path))
     {
         return Err(refuse(format!(
-            "layer name {layer_name} collides with {layer_path} in the new release"
+            "layer name {layer} collides with {layer_path} in the new release"
         )));
     }
+    Ok(Names {
+        product,
+        from,
+        to,
+        layer,
+        layer_path,
+        out,
+    })
+}
 
-    let old_sizes = old_tree.content_bytes();
-    let total = old_sizes + new_tree.content_bytes();
-    progress.phase("hashing", total);
-    let old_root = HashedTree::new(old_tree, &|n| progress.position(n))?;
-    let new_root = HashedTree::new(new_tree, &|n| progress.position(old_sizes + n))?;
-    let old_digest = old_root.digest();
-    let new_digest = new_root.digest();
+/// A temporary file removed when dropped, whatever happens.
+struct TempFile(PathBuf);
 
-    progress.phase("diffing", 0);
-    let (layer_tree, stats) = diff::diff(old_root.hashed(), new_root.hashed(), epoch)?;
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
 
-    // The layer goes to a temporary file beside the output, removed whatever happens.
+/// Where the layer is written while the kit is built: a hidden name beside the output.
+fn layer_temp_path(out: &Path) -> PathBuf {
     let out_dir = out
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let layer_tmp = out_dir.join(format!(
+    out_dir.join(format!(
         ".{}.layer-{}",
         out.file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default(),
         std::process::id()
-    ));
-    struct Remove<'a>(&'a Path);
-    impl Drop for Remove<'_> {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_file(self.0);
-        }
-    }
-    let _guard = Remove(&layer_tmp);
-    progress.phase("compressing", stats.content_bytes);
-    {
-        let f = File::create(&layer_tmp).map_err(|e| OutputError::Io {
-            path: layer_tmp.clone(),
-            source: e,
-        })?;
-        let mut w = BufWriter::with_capacity(1 << 20, f);
-        // A diff layer is never exported over NFS: no export table (as gensquashfs by default).
-        let mut layer_params = opts.layer.clone();
-        layer_params.exportable = false;
-        write_image(&layer_tree, &layer_params, &mut w, &|n| {
-            progress.position(n)
-        })?;
-        w.into_inner().map_err(|e| OutputError::Io {
-            path: layer_tmp.clone(),
-            source: e.into_error(),
-        })?;
-    }
+    ))
+}
 
-    progress.phase("verifying", stats.content_bytes);
-    let layer_archive = Archive::open(&layer_tmp)?;
+/// Step 3: writes the diff layer with the declared parameters to `path`.
+fn write_layer(
+    layer_tree: &Tree,
+    params: &WriterParams,
+    path: &Path,
+    progress: &dyn Progress,
+) -> Result<(), BuildError> {
+    let io = |e: std::io::Error| OutputError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    };
+    let f = File::create(path).map_err(io)?;
+    let mut w = BufWriter::with_capacity(1 << 20, f);
+    // A diff layer is never exported over NFS: no export table (as gensquashfs by default).
+    let mut layer_params = params.clone();
+    layer_params.exportable = false;
+    write_image(layer_tree, &layer_params, &mut w, &|n| progress.position(n))?;
+    w.into_inner().map_err(|e| io(e.into_error()))?;
+    Ok(())
+}
+
+/// Step 4: reads the layer back, stacks it on the old root in userspace and requires the
+/// result's tree digest to equal the new root's (invariant 1, before anything is published).
+fn verify_layer(
+    old_root: &HashedTree,
+    layer: &Path,
+    new_digest: &[u8; 32],
+    [old_path, new_path]: [&Path; 2],
+    progress: &dyn Progress,
+) -> Result<(), BuildError> {
+    let layer_archive = Archive::open(layer)?;
     let layer_read = HashedTree::new(layer_archive.read_tree()?, &|n| progress.position(n))?;
-    if old_root.stack(&layer_read)?.digest() != new_digest {
+    if &old_root.stack(&layer_read)?.digest() != new_digest {
         return Err(refuse(format!(
             "internal check failed: the layer stacked on {} does not give {} (please report this)",
             old_path.display(),
             new_path.display()
         )));
     }
+    Ok(())
+}
 
-    progress.phase("boot files", 0);
-    let old_boot = boot::boot_tree(&old)?;
-    let new_boot = boot::boot_tree(&new)?;
+/// The kit's `overlay/` as [`overlay_files`] decides it.
+struct Overlay {
+    /// The files, sorted by path, each with its control.yml entry.
+    files: Vec<(OverlayFile, FileEntry)>,
+    /// The new release's boot tree (recorded whole in control.yml).
+    new_boot: boot::BootTree,
+    /// Size of the diff layer image.
+    layer_bytes: u64,
+}
+
+/// Step 5: the files of the kit's `overlay/`: the layer, every boot file of the new release that
+/// is new or changed, and the boot-loader directories whole.
+fn overlay_files(
+    old: &Release,
+    new: &Release,
+    layer_tmp: &Path,
+    layer_path: &str,
+    progress: &dyn Progress,
+) -> Result<Overlay, BuildError> {
+    let old_boot = boot::boot_tree(old)?;
+    let new_boot = boot::boot_tree(new)?;
     for s in &new_boot.skipped_symlinks {
         progress.warn(&format!(
             "{}: symlink {s} left out of the boot tree (FAT has no symlinks)",
-            new_path.display()
+            new.path().display()
         ));
     }
-    let layer_content = release::host_content(layer_tmp.clone()).map_err(|e| OutputError::Io {
-        path: layer_tmp.clone(),
+    let io = |e: std::io::Error| OutputError::Io {
+        path: layer_tmp.to_path_buf(),
         source: e,
-    })?;
-    let layer_sha = layer_content.sha256().map_err(|e| OutputError::Io {
-        path: layer_tmp.clone(),
-        source: e,
-    })?;
+    };
+    let layer_content = release::host_content(layer_tmp.to_path_buf()).map_err(io)?;
+    let layer_sha = layer_content.sha256().map_err(io)?;
     let mut overlay: Vec<(OverlayFile, FileEntry)> = vec![(
         OverlayFile {
-            path: layer_path.clone(),
+            path: layer_path.to_string(),
             content: layer_content.clone(),
             mtime: None,
         },
         FileEntry {
-            path: layer_path.clone(),
+            path: layer_path.to_string(),
             size: layer_content.size,
             sha256: hex(&layer_sha),
         },
@@ -409,76 +557,40 @@ pub fn build(
         }
     }
     overlay.sort_by(|a, b| a.0.path.cmp(&b.0.path));
-    let delete_files = boot::delete_files(&old, &new);
+    Ok(Overlay {
+        files: overlay,
+        new_boot,
+        layer_bytes: layer_content.size,
+    })
+}
 
-    let control = Control {
-        delete_files: delete_files.clone(),
-        generator: GENERATOR.to_string(),
-        writer_format: WRITER_FORMAT_VERSION,
-        product: product.clone(),
-        build_target: opts.build_target.clone(),
-        from_version: from.clone(),
-        to_version: to.clone(),
-        layer: layer_name.clone(),
-        layer_params: LayerParams::from_writer(&opts.layer, opts.sort_text.clone()),
-        old_iso_sha256: hex_opt(old.iso_sha256()?),
-        new_iso_sha256: hex_opt(new.iso_sha256()?),
-        old_tree_digest: hex(&old_digest),
-        new_tree_digest: hex(&new_digest),
-        overlay: overlay.iter().map(|(_, e)| e.clone()).collect(),
-        boot_tree: new_boot.files.iter().map(BootFile::entry).collect(),
-    };
-    let files: Vec<OverlayFile> = overlay.into_iter().map(|(f, _)| f).collect();
-    let kit_tree = kit::container_tree(&control, &files)?;
-    let params = kit::container_params(epoch, opts.layer.jobs, &layer_path);
+/// Step 6: writes the kit container to `out` (through a temporary file renamed into place) and
+/// returns its sha256.
+fn write_kit(
+    out: &Path,
+    control: &Control,
+    files: &[OverlayFile],
+    jobs: usize,
+    layer_path: &str,
+    progress: &dyn Progress,
+) -> Result<[u8; 32], BuildError> {
+    let kit_tree = kit::container_tree(control, files)?;
+    let params = kit::container_params(control.layer_params.source_date_epoch, jobs, layer_path);
     let kit_total: u64 = files.iter().map(|f| f.content.size).sum();
     progress.phase("writing kit", kit_total);
-    let kit_sha = write_new_file(out, |f| -> Result<[u8; 32], BuildError> {
+    write_new_file(out, |f| -> Result<[u8; 32], BuildError> {
+        let io = |e: std::io::Error| OutputError::Io {
+            path: out.to_path_buf(),
+            source: e,
+        };
         let mut w = BufWriter::with_capacity(1 << 20, &mut *f);
         write_image(&kit_tree, &params, &mut w, &|n| progress.position(n))?;
-        w.into_inner().map_err(|e| OutputError::Io {
-            path: out.to_path_buf(),
-            source: e.into_error(),
-        })?;
+        w.into_inner().map_err(|e| io(e.into_error()))?;
         use std::io::{Seek, SeekFrom};
-        f.seek(SeekFrom::Start(0)).map_err(|e| OutputError::Io {
-            path: out.to_path_buf(),
-            source: e,
-        })?;
+        f.seek(SeekFrom::Start(0)).map_err(io)?;
         let mut h = Sha256::new();
-        std::io::copy(f, &mut h).map_err(|e| OutputError::Io {
-            path: out.to_path_buf(),
-            source: e,
-        })?;
+        std::io::copy(f, &mut h).map_err(io)?;
         Ok(h.finalize().into())
-    })?;
-    let kit_bytes = std::fs::metadata(out).map(|m| m.len()).unwrap_or(0);
-    let new_image_bytes = if new.is_iso() {
-        std::fs::metadata(new_path).map(|m| m.len()).unwrap_or(0)
-    } else {
-        new_fs.superblock().bytes_used
-    };
-    Ok(BuildReport {
-        output: out.display().to_string(),
-        kit_sha256: hex(&kit_sha),
-        product,
-        from_version: from,
-        to_version: to,
-        layer: layer_name,
-        diff: stats,
-        layer_bytes: layer_content.size,
-        kit_bytes,
-        new_image_bytes,
-        ratio: if new_image_bytes > 0 {
-            kit_bytes as f64 / new_image_bytes as f64
-        } else {
-            0.0
-        },
-        overlay_files: files.len(),
-        delete_files: delete_files.len(),
-        old_tree_digest: hex(&old_digest),
-        new_tree_digest: hex(&new_digest),
-        seconds: start.elapsed().as_secs_f64(),
     })
 }
 
