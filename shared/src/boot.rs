@@ -57,6 +57,14 @@ pub enum BootError {
         /// What is wrong.
         problem: String,
     },
+    /// The boot tree would leave a medium that cannot boot ([`check_bootable`]).
+    #[error("{release}: {problem}")]
+    Unbootable {
+        /// The release.
+        release: String,
+        /// What is missing.
+        problem: String,
+    },
 }
 
 /// One file of a boot tree.
@@ -98,6 +106,26 @@ impl BootFile {
 }
 
 impl BootTree {
+    /// Refuses a boot tree that cannot boot ([`check_bootable`]); `release` names it in the error.
+    pub fn check_bootable(&self, release: &str) -> Result<(), BootError> {
+        let paths: Vec<&str> = self.files.iter().map(|f| f.path.as_str()).collect();
+        check_bootable(&paths, |path| {
+            let f = self.get(path).ok_or("not in the boot tree")?;
+            if f.content.size > MAX_LOADER_CONFIG {
+                return Err(format!(
+                    "{} bytes, more than the {MAX_LOADER_CONFIG} a boot-loader configuration may have",
+                    f.content.size
+                ));
+            }
+            let bytes = f.content.read_all().map_err(|e| e.to_string())?;
+            Ok(String::from_utf8_lossy(&bytes).into_owned())
+        })
+        .map_err(|problem| BootError::Unbootable {
+            release: release.to_string(),
+            problem,
+        })
+    }
+
     /// The file installed at `path`, if any.
     pub fn get(&self, path: &str) -> Option<&BootFile> {
         self.files
@@ -283,6 +311,110 @@ pub fn delete_files(old: &Release, new: &Release) -> Vec<String> {
     out
 }
 
+/// Largest boot-loader configuration file read to find what it boots.
+pub const MAX_LOADER_CONFIG: u64 = 1 << 20;
+
+/// True for a boot file whose text configures a boot loader: `*.cfg` under `syslinux/`,
+/// `isolinux/`, `EFI/` or `boot/` (syslinux/isolinux menus, GRUB's `grub.cfg`, loopback.cfg).
+pub fn is_loader_config(path: &str) -> bool {
+    let lower = path.to_ascii_lowercase();
+    lower.ends_with(".cfg")
+        && ["syslinux/", "isolinux/", "efi/", "boot/"]
+            .iter()
+            .any(|d| lower.starts_with(d))
+}
+
+/// The kernels and initrds a boot-loader configuration names, as medium paths without the
+/// leading `/` (syslinux: `kernel`/`linux` lines and `initrd=` in `append`, comma-separated, or
+/// `initrd` lines; GRUB: `linux`/`linuxefi`/`linux16` and `initrd`/`initrdefi`/`initrd16`, a
+/// `(device)` prefix dropped). Paths built from variables (`$…`) or relative to the loader's
+/// own directory are not followed. Returns (kernels, initrds).
+pub fn loader_references(text: &str) -> (Vec<String>, Vec<String>) {
+    fn clean(word: &str) -> Option<String> {
+        let w = word.trim_matches(|c| c == '"' || c == '\'');
+        let w = match w.strip_prefix('(') {
+            Some(rest) => rest.split_once(')')?.1,
+            None => w,
+        };
+        if w.contains('$') || !w.starts_with('/') {
+            return None;
+        }
+        let p = w.trim_start_matches('/');
+        (!p.is_empty()).then(|| p.to_string())
+    }
+    let (mut kernels, mut initrds) = (Vec::new(), Vec::new());
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        let Some(first) = words.next() else { continue };
+        match first.to_ascii_lowercase().as_str() {
+            "kernel" | "linux" | "linuxefi" | "linux16" => {
+                kernels.extend(words.next().and_then(clean));
+                for w in words {
+                    if let Some(list) = w.strip_prefix("initrd=") {
+                        initrds.extend(list.split(',').filter_map(clean));
+                    }
+                }
+            }
+            "initrd" | "initrdefi" | "initrd16" => initrds.extend(words.filter_map(clean)),
+            "append" => {
+                for w in words {
+                    if let Some(list) = w.strip_prefix("initrd=") {
+                        initrds.extend(list.split(',').filter_map(clean));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    (kernels, initrds)
+}
+
+/// The kernel and initrd of Tails' layout, required when no boot-loader configuration names
+/// one that [`loader_references`] can follow (variables, relative paths).
+pub const DEFAULT_BOOT_FILES: [&str; 2] = ["live/vmlinuz", "live/initrd.img"];
+
+/// Checks that a boot tree can boot: it is not empty, and every kernel and initrd its boot-loader
+/// configurations ([`is_loader_config`]) name is a file of the tree (compared case-insensitively,
+/// as on FAT); when no configuration names a kernel, [`DEFAULT_BOOT_FILES`] must be there.
+/// `read` gives a configuration file's text (at most [`MAX_LOADER_CONFIG`] bytes; an error when it
+/// cannot be read, which is refused). Returns one line saying what is missing.
+pub fn check_bootable(
+    paths: &[&str],
+    read: impl Fn(&str) -> Result<String, String>,
+) -> Result<(), String> {
+    if paths.is_empty() {
+        return Err("the boot tree is empty: the medium would not boot".into());
+    }
+    let present: std::collections::HashSet<String> =
+        paths.iter().map(|p| p.to_ascii_lowercase()).collect();
+    let missing = |file: &str| !present.contains(&file.to_ascii_lowercase());
+    let mut kernels = 0usize;
+    for path in paths.iter().filter(|p| is_loader_config(p)) {
+        let text = read(path).map_err(|e| format!("boot-loader configuration {path}: {e}"))?;
+        let (k, i) = loader_references(&text);
+        kernels += k.len();
+        let named = k
+            .iter()
+            .map(|f| ("kernel", f))
+            .chain(i.iter().map(|f| ("initrd", f)));
+        for (what, file) in named {
+            if missing(file) {
+                return Err(format!(
+                    "{path} boots the {what} /{file}, which the boot tree lacks: the medium would not boot"
+                ));
+            }
+        }
+    }
+    if kernels == 0 {
+        if let Some(file) = DEFAULT_BOOT_FILES.iter().find(|f| missing(f)) {
+            return Err(format!(
+                "the boot tree lacks {file} and no boot-loader configuration names another kernel: the medium would not boot"
+            ));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -331,5 +463,71 @@ mod tests {
             rewrite(b"include /isolinux/menu.cfg /isolinux//isolinux/"),
             b"include /syslinux/menu.cfg /syslinux//syslinux/"
         );
+    }
+
+    #[test]
+    fn loader_references_of_syslinux_and_grub() {
+        let sys = "label live\n  menu label Tails\n  kernel /live/vmlinuz\n  append initrd=/live/initrd.img,/live/ucode.img boot=live\nlabel two\n  linux /live/vmlinuz2\n  initrd /live/initrd2.img\n";
+        assert_eq!(
+            loader_references(sys),
+            (
+                vec!["live/vmlinuz".to_string(), "live/vmlinuz2".to_string()],
+                vec![
+                    "live/initrd.img".to_string(),
+                    "live/ucode.img".to_string(),
+                    "live/initrd2.img".to_string()
+                ]
+            )
+        );
+        let grub = "menuentry 'T' {\n  linux ($root)/live/vmlinuz boot=live\n  initrd /live/initrd.img /live/extra.img\n  linux $k\n}\n";
+        assert_eq!(
+            loader_references(grub),
+            (
+                vec!["live/vmlinuz".to_string()],
+                vec!["live/initrd.img".to_string(), "live/extra.img".to_string()]
+            )
+        );
+        assert_eq!(
+            loader_references("# kernel /x\nui vesamenu.c32\n"),
+            (vec![], vec![])
+        );
+    }
+
+    #[test]
+    fn a_boot_tree_must_hold_what_its_loader_boots() {
+        let menu = "label live\n kernel /live/vmlinuz\n append initrd=/live/initrd.img\n";
+        let read = |p: &str| -> Result<String, String> {
+            match p {
+                "syslinux/menu.cfg" => Ok(menu.to_string()),
+                "EFI/BOOT/grub.cfg" => Ok("linux /LIVE/VMLINUZ\ninitrd /live/initrd.img\n".into()),
+                "syslinux/empty.cfg" => Ok("default vesamenu.c32\n".into()),
+                _ => Err("unreadable".into()),
+            }
+        };
+        let full = [
+            "EFI/BOOT/grub.cfg",
+            "live/initrd.img",
+            "live/vmlinuz",
+            "syslinux/menu.cfg",
+        ];
+        assert_eq!(check_bootable(&full, read), Ok(()));
+        let e = check_bootable(&[], read).unwrap_err();
+        assert!(e.contains("empty"), "{e}");
+        let e = check_bootable(
+            &["EFI/BOOT/grub.cfg", "live/vmlinuz", "syslinux/menu.cfg"],
+            read,
+        )
+        .unwrap_err();
+        assert!(e.contains("initrd /live/initrd.img"), "{e}");
+        let e = check_bootable(&["live/initrd.img", "syslinux/menu.cfg"], read).unwrap_err();
+        assert!(e.contains("kernel /live/vmlinuz"), "{e}");
+        let e = check_bootable(&["live/vmlinuz", "doc/README.txt"], read).unwrap_err();
+        assert!(e.contains("lacks live/initrd.img"), "{e}");
+        let e = check_bootable(&["LIVE/INITRD.IMG", "syslinux/empty.cfg"], read).unwrap_err();
+        assert!(e.contains("lacks live/vmlinuz"), "{e}");
+        let tails = ["live/vmlinuz", "live/initrd.img", "syslinux/empty.cfg"];
+        assert_eq!(check_bootable(&tails, read), Ok(()));
+        let e = check_bootable(&["live/vmlinuz", "syslinux/gone.cfg"], read).unwrap_err();
+        assert!(e.contains("syslinux/gone.cfg: unreadable"), "{e}");
     }
 }

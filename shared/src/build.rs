@@ -506,7 +506,8 @@ struct Overlay {
 }
 
 /// Step 5: the files of the kit's `overlay/`: the layer, every boot file of the new release that
-/// is new or changed, and the boot-loader directories whole.
+/// is new or changed, and the boot-loader directories whole. A new release whose boot tree
+/// cannot boot ([`boot::check_bootable`]) is refused here.
 fn overlay_files(
     old: &Release,
     new: &Release,
@@ -516,6 +517,7 @@ fn overlay_files(
 ) -> Result<Overlay, BuildError> {
     let old_boot = boot::boot_tree(old)?;
     let new_boot = boot::boot_tree(new)?;
+    new_boot.check_bootable(&new.path().display().to_string())?;
     for s in &new_boot.skipped_symlinks {
         progress.warn(&format!(
             "{}: symlink {s} left out of the boot tree (FAT has no symlinks)",
