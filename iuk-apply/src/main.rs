@@ -6,7 +6,7 @@ mod commands;
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 
 const EXIT_CODES: &str = "\
 Exit status:
@@ -29,6 +29,9 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
+    if let Some(code) = iuk_clidocs::generate_if_asked(Cli::command) {
+        return code;
+    }
     let cli = Cli::parse();
     match commands::run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,

@@ -11,7 +11,7 @@ mod writer_args;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 const EXIT_CODES: &str = "\
 Exit status:
@@ -55,6 +55,9 @@ fn start_workers(jobs: Option<u32>) -> anyhow::Result<usize> {
 }
 
 fn main() -> ExitCode {
+    if let Some(code) = iuk_clidocs::generate_if_asked(Cli::command) {
+        return code;
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Build(a) => build::run(a),
