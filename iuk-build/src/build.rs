@@ -2,9 +2,10 @@
 
 use std::path::PathBuf;
 
+use anyhow::bail;
 use anyhow::Result;
 use clap::Args;
-use iuk::build::{build, BuildOptions};
+use iuk::build::{build_batch, BuildOptions, BuildReport, OldRelease};
 use iuk::squashfs::write::WriterParams;
 
 use crate::writer_args::{BcjName, CompressionName, WriterArgs, WriterDefaults};
@@ -25,29 +26,35 @@ use iuk::progress::Bars;
 #[command(after_help = "Examples:\n  \
     SOURCE_DATE_EPOCH=1700000000 iuk-build build --old Tails-6.10.iso --new Tails-6.11.iso\n  \
     iuk-build build --old old/ --new new/ --product Tails --from-version 6.10 --to-version 6.11 \\\n      \
-    --source-date-epoch 0 --out kit.iuk --json")]
+    --source-date-epoch 0 --out kit.iuk --json\n  \
+    iuk-build build --new Tails-6.11.iso --old Tails-6.9.iso --old Tails-6.10.iso --out-dir kits/")]
 pub struct BuildArgs {
-    /// The release upgraded from: an ISO image or a directory holding an extracted one
-    #[arg(long, value_name = "OLD")]
-    pub old: PathBuf,
+    /// The release upgraded from: an ISO image or a directory holding an extracted one. Repeat
+    /// it to build one kit from each (the new release is read and hashed once)
+    #[arg(long, value_name = "OLD", required = true)]
+    pub old: Vec<PathBuf>,
     /// The release upgraded to
     #[arg(long, value_name = "NEW")]
     pub new: PathBuf,
     /// Product name [default: from the new root's os-release]
     #[arg(long, value_name = "P")]
     pub product: Option<String>,
-    /// Version upgraded from [default: from the old root's os-release]
+    /// Version upgraded from [default: from the old root's os-release]; with several --old,
+    /// give it once per --old, in the same order
     #[arg(long, value_name = "A")]
-    pub from_version: Option<String>,
+    pub from_version: Vec<String>,
     /// Version upgraded to [default: from the new root's os-release]
     #[arg(long, value_name = "B")]
     pub to_version: Option<String>,
     /// Build target recorded in the kit and its default name
     #[arg(long, value_name = "T", default_value = "amd64")]
     pub build_target: String,
-    /// Kit to write [default: <P>_<T>_<A>_to_<B>.iuk in the current directory]
-    #[arg(short, long, value_name = "PATH")]
+    /// Kit to write [default: <P>_<T>_<A>_to_<B>.iuk in the current directory]; one --old only
+    #[arg(short, long, value_name = "PATH", conflicts_with = "out_dir")]
     pub out: Option<PathBuf>,
+    /// Directory to write the kits into, under their default names
+    #[arg(long, value_name = "DIR")]
+    pub out_dir: Option<PathBuf>,
     /// Name of the diff layer (live/<NAME>.squashfs) [default: <P>_<A>_to_<B>]
     #[arg(long, value_name = "NAME")]
     pub layer_name: Option<String>,
@@ -72,9 +79,32 @@ pub fn run(a: BuildArgs) -> Result<()> {
     let mut layer = WriterParams::new(w.compressor, w.block_size, w.epoch);
     layer.sort = w.sort;
     layer.jobs = jobs;
+    if a.out.is_some() && a.old.len() > 1 {
+        bail!(
+            "--out names one kit but {} --old were given: use --out-dir",
+            a.old.len()
+        );
+    }
+    if !a.from_version.is_empty() && a.from_version.len() != a.old.len() {
+        bail!(
+            "{} --from-version for {} --old: give one per --old, in the same order",
+            a.from_version.len(),
+            a.old.len()
+        );
+    }
+    let olds: Vec<OldRelease> = a
+        .old
+        .iter()
+        .enumerate()
+        .map(|(i, path)| OldRelease {
+            path: path.clone(),
+            from_version: a.from_version.get(i).cloned(),
+            out: a.out.clone(),
+        })
+        .collect();
     let opts = BuildOptions {
         product: a.product,
-        from_version: a.from_version,
+        from_version: None,
         to_version: a.to_version,
         build_target: a.build_target,
         layer_name: a.layer_name,
@@ -82,32 +112,43 @@ pub fn run(a: BuildArgs) -> Result<()> {
         sort_text: w.sort_text,
     };
     let bars = Bars::new("iuk-build");
-    let report = build(&a.old, &a.new, a.out.as_deref(), &opts, &bars);
+    let reports = build_batch(&olds, &a.new, a.out_dir.as_deref(), &opts, &bars);
     bars.finish();
-    let r = report?;
+    let reports = reports?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+        if a.old.len() == 1 && a.out_dir.is_none() {
+            println!("{}", serde_json::to_string_pretty(&reports[0])?);
+        } else {
+            println!("{}", serde_json::to_string_pretty(&reports)?);
+        }
     } else {
-        let d = &r.diff;
-        println!(
-            "{}: {} {} -> {}, layer {}: {} added, {} changed, {} metadata-only, {} removed; \
-             {} content bytes; layer {} bytes, kit {} bytes ({:.1}% of the new image), {:.2} s",
-            r.output,
-            r.product,
-            r.from_version,
-            r.to_version,
-            r.layer,
-            d.added,
-            d.changed,
-            d.metadata_only,
-            d.removed,
-            d.content_bytes,
-            r.layer_bytes,
-            r.kit_bytes,
-            100.0 * r.ratio,
-            r.seconds
-        );
-        println!("sha256 {}", r.kit_sha256);
+        for r in &reports {
+            print_summary(r);
+        }
     }
     Ok(())
+}
+
+/// The two summary lines of a kit.
+fn print_summary(r: &BuildReport) {
+    let d = &r.diff;
+    println!(
+        "{}: {} {} -> {}, layer {}: {} added, {} changed, {} metadata-only, {} removed; \
+         {} content bytes; layer {} bytes, kit {} bytes ({:.1}% of the new image), {:.2} s",
+        r.output,
+        r.product,
+        r.from_version,
+        r.to_version,
+        r.layer,
+        d.added,
+        d.changed,
+        d.metadata_only,
+        d.removed,
+        d.content_bytes,
+        r.layer_bytes,
+        r.kit_bytes,
+        100.0 * r.ratio,
+        r.seconds
+    );
+    println!("sha256 {}", r.kit_sha256);
 }

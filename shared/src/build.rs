@@ -16,6 +16,7 @@
 use std::fs::File;
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use sha2::{Digest, Sha256};
@@ -177,11 +178,46 @@ fn out_canonical(out: &Path) -> Option<PathBuf> {
 }
 
 /// Builds the kit upgrading `old` to `new` into `out` (default: [`default_kit_name`] in the
-/// current directory). Nothing is left at the output path on failure.
+/// current directory). Nothing is left at the output path on failure. The same as
+/// [`build_batch`] with one old release.
+pub fn build(
+    old_path: &Path,
+    new_path: &Path,
+    out: Option<&Path>,
+    opts: &BuildOptions,
+    progress: &dyn Progress,
+) -> Result<BuildReport, BuildError> {
+    let old = OldRelease {
+        path: old_path.to_path_buf(),
+        from_version: opts.from_version.clone(),
+        out: out.map(Path::to_path_buf),
+    };
+    let mut reports = build_batch(std::slice::from_ref(&old), new_path, None, opts, progress)?;
+    reports.pop().ok_or_else(|| refuse("no kit was built"))
+}
+
+/// One old release of a batch: the kit upgrading it to the new release is written to `out`, else
+/// under [`default_kit_name`] in the batch's output directory.
+#[derive(Clone, Debug)]
+pub struct OldRelease {
+    /// An ISO image or a directory holding an extracted one.
+    pub path: PathBuf,
+    /// Its version (default: its root's os-release); replaces `BuildOptions::from_version`.
+    pub from_version: Option<String>,
+    /// The kit's path.
+    pub out: Option<PathBuf>,
+}
+
+/// Builds one kit per old release, all to the same new release, which is read, hashed and
+/// boot-scanned once (a release pipeline builds a kit from every supported earlier version).
+/// Every kit is byte-identical to the one [`build`] makes for its pair: each is a pure function
+/// of (its old release, the new release, the parameters). Names and outputs of every kit are
+/// checked before the first one is built; kits go to `out`, else `out_dir` (default: the
+/// current directory) under [`default_kit_name`].
 ///
-/// The pipeline's steps, in order: [`names`] (product, versions, layer and output names),
-/// hashing both roots, the diff, [`write_layer`], [`verify_layer`], [`overlay_files`], and
-/// [`write_kit`].
+/// The pipeline's steps: [`names`] for every kit (product, versions, layer and output names),
+/// hashing the new root and scanning its boot tree once, then per kit: hashing the old root,
+/// the diff, [`write_layer`], [`verify_layer`], [`overlay_files`], [`write_kit`].
 ///
 /// Determinism (audited; invariant 2). What reaches the bytes: the two releases' content (root
 /// filesystems, boot files and the mtimes the release records for them — for a directory input,
@@ -191,119 +227,248 @@ fn out_canonical(out: &Path) -> Option<PathBuf> {
 /// times the report), the process id (only in temporary file names), thread count and
 /// scheduling (hashes are collected by index, boot files sorted, blocks emitted in order),
 /// readdir order (directory inputs are sorted), the user, host name, locale and time zone (ISO
-/// timestamps use the offset the ISO records), the umask (kit entries get fixed modes).
-pub fn build(
-    old_path: &Path,
+/// timestamps use the offset the ISO records), the umask (kit entries get fixed modes), and the
+/// other kits of a batch.
+pub fn build_batch(
+    olds: &[OldRelease],
     new_path: &Path,
-    out: Option<&Path>,
+    out_dir: Option<&Path>,
     opts: &BuildOptions,
     progress: &dyn Progress,
-) -> Result<BuildReport, BuildError> {
+) -> Result<Vec<BuildReport>, BuildError> {
     let start = Instant::now();
-    let inputs = [old_path, new_path];
-    if let Some(o) = out {
-        check_output(o, inputs)?;
+    if olds.is_empty() {
+        return Err(refuse("no old release given: pass --old at least once"));
     }
-    let epoch = opts.layer.mod_time;
+    let mut inputs: Vec<&Path> = olds.iter().map(|o| o.path.as_path()).collect();
+    inputs.push(new_path);
+    for out in olds.iter().filter_map(|o| o.out.as_deref()) {
+        check_output(out, &inputs)?;
+    }
 
     progress.phase("reading", 0);
-    let old = Release::open(old_path)?;
     let new = Release::open(new_path)?;
-    let old_fs = old.rootfs()?;
     let new_fs = new.rootfs()?;
-    let rootfs_err = |r: &Release, e: SqfsError| ReleaseError::Rootfs {
-        path: r.path().to_path_buf(),
-        source: e,
-    };
-    let old_tree = old_fs.read_tree().map_err(|e| rootfs_err(&old, e))?;
-    let new_tree = new_fs.read_tree().map_err(|e| rootfs_err(&new, e))?;
-    let names = names(&old, &new, &old_tree, &new_tree, out, opts, progress)?;
-    let out = names.out.as_path();
+    let new_tree = read_root(&new, &new_fs)?;
+    let mut kits = Vec::with_capacity(olds.len());
+    for o in olds {
+        let old = Release::open(&o.path)?;
+        let old_tree = read_root(&old, &old.rootfs()?)?;
+        let out = KitOutput {
+            path: o.out.as_deref(),
+            dir: out_dir,
+            inputs: &inputs,
+        };
+        let names = names(&old, &new, &old_tree, &new_tree, o, out, opts, progress)?;
+        kits.push((old, old_tree, names));
+    }
+    for (i, (_, _, a)) in kits.iter().enumerate() {
+        if let Some((_, _, b)) = kits[..i]
+            .iter()
+            .find(|(_, _, b)| same_output(&a.out, &b.out))
+        {
+            return Err(refuse(format!(
+                "{}: two kits ({} and {}) would be written to the same file",
+                a.out.display(),
+                b.from,
+                a.from
+            )));
+        }
+    }
 
-    let old_sizes = old_tree.content_bytes();
-    let total = old_sizes + new_tree.content_bytes();
-    progress.phase("hashing", total);
-    let old_root = HashedTree::new(old_tree, &|n| progress.position(n))?;
-    let new_root = HashedTree::new(new_tree, &|n| progress.position(old_sizes + n))?;
-    let old_digest = old_root.digest();
-    let new_digest = new_root.digest();
+    let new_side = NewSide::read(new, &new_fs, new_tree, kits.len(), progress)?;
+    let mut reports = Vec::with_capacity(kits.len());
+    let count = kits.len();
+    for (k, (old, old_tree, names)) in kits.into_iter().enumerate() {
+        let steps = KitSteps {
+            label: if count > 1 {
+                format!("kit {}/{count}: ", k + 1)
+            } else {
+                String::new()
+            },
+            opts,
+            progress,
+        };
+        let mut report = steps.build(&old, old_tree, &new_side, &names)?;
+        report.seconds = start.elapsed().as_secs_f64();
+        reports.push(report);
+    }
+    Ok(reports)
+}
 
-    progress.phase("diffing", 0);
-    let (layer_tree, stats) = diff::diff(old_root.hashed(), new_root.hashed(), epoch)?;
-
-    // The layer goes to a temporary file beside the output, removed whatever happens.
-    let layer_tmp = TempFile(layer_temp_path(out));
-    progress.phase("compressing", stats.content_bytes);
-    write_layer(&layer_tree, &opts.layer, &layer_tmp.0, progress)?;
-    progress.phase("verifying", stats.content_bytes);
-    verify_layer(&old_root, &layer_tmp.0, &new_digest, inputs, progress)?;
-
-    progress.phase("boot files", 0);
-    let Overlay {
-        files: overlay,
-        new_boot,
-        layer_bytes,
-    } = overlay_files(&old, &new, &layer_tmp.0, &names.layer_path, progress)?;
-    let delete_files = boot::delete_files(&old, &new);
-    let control = Control {
-        delete_files: delete_files.clone(),
-        generator: GENERATOR.to_string(),
-        writer_format: WRITER_FORMAT_VERSION,
-        product: names.product.clone(),
-        build_target: opts.build_target.clone(),
-        from_version: names.from.clone(),
-        to_version: names.to.clone(),
-        layer: names.layer.clone(),
-        layer_params: LayerParams::from_writer(&opts.layer, opts.sort_text.clone()),
-        old_iso_sha256: hex_opt(old.iso_sha256()?),
-        new_iso_sha256: hex_opt(new.iso_sha256()?),
-        old_tree_digest: hex(&old_digest),
-        new_tree_digest: hex(&new_digest),
-        overlay: overlay.iter().map(|(_, e)| e.clone()).collect(),
-        boot_tree: new_boot.files.iter().map(BootFile::entry).collect(),
-    };
-    let files: Vec<OverlayFile> = overlay.into_iter().map(|(f, _)| f).collect();
-    let kit_sha = write_kit(
-        out,
-        &control,
-        &files,
-        opts.layer.jobs,
-        &names.layer_path,
-        progress,
-    )?;
-
-    let kit_bytes = std::fs::metadata(out).map(|m| m.len()).unwrap_or(0);
-    let new_image_bytes = if new.is_iso() {
-        std::fs::metadata(new_path).map(|m| m.len()).unwrap_or(0)
-    } else {
-        new_fs.superblock().bytes_used
-    };
-    Ok(BuildReport {
-        output: out.display().to_string(),
-        kit_sha256: hex(&kit_sha),
-        product: names.product,
-        from_version: names.from,
-        to_version: names.to,
-        layer: names.layer,
-        diff: stats,
-        layer_bytes,
-        kit_bytes,
-        new_image_bytes,
-        ratio: if new_image_bytes > 0 {
-            kit_bytes as f64 / new_image_bytes as f64
-        } else {
-            0.0
-        },
-        overlay_files: files.len(),
-        delete_files: delete_files.len(),
-        old_tree_digest: hex(&old_digest),
-        new_tree_digest: hex(&new_digest),
-        seconds: start.elapsed().as_secs_f64(),
+/// Reads a release's root filesystem tree.
+fn read_root(release: &Release, fs: &Arc<Archive>) -> Result<Tree, BuildError> {
+    fs.read_tree().map_err(|e| {
+        BuildError::Release(ReleaseError::Rootfs {
+            path: release.path().to_path_buf(),
+            source: e,
+        })
     })
 }
 
+/// True when two output paths name the same file (compared through their directories).
+fn same_output(a: &Path, b: &Path) -> bool {
+    a == b || matches!((out_canonical(a), out_canonical(b)), (Some(x), Some(y)) if x == y)
+}
+
+/// The new release as every kit of a batch needs it, read and hashed once.
+struct NewSide {
+    /// The release.
+    release: Release,
+    /// Its root with every file's sha256.
+    root: HashedTree,
+    /// The root's tree digest.
+    digest: [u8; 32],
+    /// Its boot tree (checked bootable).
+    boot: boot::BootTree,
+    /// sha256 of the ISO file (`None` for a directory), in hex.
+    iso_sha256: Option<String>,
+    /// Size of the new release (the ISO file, or the root filesystem image for a directory).
+    image_bytes: u64,
+}
+
+impl NewSide {
+    /// Hashes the new root and its boot tree; refuses a boot tree that cannot boot.
+    fn read(
+        release: Release,
+        fs: &Archive,
+        tree: Tree,
+        kits: usize,
+        progress: &dyn Progress,
+    ) -> Result<NewSide, BuildError> {
+        let label = if kits > 1 { "hashing new" } else { "hashing" };
+        progress.phase(label, tree.content_bytes());
+        let root = HashedTree::new(tree, &|n| progress.position(n))?;
+        let digest = root.digest();
+        progress.phase("boot files", 0);
+        let boot = boot::boot_tree(&release)?;
+        boot.check_bootable(&release.path().display().to_string())?;
+        for s in &boot.skipped_symlinks {
+            progress.warn(&format!(
+                "{}: symlink {s} left out of the boot tree (FAT has no symlinks)",
+                release.path().display()
+            ));
+        }
+        let iso_sha256 = hex_opt(release.iso_sha256()?);
+        let image_bytes = if release.is_iso() {
+            std::fs::metadata(release.path())
+                .map(|m| m.len())
+                .unwrap_or(0)
+        } else {
+            fs.superblock().bytes_used
+        };
+        Ok(NewSide {
+            release,
+            root,
+            digest,
+            boot,
+            iso_sha256,
+            image_bytes,
+        })
+    }
+}
+
+/// The per-kit steps of a batch, with the progress label of the kit (`kit 2/3: `).
+struct KitSteps<'a> {
+    label: String,
+    opts: &'a BuildOptions,
+    progress: &'a dyn Progress,
+}
+
+impl KitSteps<'_> {
+    /// Starts a progress phase of this kit.
+    fn phase(&self, name: &str, total: u64) {
+        self.progress.phase(&format!("{}{name}", self.label), total);
+    }
+
+    /// Builds the kit upgrading `old` to the new release (steps 2–6).
+    fn build(
+        &self,
+        old: &Release,
+        old_tree: Tree,
+        new: &NewSide,
+        names: &Names,
+    ) -> Result<BuildReport, BuildError> {
+        let (opts, progress) = (self.opts, self.progress);
+        let epoch = opts.layer.mod_time;
+        let out = names.out.as_path();
+        self.phase("hashing old", old_tree.content_bytes());
+        let old_root = HashedTree::new(old_tree, &|n| progress.position(n))?;
+        let old_digest = old_root.digest();
+
+        self.phase("diffing", 0);
+        let (layer_tree, stats) = diff::diff(old_root.hashed(), new.root.hashed(), epoch)?;
+
+        // The layer goes to a temporary file beside the output, removed whatever happens.
+        let layer_tmp = TempFile(layer_temp_path(out));
+        self.phase("compressing", stats.content_bytes);
+        write_layer(&layer_tree, &opts.layer, &layer_tmp.0, progress)?;
+        self.phase("verifying", stats.content_bytes);
+        let inputs = [old.path(), new.release.path()];
+        verify_layer(&old_root, &layer_tmp.0, &new.digest, inputs, progress)?;
+
+        self.phase("boot files", 0);
+        let old_boot = boot::boot_tree(old)?;
+        let Overlay { files, layer_bytes } =
+            overlay_files(&old_boot, &new.boot, &layer_tmp.0, &names.layer_path)?;
+        let delete_files = boot::delete_files(old, &new.release);
+        let control = Control {
+            delete_files: delete_files.clone(),
+            generator: GENERATOR.to_string(),
+            writer_format: WRITER_FORMAT_VERSION,
+            product: names.product.clone(),
+            build_target: opts.build_target.clone(),
+            from_version: names.from.clone(),
+            to_version: names.to.clone(),
+            layer: names.layer.clone(),
+            layer_params: LayerParams::from_writer(&opts.layer, opts.sort_text.clone()),
+            old_iso_sha256: hex_opt(old.iso_sha256()?),
+            new_iso_sha256: new.iso_sha256.clone(),
+            old_tree_digest: hex(&old_digest),
+            new_tree_digest: hex(&new.digest),
+            overlay: files.iter().map(|(_, e)| e.clone()).collect(),
+            boot_tree: new.boot.files.iter().map(BootFile::entry).collect(),
+        };
+        let files: Vec<OverlayFile> = files.into_iter().map(|(f, _)| f).collect();
+        let kit_total: u64 = files.iter().map(|f| f.content.size).sum();
+        self.phase("writing kit", kit_total);
+        let kit_sha = write_kit(
+            out,
+            &control,
+            &files,
+            opts.layer.jobs,
+            &names.layer_path,
+            progress,
+        )?;
+
+        let kit_bytes = std::fs::metadata(out).map(|m| m.len()).unwrap_or(0);
+        Ok(BuildReport {
+            output: out.display().to_string(),
+            kit_sha256: hex(&kit_sha),
+            product: names.product.clone(),
+            from_version: names.from.clone(),
+            to_version: names.to.clone(),
+            layer: names.layer.clone(),
+            diff: stats,
+            layer_bytes,
+            kit_bytes,
+            new_image_bytes: new.image_bytes,
+            ratio: if new.image_bytes > 0 {
+                kit_bytes as f64 / new.image_bytes as f64
+            } else {
+                0.0
+            },
+            overlay_files: files.len(),
+            delete_files: delete_files.len(),
+            old_tree_digest: hex(&old_digest),
+            new_tree_digest: hex(&new.digest),
+            seconds: 0.0,
+        })
+    }
+}
+
 /// Refuses an output path that is one of the inputs or whose directory does not exist.
-fn check_output(out: &Path, inputs: [&Path; 2]) -> Result<(), BuildError> {
+fn check_output(out: &Path, inputs: &[&Path]) -> Result<(), BuildError> {
     for input in inputs {
         if same_file(input, out) {
             return Err(refuse(format!(
@@ -338,14 +503,25 @@ struct Names {
     out: PathBuf,
 }
 
+/// Where a kit goes: its own path, else its default name in `dir` (default: the current
+/// directory); never over one of `inputs`.
+#[derive(Clone, Copy)]
+struct KitOutput<'a> {
+    path: Option<&'a Path>,
+    dir: Option<&'a Path>,
+    inputs: &'a [&'a Path],
+}
+
 /// Step 1: product and versions from the flags, else from each root's `/etc/os-release`; the
 /// to-version newer in Debian order; safe build target and layer name; the output path checked.
+#[allow(clippy::too_many_arguments)]
 fn names(
     old: &Release,
     new: &Release,
     old_tree: &Tree,
     new_tree: &Tree,
-    out: Option<&Path>,
+    old_input: &OldRelease,
+    output: KitOutput<'_>,
     opts: &BuildOptions,
     progress: &dyn Progress,
 ) -> Result<Names, BuildError> {
@@ -362,7 +538,7 @@ fn names(
     )?;
     let from = pick(
         "version",
-        opts.from_version.as_deref(),
+        old_input.from_version.as_deref(),
         old_os.version.as_deref(),
         "--from-version",
         old_path,
@@ -395,11 +571,17 @@ fn names(
             opts.build_target
         )));
     }
-    let out: PathBuf = match out {
-        Some(o) => o.to_path_buf(),
-        None => PathBuf::from(default_kit_name(&product, &opts.build_target, &from, &to)),
+    let out: PathBuf = match (output.path, output.dir) {
+        (Some(o), _) => o.to_path_buf(),
+        (None, dir) => {
+            let name = default_kit_name(&product, &opts.build_target, &from, &to);
+            match dir {
+                Some(d) => d.join(name),
+                None => PathBuf::from(name),
+            }
+        }
     };
-    check_output(&out, [old_path, new_path])?;
+    check_output(&out, output.inputs)?;
     let layer = match &opts.layer_name {
         Some(n) => n.clone(),
         None => format!("{product}_{from}_to_{to}"),
@@ -499,31 +681,18 @@ fn verify_layer(
 struct Overlay {
     /// The files, sorted by path, each with its control.yml entry.
     files: Vec<(OverlayFile, FileEntry)>,
-    /// The new release's boot tree (recorded whole in control.yml).
-    new_boot: boot::BootTree,
     /// Size of the diff layer image.
     layer_bytes: u64,
 }
 
 /// Step 5: the files of the kit's `overlay/`: the layer, every boot file of the new release that
-/// is new or changed, and the boot-loader directories whole. A new release whose boot tree
-/// cannot boot ([`boot::check_bootable`]) is refused here.
+/// is new or changed, and the boot-loader directories whole.
 fn overlay_files(
-    old: &Release,
-    new: &Release,
+    old_boot: &boot::BootTree,
+    new_boot: &boot::BootTree,
     layer_tmp: &Path,
     layer_path: &str,
-    progress: &dyn Progress,
 ) -> Result<Overlay, BuildError> {
-    let old_boot = boot::boot_tree(old)?;
-    let new_boot = boot::boot_tree(new)?;
-    new_boot.check_bootable(&new.path().display().to_string())?;
-    for s in &new_boot.skipped_symlinks {
-        progress.warn(&format!(
-            "{}: symlink {s} left out of the boot tree (FAT has no symlinks)",
-            new.path().display()
-        ));
-    }
     let io = |e: std::io::Error| OutputError::Io {
         path: layer_tmp.to_path_buf(),
         source: e,
@@ -561,7 +730,6 @@ fn overlay_files(
     overlay.sort_by(|a, b| a.0.path.cmp(&b.0.path));
     Ok(Overlay {
         files: overlay,
-        new_boot,
         layer_bytes: layer_content.size,
     })
 }
@@ -578,8 +746,6 @@ fn write_kit(
 ) -> Result<[u8; 32], BuildError> {
     let kit_tree = kit::container_tree(control, files)?;
     let params = kit::container_params(control.layer_params.source_date_epoch, jobs, layer_path);
-    let kit_total: u64 = files.iter().map(|f| f.content.size).sum();
-    progress.phase("writing kit", kit_total);
     write_new_file(out, |f| -> Result<[u8; 32], BuildError> {
         let io = |e: std::io::Error| OutputError::Io {
             path: out.to_path_buf(),
