@@ -195,21 +195,39 @@ impl IsoEntry {
         }
     }
 
-    /// Appends a data extent, merging it with the previous one when they are adjacent.
-    fn add_extent(&mut self, start: u64, len: u64) {
+    /// Appends a data extent, merging it with the previous one when they are adjacent; `None`
+    /// when the file's size or the merged extent would not fit in 64 bits.
+    fn add_extent(&mut self, start: u64, len: u64) -> Option<()> {
         if len == 0 {
-            return;
+            return Some(());
         }
         if let IsoKind::File { size } = &mut self.kind {
-            *size = size.saturating_add(len);
+            *size = size.checked_add(len)?;
         }
         if let Some(last) = self.extents.last_mut() {
             if last.0.checked_add(last.1) == Some(start) {
-                last.1 = last.1.saturating_add(len);
-                return;
+                last.1 = last.1.checked_add(len)?;
+                return Some(());
             }
         }
         self.extents.push((start, len));
+        Some(())
+    }
+
+    /// Fails, naming the image `path`, if a data extent does not lie inside its `size` bytes.
+    fn check_extents(&self, path: &Path, size: u64) -> Result<(), IsoError> {
+        for &(start, len) in &self.extents {
+            if start.checked_add(len).is_none_or(|end| end > size) {
+                return Err(IsoError::Corrupt {
+                    path: path.to_path_buf(),
+                    reason: format!(
+                        "data of {} at byte {start} (+{len}) lies beyond the image end ({size} bytes)",
+                        self.display_path()
+                    ),
+                });
+            }
+        }
+        Ok(())
     }
 }
 
@@ -321,18 +339,7 @@ impl Iso {
                 reason: format!("{} is {why}", entry.display_path()),
             });
         }
-        for &(start, len) in &entry.extents {
-            if start.checked_add(len).is_none_or(|end| end > self.size) {
-                return Err(IsoError::Corrupt {
-                    path: self.path.clone(),
-                    reason: format!(
-                        "data of {} at byte {start} (+{len}) lies beyond the image end ({} bytes)",
-                        entry.display_path(),
-                        self.size
-                    ),
-                });
-            }
-        }
+        entry.check_extents(&self.path, self.size)?;
         Ok(IsoFileReader {
             file: Arc::clone(&self.file),
             image: self.path.clone(),
@@ -378,21 +385,26 @@ pub struct IsoFileReader {
 impl Read for IsoFileReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         while let Some(&(start, len)) = self.extents.get(self.index) {
-            if self.pos >= len {
+            let Some(left) = len.checked_sub(self.pos).filter(|&left| left > 0) else {
                 self.index += 1;
                 self.pos = 0;
                 continue;
-            }
-            let want = usize::try_from(len - self.pos)
-                .unwrap_or(usize::MAX)
-                .min(buf.len());
+            };
+            let want = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
             let Some(dest) = buf.get_mut(..want) else {
                 return Ok(0);
             };
             if dest.is_empty() {
                 return Ok(0);
             }
-            let at = start + self.pos;
+            let Some(at) = start.checked_add(self.pos) else {
+                let msg = format!(
+                    "{}: a file's data at byte {start} (+{}) lies beyond any image",
+                    self.image.display(),
+                    self.pos
+                );
+                return Err(io::Error::new(io::ErrorKind::InvalidData, msg));
+            };
             let n = loop {
                 match self.file.read_at(dest, at) {
                     Ok(n) => break n,

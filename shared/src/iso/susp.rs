@@ -4,7 +4,7 @@
 
 use super::names::lossy;
 use super::time::{long_time, short_time};
-use super::volume::{le32, SECTOR};
+use super::volume::{block_offset, le32, SECTOR};
 use super::{Image, IsoError, MAX_CONTINUATIONS, MAX_NAME, MAX_PATH, MAX_TOTAL_CONTINUATIONS};
 
 /// Rock Ridge information gathered from one record's system use area and its continuations.
@@ -75,7 +75,10 @@ impl Continuations {
             }
             let parsed = {
                 let sector = self.block(image, block, parent)?;
-                match sector.get(offset..offset + len) {
+                match offset
+                    .checked_add(len)
+                    .and_then(|end| sector.get(offset..end))
+                {
                     Some(area) => susp_area(area, &mut rr),
                     None => Err("SUSP continuation area beyond its block".into()),
                 }
@@ -89,9 +92,11 @@ impl Continuations {
     /// One block of the image, cached for consecutive continuation areas in it.
     fn block(&mut self, image: &Image, lba: u32, parent: &[u8]) -> Result<&[u8], IsoError> {
         if self.cache.as_ref().is_none_or(|(cached, _)| *cached != lba) {
-            let data = image.read(u64::from(lba) * SECTOR, SECTOR, || {
-                format!("SUSP continuation area of an entry in /{}", lossy(parent))
+            let what = || format!("SUSP continuation area of an entry in /{}", lossy(parent));
+            let offset = block_offset(u64::from(lba)).ok_or_else(|| {
+                image.corrupt(format!("{} at block {lba} lies beyond any image", what()))
             })?;
+            let data = image.read(offset, SECTOR, what)?;
             self.cache = Some((lba, data));
         }
         Ok(self.cache.as_ref().map_or(&[], |(_, data)| data.as_slice()))
@@ -102,12 +107,12 @@ impl Continuations {
 fn susp_area(area: &[u8], rr: &mut RockRidge) -> Result<Option<Continuation>, String> {
     let mut next = None;
     let mut pos = 0;
-    while let Some(&[s0, s1, len, _version]) = area.get(pos..pos + 4) {
+    while let Some(&[s0, s1, len, _version]) = area.get(pos..).and_then(|rest| rest.get(..4)) {
         let len = usize::from(len);
         if len < 4 {
             break;
         }
-        let Some(body) = area.get(pos + 4..pos + len) else {
+        let Some(body) = area.get(pos..).and_then(|rest| rest.get(4..len)) else {
             break;
         };
         match &[s0, s1] {
@@ -165,12 +170,17 @@ fn continuation(body: &[u8]) -> Result<Option<Continuation>, String> {
     else {
         return Err("truncated SUSP CE entry".into());
     };
-    if u64::from(offset) + u64::from(len) > SECTOR {
+    if u64::from(offset).saturating_add(u64::from(len)) > SECTOR {
         return Err(format!(
             "SUSP continuation area at block {block} offset {offset} (+{len}) crosses its block"
         ));
     }
-    Ok((len > 0).then_some((block, offset as usize, len as usize)))
+    let (Ok(offset), Ok(len)) = (usize::try_from(offset), usize::try_from(len)) else {
+        return Err(format!(
+            "SUSP continuation area at block {block} offset {offset} (+{len}) is too large"
+        ));
+    };
+    Ok((len > 0).then_some((block, offset, len)))
 }
 
 /// Appends the components of one `SL` entry to the link target in `rr`.

@@ -62,18 +62,22 @@ impl Record<'_> {
         })
     }
 
-    /// The data's byte offset and length in the image.
-    pub(super) fn extent(&self) -> Extent {
-        (
-            (u64::from(self.lba) + u64::from(self.xar)) * SECTOR,
-            u64::from(self.len),
-        )
+    /// The data's byte offset and length in the image; `None` when the offset does not fit in
+    /// 64 bits (the caller reports the record as corrupt).
+    pub(super) fn extent(&self) -> Option<Extent> {
+        let block = u64::from(self.lba).checked_add(u64::from(self.xar))?;
+        Some((block_offset(block)?, u64::from(self.len)))
     }
 
     /// Whether this is the `.` or `..` record.
     pub(super) fn is_dot(&self) -> bool {
         matches!(self.ident, [0] | [1])
     }
+}
+
+/// Byte offset of a logical block; `None` when it does not fit in 64 bits.
+pub(super) fn block_offset(block: u64) -> Option<u64> {
+    block.checked_mul(SECTOR)
 }
 
 /// Little-endian u32 at `at` (the first half of an ECMA-119 both-endian field).
@@ -171,7 +175,7 @@ fn descriptor_root(image: &Image, vd: &[u8], offset: u64) -> Result<Extent, IsoE
     }
     vd.get(156..190)
         .and_then(Record::parse)
-        .map(|r| r.extent())
+        .and_then(|r| r.extent())
         .ok_or_else(|| {
             image.corrupt(format!(
                 "malformed root directory record in the volume descriptor at byte {offset}"

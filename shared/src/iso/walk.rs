@@ -6,7 +6,9 @@ use std::collections::HashSet;
 use super::names::{check_name, iso_name, joliet_name, lossy};
 use super::susp::{Continuations, RockRidge};
 use super::time::short_time;
-use super::volume::{Extent, Record, FLAG_ASSOCIATED, FLAG_DIRECTORY, FLAG_MULTI_EXTENT, SECTOR};
+use super::volume::{
+    block_offset, Extent, Record, FLAG_ASSOCIATED, FLAG_DIRECTORY, FLAG_MULTI_EXTENT, SECTOR,
+};
 use super::{
     Image, IsoEntry, IsoError, IsoKind, Namespace, DIR_CHUNK, MAX_DEPTH, MAX_DIR_BYTES,
     MAX_ENTRIES, MAX_NAME_BYTES, MAX_PATH,
@@ -118,18 +120,7 @@ impl<'a> Walker<'a> {
                 )));
             }
             self.count_name_bytes(entry.path.len())?;
-            for &(start, len) in &entry.extents {
-                if start
-                    .checked_add(len)
-                    .is_none_or(|end| end > self.image.size)
-                {
-                    return Err(self.image.corrupt(format!(
-                        "data of {} at byte {start} (+{len}) lies beyond the image end ({} bytes)",
-                        entry.display_path(),
-                        self.image.size
-                    )));
-                }
-            }
+            entry.check_extents(self.image.path, self.image.size)?;
             let sub = dir.map(|d| (d, entry.path.clone()));
             self.entries.push(entry);
             if let Some((d, path)) = sub {
@@ -141,20 +132,27 @@ impl<'a> Walker<'a> {
 
     /// Parses the records of one directory extent into its children (unsorted).
     fn read_dir(&mut self, (start, len): Extent, parent: &[u8]) -> Result<Vec<Child>, IsoError> {
-        self.dir_bytes = self.dir_bytes.saturating_add(len);
-        if self.dir_bytes > MAX_DIR_BYTES {
-            return Err(self
-                .image
-                .corrupt(format!("directories exceed {MAX_DIR_BYTES} bytes")));
-        }
+        self.dir_bytes = self
+            .dir_bytes
+            .checked_add(len)
+            .filter(|&bytes| bytes <= MAX_DIR_BYTES)
+            .ok_or_else(|| {
+                self.image
+                    .corrupt(format!("directories exceed {MAX_DIR_BYTES} bytes"))
+            })?;
+        let what = || format!("directory /{}", lossy(parent));
         let mut children = Vec::new();
         let mut pending: Option<(Vec<u8>, Child)> = None;
         let mut off = 0;
         while off < len {
             let n = (len - off).min(DIR_CHUNK);
-            let chunk = self
-                .image
-                .read(start + off, n, || format!("directory /{}", lossy(parent)))?;
+            let at = start.checked_add(off).ok_or_else(|| {
+                self.image.corrupt(format!(
+                    "{} at byte {start} (+{len}) lies beyond any image",
+                    what()
+                ))
+            })?;
+            let chunk = self.image.read(at, n, what)?;
             for (i, sector) in chunk.chunks(SECTOR as usize).enumerate() {
                 let mut pos = 0;
                 while let Some(&l) = sector.get(pos) {
@@ -164,7 +162,8 @@ impl<'a> Walker<'a> {
                     let l = usize::from(l);
                     let rec = sector.get(pos..pos + l).and_then(Record::parse);
                     let Some(rec) = rec else {
-                        let at = start + off + i as u64 * SECTOR + pos as u64;
+                        // Inside the chunk just read, so below the image size.
+                        let at = at.saturating_add(i as u64 * SECTOR + pos as u64);
                         return Err(self.image.corrupt(format!(
                             "malformed directory record at byte {at} in directory /{}",
                             lossy(parent)
@@ -206,11 +205,7 @@ impl<'a> Walker<'a> {
                     lossy(parent)
                 )));
             }
-            let (s, l) = rec.extent();
-            child.entry.add_extent(s, l);
-            if rec.interleaved {
-                child.entry.unsupported = Some("an interleaved file");
-            }
+            self.add_data(&mut child.entry, rec, parent)?;
             if last {
                 if let Some((_, child)) = pending.take() {
                     children.push(child);
@@ -301,7 +296,7 @@ impl<'a> Walker<'a> {
                 ));
             }
             entry.kind = IsoKind::Dir;
-            dir = Some(rec.extent());
+            dir = Some(self.extent(rec, parent)?);
         } else {
             match (file_type, rr.target.take()) {
                 (Some(S_IFLNK) | None, Some(target)) => entry.kind = IsoKind::Symlink(target),
@@ -316,11 +311,7 @@ impl<'a> Walker<'a> {
                     ))
                 }
                 (Some(S_IFREG) | None, None) | (Some(S_IFREG), Some(_)) => {
-                    let (s, l) = rec.extent();
-                    entry.add_extent(s, l);
-                    if rec.interleaved {
-                        entry.unsupported = Some("an interleaved file");
-                    }
+                    self.add_data(&mut entry, rec, parent)?;
                     if rr.zisofs {
                         entry.unsupported = Some("zisofs-compressed");
                     }
@@ -332,17 +323,49 @@ impl<'a> Walker<'a> {
             IsoKind::Symlink(t) => t.len(),
             _ => 0,
         };
-        self.count_name_bytes(entry.path.len() + target)?;
+        self.count_name_bytes(entry.path.len())?;
+        self.count_name_bytes(target)?;
         Ok(Some(Child { entry, dir }))
     }
 
     /// Adds to the name, path and target bytes held, failing beyond [`MAX_NAME_BYTES`].
     fn count_name_bytes(&mut self, n: usize) -> Result<(), IsoError> {
-        self.name_bytes = self.name_bytes.saturating_add(n);
-        if self.name_bytes > MAX_NAME_BYTES {
+        self.name_bytes = self
+            .name_bytes
+            .checked_add(n)
+            .filter(|&bytes| bytes <= MAX_NAME_BYTES)
+            .ok_or_else(|| {
+                self.image.corrupt(format!(
+                    "names, paths and link targets exceed {MAX_NAME_BYTES} bytes"
+                ))
+            })?;
+        Ok(())
+    }
+
+    /// A record's extent; corrupt when its offset does not fit in 64 bits.
+    fn extent(&self, rec: &Record, parent: &[u8]) -> Result<Extent, IsoError> {
+        rec.extent().ok_or_else(|| {
+            self.image.corrupt(format!(
+                "the extent of record {:?} in directory /{} lies beyond any image",
+                lossy(rec.ident),
+                lossy(parent)
+            ))
+        })
+    }
+
+    /// Adds a record's extent to a file's data (an interleaved one cannot be read); corrupt when
+    /// the file's size would not fit in 64 bits.
+    fn add_data(&self, entry: &mut IsoEntry, rec: &Record, parent: &[u8]) -> Result<(), IsoError> {
+        let (start, len) = self.extent(rec, parent)?;
+        if entry.add_extent(start, len).is_none() {
             return Err(self.image.corrupt(format!(
-                "names, paths and link targets exceed {MAX_NAME_BYTES} bytes"
+                "file {} in directory /{} is larger than 2^64 bytes",
+                entry.display_path(),
+                lossy(parent)
             )));
+        }
+        if rec.interleaved {
+            entry.unsupported = Some("an interleaved file");
         }
         Ok(())
     }
@@ -355,14 +378,22 @@ impl<'a> Walker<'a> {
         name: &[u8],
     ) -> Result<(Extent, RockRidge), IsoError> {
         let what = || format!("relocated directory /{}/{}", lossy(parent), lossy(name));
-        let sector = self.image.read(u64::from(lba) * SECTOR, SECTOR, what)?;
+        let offset = block_offset(u64::from(lba)).ok_or_else(|| {
+            self.image
+                .corrupt(format!("{} at block {lba} lies beyond any image", what()))
+        })?;
+        let sector = self.image.read(offset, SECTOR, what)?;
         let dot = Record::parse(&sector)
             .filter(|r| r.ident == [0] && r.flags & FLAG_DIRECTORY != 0)
             .ok_or_else(|| self.image.corrupt(format!("{} has no . record", what())))?;
         let rr =
             self.susp
                 .rock_ridge(self.image, dot.su.get(self.skip..).unwrap_or(&[]), parent)?;
-        Ok((dot.extent(), rr))
+        let extent = dot.extent().ok_or_else(|| {
+            self.image
+                .corrupt(format!("the extent of {} lies beyond any image", what()))
+        })?;
+        Ok((extent, rr))
     }
 }
 
