@@ -90,10 +90,12 @@ const MAX_PATH: usize = 4096;
 #[derive(Debug, thiserror::Error)]
 pub enum IsoError {
     /// Opening or reading the image failed.
-    #[error("{}: {source}", .path.display())]
+    #[error("{}: {context}: {source}", .path.display())]
     Io {
         /// The image file.
         path: PathBuf,
+        /// What was being done: opening the image, or reading which structure at which byte.
+        context: String,
         /// The underlying error.
         source: io::Error,
     },
@@ -257,12 +259,18 @@ impl Iso {
     /// Opens an image listing the given namespace, or the preferred one when `force` is `None`.
     /// Opens an image listing the given namespace, or the preferred one when `force` is `None`.
     fn open_with(path: &Path, force: Option<Namespace>) -> Result<Iso, IsoError> {
-        let io_err = |source| IsoError::Io {
-            path: path.to_path_buf(),
-            source,
+        let io_err = |context: &str| {
+            let context = context.to_string();
+            move |source| IsoError::Io {
+                path: path.to_path_buf(),
+                context,
+                source,
+            }
         };
-        let file = File::open(path).map_err(io_err)?;
-        let meta = file.metadata().map_err(io_err)?;
+        let file = File::open(path).map_err(io_err("cannot open the image"))?;
+        let meta = file
+            .metadata()
+            .map_err(io_err("cannot read the image's metadata"))?;
         if !meta.is_file() {
             return Err(IsoError::NotIso {
                 path: path.to_path_buf(),
@@ -343,6 +351,7 @@ impl Iso {
         Ok(IsoFileReader {
             file: Arc::clone(&self.file),
             image: self.path.clone(),
+            entry: entry.display_path(),
             extents: entry.extents.clone(),
             index: 0,
             pos: 0,
@@ -374,6 +383,8 @@ pub struct IsoFileReader {
     file: Arc<File>,
     /// The image's path, for messages.
     image: PathBuf,
+    /// The file's path in the image, for messages.
+    entry: String,
     /// Byte ranges of the data, in file order.
     extents: Vec<(u64, u64)>,
     /// The extent being read.
@@ -399,8 +410,9 @@ impl Read for IsoFileReader {
             }
             let Some(at) = start.checked_add(self.pos) else {
                 let msg = format!(
-                    "{}: a file's data at byte {start} (+{}) lies beyond any image",
+                    "{}: the data of {} at byte {start} (+{}) lies beyond any image",
                     self.image.display(),
+                    self.entry,
                     self.pos
                 );
                 return Err(io::Error::new(io::ErrorKind::InvalidData, msg));
@@ -413,6 +425,7 @@ impl Read for IsoFileReader {
                         let kind = e.kind();
                         let wrapped = IsoError::Io {
                             path: self.image.clone(),
+                            context: format!("cannot read the data of {} at byte {at}", self.entry),
                             source: e,
                         };
                         return Err(io::Error::new(kind, wrapped));
@@ -421,8 +434,10 @@ impl Read for IsoFileReader {
             };
             if n == 0 {
                 let msg = format!(
-                    "{}: image ends before byte {at} of a file's data",
-                    self.image.display()
+                    "{}: the image ends before byte {at}, inside the data of {} (it got shorter \
+                     after it was opened)",
+                    self.image.display(),
+                    self.entry
                 );
                 return Err(io::Error::new(io::ErrorKind::UnexpectedEof, msg));
             }
@@ -468,21 +483,19 @@ impl Image<'_> {
         what: impl FnOnce() -> String,
     ) -> Result<Vec<u8>, IsoError> {
         let in_bounds = offset.checked_add(len).is_some_and(|end| end <= self.size);
-        let n = usize::try_from(len)
-            .ok()
-            .filter(|_| in_bounds)
-            .ok_or_else(|| {
-                self.corrupt(format!(
-                    "{} at byte {offset} (+{len}) lies beyond the image end ({} bytes)",
-                    what(),
-                    self.size
-                ))
-            })?;
+        let Some(n) = usize::try_from(len).ok().filter(|_| in_bounds) else {
+            return Err(self.corrupt(format!(
+                "{} at byte {offset} (+{len}) lies beyond the image end ({} bytes)",
+                what(),
+                self.size
+            )));
+        };
         let mut buf = vec![0u8; n];
         self.file
             .read_exact_at(&mut buf, offset)
             .map_err(|source| IsoError::Io {
                 path: self.path.to_path_buf(),
+                context: format!("cannot read the {} at byte {offset} (+{len})", what()),
                 source,
             })?;
         Ok(buf)
