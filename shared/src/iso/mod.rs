@@ -697,4 +697,93 @@ mod tests {
         eprintln!("byte flips: {ok} opened, {failed} errors, slowest {slowest:?}");
         assert!(ok > 0 && failed > 0);
     }
+
+    /// One seeded mutation of an image: bytes flipped or overwritten with extreme values in the
+    /// sectors holding descriptors and directory records, or the image cut short.
+    fn mutate(original: &[u8], hot: &[usize], state: &mut u64) -> (Vec<u8>, String) {
+        let mut image = original.to_vec();
+        let pick = |state: &mut u64| {
+            let r = xorshift(state);
+            if r % 8 == 0 {
+                (r >> 8) as usize % original.len()
+            } else {
+                hot[(r >> 8) as usize % hot.len()] * 2048 + (r >> 40) as usize % 2048
+            }
+        };
+        match xorshift(state) % 4 {
+            0 => {
+                let at: Vec<usize> = (0..1 + xorshift(state) % 4).map(|_| pick(state)).collect();
+                for &i in &at {
+                    image[i] ^= 1 + (xorshift(state) % 255) as u8;
+                }
+                (image, format!("bytes flipped at {at:?}"))
+            }
+            1 | 2 => {
+                // Block numbers, lengths and SUSP offsets at their extremes.
+                let at = pick(state) & !1;
+                let sectors = (original.len() / 2048) as u32;
+                let value = [u32::MAX, 0x8000_0000, 0x7FFF_FFFF, sectors, sectors - 1, 0]
+                    [(xorshift(state) % 6) as usize];
+                let end = (at + 4).min(image.len());
+                image[at..end].copy_from_slice(&value.to_le_bytes()[..end - at]);
+                (image, format!("{value:#x} written at byte {at}"))
+            }
+            _ => {
+                let cut = (xorshift(state) % original.len() as u64) as usize;
+                image.truncate(cut);
+                (image, format!("cut at byte {cut}"))
+            }
+        }
+    }
+
+    /// Seeded mutations of a committed fixture (no xorriso needed). Every mutant either reads
+    /// completely or is refused with an error naming it; nothing panics (the release profile
+    /// checks arithmetic overflow) or hangs. Both counts are asserted, so a reader that refused
+    /// everything would fail.
+    #[test]
+    fn fixture_mutations_read_or_are_refused() {
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/Tails-6.9.iso");
+        let original = fs::read(&fixture).unwrap();
+        open_and_read(&fixture).unwrap();
+        // Descriptors, and the sectors holding Rock Ridge directory records.
+        let hot: Vec<usize> = (16..original.len() / 2048)
+            .filter(|&s| {
+                let sector = &original[s * 2048..(s + 1) * 2048];
+                s < 20 || sector.windows(2).any(|w| w == b"PX" || w == b"NM")
+            })
+            .collect();
+        assert!(hot.len() > 4, "{hot:?}");
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("mutant.iso");
+        let mut state = 0x0DDB_1A5E_5BAD_5EED;
+        let (mut read, mut refused) = (0, 0);
+        for i in 0..2000 {
+            let (image, how) = mutate(&original, &hot, &mut state);
+            fs::write(&path, image).unwrap();
+            let started = Instant::now();
+            let outcome = std::panic::catch_unwind(|| {
+                for namespace in [Namespace::Joliet, Namespace::Iso9660] {
+                    if let Err(e) = Iso::open_with(&path, Some(namespace)) {
+                        assert!(e.to_string().contains("mutant.iso"), "{e}");
+                    }
+                }
+                open_and_read(&path).map(|_| ())
+            });
+            match outcome {
+                Ok(Ok(())) => read += 1,
+                Ok(Err(msg)) => {
+                    assert!(msg.contains("mutant.iso"), "mutant {i} ({how}): {msg}");
+                    refused += 1;
+                }
+                Err(_) => panic!("mutant {i} ({how}) panicked the reader"),
+            }
+            let took = started.elapsed();
+            assert!(
+                took < Duration::from_secs(2),
+                "mutant {i} ({how}) took {took:?}"
+            );
+        }
+        eprintln!("fixture mutations: {read} read, {refused} refused");
+        assert!(read > 0 && refused > 0, "{read} read, {refused} refused");
+    }
 }
