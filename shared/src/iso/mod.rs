@@ -257,7 +257,6 @@ impl Iso {
     }
 
     /// Opens an image listing the given namespace, or the preferred one when `force` is `None`.
-    /// Opens an image listing the given namespace, or the preferred one when `force` is `None`.
     fn open_with(path: &Path, force: Option<Namespace>) -> Result<Iso, IsoError> {
         let io_err = |context: &str| {
             let context = context.to_string();
@@ -284,9 +283,7 @@ impl Iso {
             size,
         };
         let (namespace, root, skip) = volume::select_root(&image, force)?;
-        let mut walker = walk::Walker::new(&image, namespace, skip);
-        walker.walk(root, &[], 0)?;
-        let entries = walker.into_entries();
+        let entries = walk::list(&image, namespace, skip, root)?;
         let mut order: Vec<u32> = (0..entries.len())
             .filter_map(|i| u32::try_from(i).ok())
             .collect();
@@ -473,6 +470,14 @@ impl Image<'_> {
             path: self.path.to_path_buf(),
             reason,
         }
+    }
+
+    /// Reads logical block `lba` after checking it lies inside the image.
+    fn read_block(&self, lba: u32, what: impl Fn() -> String) -> Result<Vec<u8>, IsoError> {
+        let offset = volume::block_offset(u64::from(lba)).ok_or_else(|| {
+            self.corrupt(format!("{} at block {lba} lies beyond any image", what()))
+        })?;
+        self.read(offset, volume::SECTOR, what)
     }
 
     /// Reads `len` bytes at `offset` after checking they lie inside the image.

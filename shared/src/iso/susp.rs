@@ -4,7 +4,7 @@
 
 use super::names::lossy;
 use super::time::{long_time, short_time};
-use super::volume::{block_offset, le32, SECTOR};
+use super::volume::{le32, SECTOR};
 use super::{Image, IsoError, MAX_CONTINUATIONS, MAX_NAME, MAX_PATH, MAX_TOTAL_CONTINUATIONS};
 
 /// Rock Ridge information gathered from one record's system use area and its continuations.
@@ -92,11 +92,9 @@ impl Continuations {
     /// One block of the image, cached for consecutive continuation areas in it.
     fn block(&mut self, image: &Image, lba: u32, parent: &[u8]) -> Result<&[u8], IsoError> {
         if self.cache.as_ref().is_none_or(|(cached, _)| *cached != lba) {
-            let what = || format!("SUSP continuation area of an entry in /{}", lossy(parent));
-            let offset = block_offset(u64::from(lba)).ok_or_else(|| {
-                image.corrupt(format!("{} at block {lba} lies beyond any image", what()))
+            let data = image.read_block(lba, || {
+                format!("SUSP continuation area of an entry in /{}", lossy(parent))
             })?;
-            let data = image.read(offset, SECTOR, what)?;
             self.cache = Some((lba, data));
         }
         Ok(self.cache.as_ref().map_or(&[], |(_, data)| data.as_slice()))

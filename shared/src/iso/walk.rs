@@ -6,9 +6,7 @@ use std::collections::HashSet;
 use super::names::{check_name, iso_name, joliet_name, lossy};
 use super::susp::{Continuations, RockRidge};
 use super::time::short_time;
-use super::volume::{
-    block_offset, Extent, Record, FLAG_ASSOCIATED, FLAG_DIRECTORY, FLAG_MULTI_EXTENT, SECTOR,
-};
+use super::volume::{Extent, Record, FLAG_ASSOCIATED, FLAG_DIRECTORY, FLAG_MULTI_EXTENT, SECTOR};
 use super::{
     Image, IsoEntry, IsoError, IsoKind, Namespace, DIR_CHUNK, MAX_DEPTH, MAX_DIR_BYTES,
     MAX_ENTRIES, MAX_NAME_BYTES, MAX_PATH,
@@ -22,13 +20,37 @@ const S_IFLNK: u32 = 0o120_000;
 
 /// One parsed child of a directory, with its name in `entry.path` until the walk joins paths.
 struct Child {
+    /// The entry, its path still the bare name.
     entry: IsoEntry,
     /// The directory extent to list, for directories.
     dir: Option<Extent>,
 }
 
+/// Lists the tree below `root` in `image`'s `namespace` (`skip`: the SUSP `SP` skip length),
+/// depth-first, children sorted by name.
+pub(super) fn list(
+    image: &Image,
+    namespace: Namespace,
+    skip: usize,
+    root: Extent,
+) -> Result<Vec<IsoEntry>, IsoError> {
+    let mut walker = Walker {
+        image,
+        namespace,
+        skip,
+        visited: HashSet::new(),
+        entries: Vec::new(),
+        name_bytes: 0,
+        listed: 0,
+        dir_bytes: 0,
+        susp: Continuations::default(),
+    };
+    walker.walk(root, &[], 0)?;
+    Ok(walker.entries)
+}
+
 /// State of one [`Iso::open`](super::Iso::open): the image and everything listed so far.
-pub(super) struct Walker<'a> {
+struct Walker<'a> {
     /// The image being listed.
     image: &'a Image<'a>,
     /// The tree being listed.
@@ -49,34 +71,9 @@ pub(super) struct Walker<'a> {
     susp: Continuations,
 }
 
-impl<'a> Walker<'a> {
-    /// A walker listing `namespace` of `image`; `skip` is the SUSP `SP` skip length.
-    pub(super) fn new(image: &'a Image<'a>, namespace: Namespace, skip: usize) -> Walker<'a> {
-        Walker {
-            image,
-            namespace,
-            skip,
-            visited: HashSet::new(),
-            entries: Vec::new(),
-            name_bytes: 0,
-            listed: 0,
-            dir_bytes: 0,
-            susp: Continuations::default(),
-        }
-    }
-
-    /// The entries listed, depth-first, children sorted by name.
-    pub(super) fn into_entries(self) -> Vec<IsoEntry> {
-        self.entries
-    }
-
+impl Walker<'_> {
     /// Lists the directory at `dir` whose path is `parent`, and below it, into `self.entries`.
-    pub(super) fn walk(
-        &mut self,
-        dir: Extent,
-        parent: &[u8],
-        depth: usize,
-    ) -> Result<(), IsoError> {
+    fn walk(&mut self, dir: Extent, parent: &[u8], depth: usize) -> Result<(), IsoError> {
         if depth > MAX_DEPTH {
             return Err(self.image.corrupt(format!(
                 "directory /{} is nested deeper than {MAX_DEPTH} levels",
@@ -378,11 +375,7 @@ impl<'a> Walker<'a> {
         name: &[u8],
     ) -> Result<(Extent, RockRidge), IsoError> {
         let what = || format!("relocated directory /{}/{}", lossy(parent), lossy(name));
-        let offset = block_offset(u64::from(lba)).ok_or_else(|| {
-            self.image
-                .corrupt(format!("{} at block {lba} lies beyond any image", what()))
-        })?;
-        let sector = self.image.read(offset, SECTOR, what)?;
+        let sector = self.image.read_block(lba, what)?;
         let dot = Record::parse(&sector)
             .filter(|r| r.ident == [0] && r.flags & FLAG_DIRECTORY != 0)
             .ok_or_else(|| self.image.corrupt(format!("{} has no . record", what())))?;
