@@ -41,7 +41,17 @@ fn fits_run(first: &DirEntry, count: usize, e: &DirEntry) -> bool {
 }
 
 /// Writes the listing of `entries` (already sorted bytewise by name) into the directory table.
+/// Names must be 1 to 256 bytes long and the listing at most 4 GiB; errors say which limit was
+/// passed (the caller adds the directory's path).
 pub fn write_listing(table: &mut MetaWriter, entries: &[DirEntry]) -> Result<Listing> {
+    if let Some(e) = entries.iter().find(|e| !(1..=256).contains(&e.name.len())) {
+        return Err(super::SqfsError::Invalid(format!(
+            "entry {:?} has a name of {} bytes; SquashFS stores names of 1 to 256 bytes \
+             (rename or leave out the entry)",
+            String::from_utf8_lossy(&e.name),
+            e.name.len()
+        )));
+    }
     let start = table.position();
     let mut written = 0u64;
     let mut index = Vec::new();
@@ -77,8 +87,13 @@ pub fn write_listing(table: &mut MetaWriter, entries: &[DirEntry]) -> Result<Lis
         written += buf.len() as u64;
         i += n;
     }
-    let size = u32::try_from(written + 3)
-        .map_err(|_| super::SqfsError::Invalid("directory listing too large".into()))?;
+    let size = u32::try_from(written + 3).map_err(|_| {
+        super::SqfsError::Invalid(format!(
+            "directory listing of {} entries takes {written} bytes, more than the 4 GiB a \
+             directory can hold (split the directory)",
+            entries.len()
+        ))
+    })?;
     Ok(Listing { start, size, index })
 }
 
