@@ -1,10 +1,10 @@
 //! The writer's data path: file content in, data blocks and fragment blocks out, in order.
 //!
-//! The producer ([`Producer`]) reads the files in data order, hashes each one (a file whose size
+//! The producer (`Producer`) reads the files in data order, hashes each one (a file whose size
 //! and sha256 equal an earlier file's reuses that file's blocks: dedup), cuts it into
 //! [`BlockJob`]s (one per full block; all-zero blocks are sparse) and packs tails shorter than a
 //! block into fragment jobs. Jobs are compressed in parallel on a rayon pool. The emitter
-//! ([`Emitter`]) writes the results strictly in job order, whatever the scheduling, records where
+//! (`Emitter`) writes the results strictly in job order, whatever the scheduling, records where
 //! each file's blocks went ([`FileData`]) and builds the fragment table. In-flight jobs are
 //! bounded by tokens ([`pipeline_depth`]), so memory stays bounded; the emitter's first failure
 //! (a write error such as a full disk, or a failed compression) stops the producer at its next

@@ -52,6 +52,12 @@ pub fn write_listing(table: &mut MetaWriter, entries: &[DirEntry]) -> Result<Lis
             e.name.len()
         )));
     }
+    let past_4g = |what: &str| {
+        super::SqfsError::Invalid(format!(
+            "{what} passes 4 GiB, more than directory entries can address (split the tree into \
+             several images)"
+        ))
+    };
     let start = table.position();
     let mut written = 0u64;
     let mut index = Vec::new();
@@ -66,15 +72,17 @@ pub fn write_listing(table: &mut MetaWriter, entries: &[DirEntry]) -> Result<Lis
         let here = table.position();
         if here.block != last_block {
             index.push(DirIndex {
-                index: written as u32,
-                start: here.block as u32,
+                index: u32::try_from(written).map_err(|_| past_4g("the directory listing"))?,
+                start: u32::try_from(here.block).map_err(|_| past_4g("the directory table"))?,
                 name: first.name.clone(),
             });
             last_block = here.block;
         }
         let mut buf = Vec::with_capacity(12 + n * 24);
         buf.extend_from_slice(&(n as u32 - 1).to_le_bytes());
-        buf.extend_from_slice(&(first.inode_ref.block as u32).to_le_bytes());
+        let inode_block =
+            u32::try_from(first.inode_ref.block).map_err(|_| past_4g("the inode table"))?;
+        buf.extend_from_slice(&inode_block.to_le_bytes());
         buf.extend_from_slice(&first.number.to_le_bytes());
         for e in &entries[i..i + n] {
             buf.extend_from_slice(&e.inode_ref.offset.to_le_bytes());
@@ -185,5 +193,22 @@ mod tests {
             assert_eq!(&at[20..20 + first_name_len], &i.name[..]);
         }
         assert!(read_listing(&listing[..listing.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn bad_names_are_refused_with_the_entry_and_the_limit() {
+        for len in [0usize, 257] {
+            let e = DirEntry {
+                name: vec![b'n'; len],
+                inode_ref: MetaRef::default(),
+                number: 1,
+                kind: 2,
+            };
+            let err = write_listing(&mut MetaWriter::new(None), &[e])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(&format!("name of {len} bytes")), "{err}");
+            assert!(err.contains("1 to 256"), "{err}");
+        }
     }
 }
