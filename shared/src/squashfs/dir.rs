@@ -41,7 +41,23 @@ fn fits_run(first: &DirEntry, count: usize, e: &DirEntry) -> bool {
 }
 
 /// Writes the listing of `entries` (already sorted bytewise by name) into the directory table.
+/// Names must be 1 to 256 bytes long and the listing at most 4 GiB; errors say which limit was
+/// passed (the caller adds the directory's path).
 pub fn write_listing(table: &mut MetaWriter, entries: &[DirEntry]) -> Result<Listing> {
+    if let Some(e) = entries.iter().find(|e| !(1..=256).contains(&e.name.len())) {
+        return Err(super::SqfsError::Invalid(format!(
+            "entry {:?} has a name of {} bytes; SquashFS stores names of 1 to 256 bytes \
+             (rename or leave out the entry)",
+            String::from_utf8_lossy(&e.name),
+            e.name.len()
+        )));
+    }
+    let past_4g = |what: &str| {
+        super::SqfsError::Invalid(format!(
+            "{what} passes 4 GiB, more than directory entries can address (split the tree into \
+             several images)"
+        ))
+    };
     let start = table.position();
     let mut written = 0u64;
     let mut index = Vec::new();
@@ -56,15 +72,17 @@ pub fn write_listing(table: &mut MetaWriter, entries: &[DirEntry]) -> Result<Lis
         let here = table.position();
         if here.block != last_block {
             index.push(DirIndex {
-                index: written as u32,
-                start: here.block as u32,
+                index: u32::try_from(written).map_err(|_| past_4g("the directory listing"))?,
+                start: u32::try_from(here.block).map_err(|_| past_4g("the directory table"))?,
                 name: first.name.clone(),
             });
             last_block = here.block;
         }
         let mut buf = Vec::with_capacity(12 + n * 24);
         buf.extend_from_slice(&(n as u32 - 1).to_le_bytes());
-        buf.extend_from_slice(&(first.inode_ref.block as u32).to_le_bytes());
+        let inode_block =
+            u32::try_from(first.inode_ref.block).map_err(|_| past_4g("the inode table"))?;
+        buf.extend_from_slice(&inode_block.to_le_bytes());
         buf.extend_from_slice(&first.number.to_le_bytes());
         for e in &entries[i..i + n] {
             buf.extend_from_slice(&e.inode_ref.offset.to_le_bytes());
@@ -77,8 +95,13 @@ pub fn write_listing(table: &mut MetaWriter, entries: &[DirEntry]) -> Result<Lis
         written += buf.len() as u64;
         i += n;
     }
-    let size = u32::try_from(written + 3)
-        .map_err(|_| super::SqfsError::Invalid("directory listing too large".into()))?;
+    let size = u32::try_from(written + 3).map_err(|_| {
+        super::SqfsError::Invalid(format!(
+            "directory listing of {} entries takes {written} bytes, more than the 4 GiB a \
+             directory can hold (split the directory)",
+            entries.len()
+        ))
+    })?;
     Ok(Listing { start, size, index })
 }
 
@@ -170,5 +193,22 @@ mod tests {
             assert_eq!(&at[20..20 + first_name_len], &i.name[..]);
         }
         assert!(read_listing(&listing[..listing.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn bad_names_are_refused_with_the_entry_and_the_limit() {
+        for len in [0usize, 257] {
+            let e = DirEntry {
+                name: vec![b'n'; len],
+                inode_ref: MetaRef::default(),
+                number: 1,
+                kind: 2,
+            };
+            let err = write_listing(&mut MetaWriter::new(None), &[e])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(&format!("name of {len} bytes")), "{err}");
+            assert!(err.contains("1 to 256"), "{err}");
+        }
     }
 }

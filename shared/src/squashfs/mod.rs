@@ -3,9 +3,11 @@
 //! One module per on-disk structure, with its reader and writer side by side (as squashfs-tools-ng's
 //! libsquashfs): [`superblock`], [`meta`] (8 KiB metadata blocks and references), [`inode`], [`dir`],
 //! [`table`] (the fragment, id, export and xattr-id lookup tables), [`xattr`], [`compress`]. The
-//! [`write`] module lays out a whole image from a [`crate::tree::Tree`] and [`read`] opens one.
+//! [`write`] module lays out a whole image from a [`crate::tree::Tree`] (inodes and tables) with
+//! [`blocks`] as its data path, and [`read`] opens one.
 //! Every byte written is a pure function of the tree and [`write::WriterParams`] (invariant 2).
 
+pub mod blocks;
 pub mod compress;
 pub mod dir;
 pub mod inode;

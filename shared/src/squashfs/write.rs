@@ -22,30 +22,27 @@
 //!    of line): the order the kernel requires. Superblock time = the declared epoch; the image is
 //!    padded with zeros to a multiple of 4 KiB.
 
-use std::collections::{BTreeMap, HashMap};
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::sync::mpsc;
+use std::collections::HashMap;
+use std::io::{Seek, SeekFrom, Write};
 
-use sha2::{Digest, Sha256};
-
+use super::blocks::{self, BlockParams, FileData};
 use super::compress::Compressor;
 use super::dir::{self, DirEntry};
-use super::inode::{self, DiskInode, InodeBody, InodeHeader, BLOCK_UNCOMPRESSED};
+use super::inode::{self, DiskInode, InodeBody, InodeHeader};
 use super::meta::{MetaRef, MetaWriter};
 use super::sortfile::SortFile;
 use super::superblock::{self, flags, Superblock};
 use super::table::{self, FragmentEntry};
 use super::xattr::XattrWriter;
 use super::{Result, SqfsError, INVALID_U32, INVALID_U64, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE};
-use crate::tree::{Content, InodeId, InodeKind, NodeId, Tree};
+use crate::tree::{InodeId, InodeKind, NodeId, Tree};
+
+/// How data blocks are compressed (defined with the data path).
+pub use super::blocks::DataCompression;
 
 /// The writer format version: fixes the bytes emitted for given parameters (layout rules above
 /// plus the exact vendored compressor versions and settings).
 pub const WRITER_FORMAT_VERSION: u32 = 1;
-
-/// Files up to this size are read once into memory; larger ones are hashed in a first pass and
-/// streamed in a second (bounds memory whatever the file sizes).
-const INLINE_MAX: u64 = 16 << 20;
 
 /// Everything that shapes the image bytes, plus `jobs`, which never does.
 #[derive(Clone, Debug)]
@@ -103,20 +100,6 @@ impl WriterParams {
     }
 }
 
-/// How the writer treats data blocks. Every block it compresses is kept compressed only when
-/// that makes it smaller.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DataCompression {
-    /// Compress every block.
-    All,
-    /// Store every block uncompressed.
-    None,
-    /// Compress the first block of each file; when it does not shrink, store the whole file
-    /// uncompressed without trying the rest (kit containers: most boot files are compressed
-    /// already, configuration and boot-loader files are not).
-    Probe,
-}
-
 /// Figures about a written image.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct WriteReport {
@@ -139,54 +122,6 @@ pub struct WriteReport {
 /// Called with the number of content bytes read so far; must be cheap.
 pub type Progress<'a> = &'a (dyn Fn(u64) + Sync);
 
-/// Where one file's data ended up.
-#[derive(Clone, Debug, Default)]
-struct FileData {
-    blocks_start: u64,
-    block_sizes: Vec<u32>,
-    sparse: u64,
-    frag: Option<(u32, u32)>,
-}
-
-enum Target {
-    Block { file: usize, first: bool },
-    Fragment { index: u32 },
-}
-
-enum Payload {
-    /// An all-zero block of this many bytes: not stored.
-    Sparse(u64),
-    /// A block to compress.
-    Data(Vec<u8>),
-    /// A block to store as it is.
-    Stored(Vec<u8>),
-    /// A block already compressed (by a probe).
-    Packed(Vec<u8>),
-}
-
-/// What the producer decided while reading files.
-struct Produced {
-    /// Fragment index and offset of each file's tail, by data-order position.
-    frag_of: Vec<Option<(u32, u32)>>,
-    /// (duplicate, original) data-order positions.
-    dups: Vec<(usize, usize)>,
-    /// Blocks submitted.
-    blocks: u64,
-}
-
-enum Msg {
-    Done(Done),
-    /// All blocks were submitted; this many in total.
-    End(u64),
-}
-
-struct Done {
-    seq: u64,
-    target: Target,
-    stored: Result<(Vec<u8>, bool)>,
-    sparse_len: u64,
-}
-
 /// Writes `tree` as a SquashFS image to `out` (which must be empty and positioned at 0).
 ///
 /// Determinism (audited): what reaches the bytes is the tree — names, kinds, metadata, content,
@@ -206,119 +141,228 @@ pub fn write_image<W: Write + Seek + Send>(
     params.validate()?;
     let comp = &params.compressor;
     let options = comp.options(params.block_size);
+    let start = write_head(out, options.as_deref())?;
+
+    // Data phase (rule 2).
+    let order = data_order(tree, &params.sort);
+    let block_params = BlockParams {
+        compressor: comp,
+        block_size: params.block_size,
+        fragments: params.fragments,
+        data: params.data,
+        stored_paths: &params.stored_paths,
+        jobs: params.jobs,
+    };
+    let data = blocks::write_data(tree, &order, &block_params, out, start, progress)?;
+    let mut file_data: HashMap<InodeId, &FileData> = HashMap::with_capacity(order.len());
+    for (i, (id, _)) in order.iter().enumerate() {
+        file_data.insert(*id, &data.files[i]);
+    }
+
+    // Metadata phase (rules 3 to 5).
+    let (meta, xattrs) = inode_tables(tree, comp, &file_data)?;
+    let (mut tail, starts) = tables(data.end, &meta, xattrs, &data.fragments, params)?;
+    let padded = starts.bytes_used.div_ceil(4096) * 4096;
+    tail.resize(tail.len() + (padded - starts.bytes_used) as usize, 0);
+    out.write_all(&tail)
+        .map_err(|e| SqfsError::io(write_context("the tables"), e))?;
+    let sb = superblock(params, options.is_some(), &meta, &data.fragments, starts)?;
+    finish(out, &sb, padded)?;
+    Ok(WriteReport {
+        inodes: meta.count,
+        files: order.len() as u64,
+        bytes_in: data.bytes_in,
+        bytes_out: padded,
+        duplicates: data.duplicates,
+        data_blocks: data.data_blocks,
+        fragment_blocks: data.fragments.len() as u64,
+    })
+}
+
+/// What a failed write of the image was writing, with the next step.
+fn write_context(what: &str) -> String {
+    format!("writing {what} of the image (check that the output has room and is writable)")
+}
+
+/// Writes the superblock's placeholder and the compressor options (rule 1); returns the offset
+/// where the data starts.
+fn write_head<W: Write>(out: &mut W, options: Option<&[u8]>) -> Result<u64> {
     let mut pos: u64 = superblock::SIZE as u64;
     let mut head = vec![0u8; superblock::SIZE];
-    if let Some(o) = &options {
+    if let Some(o) = options {
         head.extend_from_slice(&(o.len() as u16 | super::meta::UNCOMPRESSED).to_le_bytes());
         head.extend_from_slice(o);
         pos += 2 + o.len() as u64;
     }
     out.write_all(&head)
-        .map_err(|e| SqfsError::io("writing image", e))?;
+        .map_err(|e| SqfsError::io(write_context("the superblock"), e))?;
+    Ok(pos)
+}
 
-    // Data phase.
-    let ordered = data_order(tree, &params.sort);
-    let order: Vec<InodeId> = ordered.iter().map(|(i, _)| *i).collect();
-    let first_node: Vec<NodeId> = ordered.iter().map(|(_, n)| *n).collect();
-    let mut report = WriteReport {
-        files: order.len() as u64,
-        ..WriteReport::default()
-    };
-    let (files, frags, data_end) = write_data(
-        tree,
-        &order,
-        &first_node,
-        params,
-        out,
-        pos,
-        progress,
-        &mut report,
-    )?;
-    pos = data_end;
-    let mut file_data: HashMap<InodeId, &FileData> = HashMap::with_capacity(order.len());
-    for (i, id) in order.iter().enumerate() {
-        file_data.insert(*id, &files[i]);
-    }
+/// Writes the final superblock at offset 0 and leaves `out` positioned at the image's end.
+fn finish<W: Write + Seek>(out: &mut W, sb: &Superblock, padded: u64) -> Result<()> {
+    let err = |e| SqfsError::io(write_context("the superblock"), e);
+    out.seek(SeekFrom::Start(0)).map_err(err)?;
+    out.write_all(&sb.encode()).map_err(err)?;
+    out.seek(SeekFrom::Start(padded)).map_err(err)?;
+    out.flush().map_err(err)
+}
 
-    // Metadata phase.
+/// The inode and directory tables (rules 3 and 4) and what they gathered for the tables after
+/// them (the xattr tables are returned beside them, to be finished in place).
+struct InodeTables {
+    /// The inode table's bytes.
+    inodes: Vec<u8>,
+    /// The directory table's bytes.
+    dirs: Vec<u8>,
+    /// Distinct uids and gids in first-use order.
+    ids: Vec<u32>,
+    /// The export table's entries: each inode's reference, by inode number.
+    export: Vec<u8>,
+    /// Reference of the root directory's inode.
+    root_ref: MetaRef,
+    /// Number of inodes.
+    count: u32,
+}
+
+/// Writes every inode in post-order (rule 3), each directory's listing just before it (rule 4).
+fn inode_tables(
+    tree: &Tree,
+    comp: &Compressor,
+    file_data: &HashMap<InodeId, &FileData>,
+) -> Result<(InodeTables, XattrWriter)> {
     let meta_comp = Some(comp.clone());
     let post = post_order(tree);
-    let count =
-        u32::try_from(post.len()).map_err(|_| SqfsError::Invalid("too many inodes".into()))?;
+    // Inode numbers run from 1 to count and the root's parent is count + 1: all must fit a u32.
+    let count = u32::try_from(post.len())
+        .ok()
+        .filter(|c| *c < u32::MAX)
+        .ok_or_else(|| {
+            SqfsError::Invalid(format!(
+                "{} inodes: SquashFS numbers inodes with 32 bits, at most {} per image \
+                 (split the tree into several images)",
+                post.len(),
+                u32::MAX - 1
+            ))
+        })?;
     let mut number: HashMap<InodeId, u32> = HashMap::with_capacity(post.len());
     for (i, (id, _)) in post.iter().enumerate() {
         number.insert(*id, i as u32 + 1);
     }
-    let links = tree.link_counts();
-    let mut inodes = MetaWriter::new(meta_comp.clone());
-    let mut dirs = MetaWriter::new(meta_comp.clone());
-    let mut xattrs = XattrWriter::new(meta_comp.clone());
-    let mut ids: Vec<u32> = Vec::new();
-    let mut id_index: HashMap<u32, u16> = HashMap::new();
-    let mut refs: HashMap<InodeId, MetaRef> = HashMap::with_capacity(post.len());
-    let mut export: Vec<u8> = Vec::with_capacity(post.len() * 8);
-    let mut id_of = |v: u32| -> Result<u16> {
-        if let Some(i) = id_index.get(&v) {
-            return Ok(*i);
-        }
-        let i = u16::try_from(ids.len())
-            .map_err(|_| SqfsError::Invalid("more than 65536 distinct uids/gids".into()))?;
-        ids.push(v);
-        id_index.insert(v, i);
-        Ok(i)
+    let mut w = InodeWriter {
+        tree,
+        file_data,
+        number,
+        links: tree.link_counts(),
+        count,
+        inodes: MetaWriter::new(meta_comp.clone()),
+        dirs: MetaWriter::new(meta_comp.clone()),
+        xattrs: XattrWriter::new(meta_comp),
+        ids: Vec::new(),
+        id_index: HashMap::new(),
+        refs: HashMap::with_capacity(post.len()),
+        export: Vec::with_capacity(post.len() * 8),
     };
     for (id, node) in &post {
-        let ino = tree.inode(*id);
-        let meta = &ino.meta;
-        let path = || String::from_utf8_lossy(&tree.path(*node)).into_owned();
-        let uid_idx = id_of(meta.uid)?;
-        let gid_idx = id_of(meta.gid)?;
+        w.add(*id, *node)?;
+    }
+    let root_ref = w.refs[&tree.node(tree.root()).inode];
+    let (inodes, _) = w.inodes.finish()?;
+    let (dirs, _) = w.dirs.finish()?;
+    let tables = InodeTables {
+        inodes,
+        dirs,
+        ids: w.ids,
+        export: w.export,
+        root_ref,
+        count,
+    };
+    Ok((tables, w.xattrs))
+}
+
+/// State of the inode and directory table writers along the post-order walk.
+struct InodeWriter<'a> {
+    tree: &'a Tree,
+    file_data: &'a HashMap<InodeId, &'a FileData>,
+    /// Inode number of every inode.
+    number: HashMap<InodeId, u32>,
+    /// Link count of every inode.
+    links: Vec<u32>,
+    /// Number of inodes.
+    count: u32,
+    inodes: MetaWriter,
+    dirs: MetaWriter,
+    xattrs: XattrWriter,
+    ids: Vec<u32>,
+    id_index: HashMap<u32, u16>,
+    /// Where each written inode lies (children are written before their directory).
+    refs: HashMap<InodeId, MetaRef>,
+    export: Vec<u8>,
+}
+
+impl InodeWriter<'_> {
+    /// The path of `node` for messages.
+    fn path(&self, node: NodeId) -> String {
+        String::from_utf8_lossy(&self.tree.path(node)).into_owned()
+    }
+
+    /// The id-table index of uid or gid `v` of `node`'s inode, adding it on first use.
+    fn id_of(&mut self, v: u32, node: NodeId) -> Result<u16> {
+        if let Some(i) = self.id_index.get(&v) {
+            return Ok(*i);
+        }
+        // The superblock counts ids in a u16: at most 65535 distinct ids.
+        let i = u16::try_from(self.ids.len())
+            .ok()
+            .filter(|i| *i < u16::MAX)
+            .ok_or_else(|| {
+                SqfsError::Invalid(format!(
+                    "/{}: owner id {v} is one more than the 65535 distinct uids and gids an \
+                     image can hold (give the files fewer distinct owners)",
+                    self.path(node)
+                ))
+            })?;
+        self.ids.push(v);
+        self.id_index.insert(v, i);
+        Ok(i)
+    }
+
+    /// Writes inode `id` for `node` (its directory listing first) and records where it lies.
+    fn add(&mut self, id: InodeId, node: NodeId) -> Result<()> {
+        let meta = &self.tree.inode(id).meta;
+        let uid_idx = self.id_of(meta.uid, node)?;
+        let gid_idx = self.id_of(meta.gid, node)?;
         let xattr = if meta.xattrs.is_empty() {
             INVALID_U32
         } else {
-            xattrs
+            self.xattrs
                 .add(&meta.xattrs)
-                .map_err(|e| SqfsError::Invalid(format!("/{}: {e}", path())))?
+                .map_err(|e| SqfsError::Invalid(format!("/{}: {e}", self.path(node))))?
         };
-        let nlink = links[id.0 as usize];
-        let body = match &ino.kind {
-            InodeKind::Dir => {
-                let children = &tree.node(*node).children;
-                let mut entries = Vec::with_capacity(children.len());
-                let mut subdirs = 0u32;
-                for c in children {
-                    let cn = tree.node(*c);
-                    let ci = tree.inode(cn.inode);
-                    if matches!(ci.kind, InodeKind::Dir) {
-                        subdirs += 1;
-                    }
-                    entries.push(DirEntry {
-                        name: cn.name.clone(),
-                        inode_ref: refs[&cn.inode],
-                        number: number[&cn.inode],
-                        kind: kind_of(&ci.kind),
-                    });
-                }
-                let listing = dir::write_listing(&mut dirs, &entries)?;
-                let parent = if *node == tree.root() {
-                    count + 1
-                } else {
-                    number[&tree.node(tree.node(*node).parent).inode]
-                };
-                let block_start = u32::try_from(listing.start.block)
-                    .map_err(|_| SqfsError::Invalid("directory table larger than 4 GiB".into()))?;
-                InodeBody::Dir {
-                    block_start,
-                    nlink: 2 + subdirs,
-                    size: listing.size,
-                    offset: listing.start.offset,
-                    parent,
-                    index: listing.index,
-                    xattr,
-                }
-            }
+        let body = self.body(id, node, xattr)?;
+        let at = self.inodes.position();
+        let header = InodeHeader {
+            kind: 0,
+            perm: meta.perm & 0o7777,
+            uid_idx,
+            gid_idx,
+            mtime: meta.mtime,
+            number: self.number[&id],
+        };
+        self.inodes.write(&DiskInode { header, body }.encode())?;
+        self.refs.insert(id, at);
+        self.export.extend_from_slice(&at.pack().to_le_bytes());
+        Ok(())
+    }
+
+    /// The type-specific part of inode `id`.
+    fn body(&mut self, id: InodeId, node: NodeId, xattr: u32) -> Result<InodeBody> {
+        let ino = self.tree.inode(id);
+        let nlink = self.links[id.0 as usize];
+        Ok(match &ino.kind {
+            InodeKind::Dir => self.dir_body(node, xattr)?,
             InodeKind::File(c) => {
-                let fd = file_data[id];
+                let fd = self.file_data[&id];
                 let (frag, frag_offset) = fd.frag.unwrap_or((INVALID_U32, 0));
                 InodeBody::File {
                     blocks_start: fd.blocks_start,
@@ -334,8 +378,9 @@ pub fn write_image<W: Write + Seek + Send>(
             InodeKind::Symlink(target) => {
                 if target.is_empty() || target.len() > inode::MAX_SYMLINK {
                     return Err(SqfsError::Invalid(format!(
-                        "/{}: symlink target of {} bytes (1 to {} allowed)",
-                        path(),
+                        "/{}: symlink target of {} bytes (1 to {} allowed; shorten the link or \
+                         leave it out)",
+                        self.path(node),
                         target.len(),
                         inode::MAX_SYMLINK
                     )));
@@ -349,8 +394,9 @@ pub fn write_image<W: Write + Seek + Send>(
             InodeKind::CharDev(rdev) | InodeKind::BlockDev(rdev) => {
                 let rdev = inode::encode_dev(*rdev).ok_or_else(|| {
                     SqfsError::Invalid(format!(
-                        "/{}: device number {rdev:#x} cannot be stored",
-                        path()
+                        "/{}: device number {rdev:#x} cannot be stored (SquashFS holds majors \
+                         up to 4095 and minors up to 1048575; leave the device out)",
+                        self.path(node)
                     ))
                 })?;
                 InodeBody::Device {
@@ -370,30 +416,95 @@ pub fn write_image<W: Write + Seek + Send>(
                 nlink,
                 xattr,
             },
-        };
-        let at = inodes.position();
-        let header = InodeHeader {
-            kind: 0,
-            perm: meta.perm & 0o7777,
-            uid_idx,
-            gid_idx,
-            mtime: meta.mtime,
-            number: number[id],
-        };
-        inodes.write(&DiskInode { header, body }.encode())?;
-        refs.insert(*id, at);
-        export.extend_from_slice(&at.pack().to_le_bytes());
+        })
     }
-    let root_ref = refs[&tree.node(tree.root()).inode];
-    let (inode_bytes, _) = inodes.finish()?;
-    let (dir_bytes, _) = dirs.finish()?;
 
+    /// Writes the listing of directory `node` and returns its inode body.
+    fn dir_body(&mut self, node: NodeId, xattr: u32) -> Result<InodeBody> {
+        let tree = self.tree;
+        let children = &tree.node(node).children;
+        let mut entries = Vec::with_capacity(children.len());
+        let mut subdirs = 0u32;
+        for c in children {
+            let cn = tree.node(*c);
+            let ci = tree.inode(cn.inode);
+            if matches!(ci.kind, InodeKind::Dir) {
+                subdirs += 1;
+            }
+            entries.push(DirEntry {
+                name: cn.name.clone(),
+                inode_ref: self.refs[&cn.inode],
+                number: self.number[&cn.inode],
+                kind: kind_of(&ci.kind),
+            });
+        }
+        let path = || String::from_utf8_lossy(&tree.path(node)).into_owned();
+        let too_large = |what: &str| {
+            SqfsError::Invalid(format!(
+                "/{}: {what} (split the directory or the tree into several images)",
+                path()
+            ))
+        };
+        let listing = dir::write_listing(&mut self.dirs, &entries)
+            .map_err(|e| SqfsError::Invalid(format!("/{}: {e}", path())))?;
+        let parent = if node == tree.root() {
+            self.count + 1
+        } else {
+            self.number[&tree.node(tree.node(node).parent).inode]
+        };
+        let block_start = u32::try_from(listing.start.block)
+            .map_err(|_| too_large("the directory table passes 4 GiB at this directory"))?;
+        if listing.index.len() > u16::MAX as usize {
+            return Err(too_large(
+                "the directory listing spans more than 65535 metadata blocks",
+            ));
+        }
+        let nlink = subdirs
+            .checked_add(2)
+            .ok_or_else(|| too_large("too many subdirectories for a 32-bit link count"))?;
+        Ok(InodeBody::Dir {
+            block_start,
+            nlink,
+            size: listing.size,
+            offset: listing.start.offset,
+            parent,
+            index: listing.index,
+            xattr,
+        })
+    }
+}
+
+/// Where the tables after the data lie (the superblock's table starts).
+#[derive(Clone, Copy, Debug)]
+struct TableStarts {
+    inode_table_start: u64,
+    directory_table_start: u64,
+    fragment_table_start: u64,
+    export_table_start: u64,
+    id_table_start: u64,
+    xattr_id_table_start: u64,
+    /// Whether the image has xattr tables.
+    xattrs: bool,
+    /// End of the last table: the image size before padding.
+    bytes_used: u64,
+}
+
+/// Lays out the inode and directory tables at `pos`, then the fragment, export, id and xattr
+/// tables (rule 5); returns their bytes and where each one starts.
+fn tables(
+    pos: u64,
+    meta: &InodeTables,
+    xattrs: XattrWriter,
+    frags: &[FragmentEntry],
+    params: &WriterParams,
+) -> Result<(Vec<u8>, TableStarts)> {
+    let meta_comp = Some(params.compressor.clone());
     let mut tail: Vec<u8> = Vec::new();
     let inode_table_start = pos;
-    tail.extend_from_slice(&inode_bytes);
-    let directory_table_start = inode_table_start + inode_bytes.len() as u64;
-    tail.extend_from_slice(&dir_bytes);
-    let mut at = directory_table_start + dir_bytes.len() as u64;
+    tail.extend_from_slice(&meta.inodes);
+    let directory_table_start = inode_table_start + meta.inodes.len() as u64;
+    tail.extend_from_slice(&meta.dirs);
+    let mut at = directory_table_start + meta.dirs.len() as u64;
 
     let frag_bytes: Vec<u8> = frags.iter().flat_map(|f| f.encode()).collect();
     let ft = table::write(&frag_bytes, meta_comp.as_ref(), at)?;
@@ -403,7 +514,7 @@ pub fn write_image<W: Write + Seek + Send>(
     at = fragment_table_start + ft.lookup.len() as u64;
 
     let export_table_start = if params.exportable {
-        let et = table::write(&export, meta_comp.as_ref(), at)?;
+        let et = table::write(&meta.export, meta_comp.as_ref(), at)?;
         tail.extend_from_slice(&et.blocks);
         let start = at + et.blocks.len() as u64;
         tail.extend_from_slice(&et.lookup);
@@ -413,7 +524,7 @@ pub fn write_image<W: Write + Seek + Send>(
         INVALID_U64
     };
 
-    let id_bytes: Vec<u8> = ids.iter().flat_map(|i| i.to_le_bytes()).collect();
+    let id_bytes: Vec<u8> = meta.ids.iter().flat_map(|i| i.to_le_bytes()).collect();
     let it = table::write(&id_bytes, meta_comp.as_ref(), at)?;
     tail.extend_from_slice(&it.blocks);
     let id_table_start = at + it.blocks.len() as u64;
@@ -429,12 +540,27 @@ pub fn write_image<W: Write + Seek + Send>(
     } else {
         INVALID_U64
     };
-    let bytes_used = at;
-    let padded = bytes_used.div_ceil(4096) * 4096;
-    tail.resize(tail.len() + (padded - bytes_used) as usize, 0);
-    out.write_all(&tail)
-        .map_err(|e| SqfsError::io("writing image", e))?;
+    let starts = TableStarts {
+        inode_table_start,
+        directory_table_start,
+        fragment_table_start,
+        export_table_start,
+        id_table_start,
+        xattr_id_table_start,
+        xattrs: has_xattrs,
+        bytes_used: at,
+    };
+    Ok((tail, starts))
+}
 
+/// The final superblock.
+fn superblock(
+    params: &WriterParams,
+    has_options: bool,
+    meta: &InodeTables,
+    frags: &[FragmentEntry],
+    starts: TableStarts,
+) -> Result<Superblock> {
     let mut fl = flags::DUPLICATES;
     if params.exportable {
         fl |= flags::EXPORTABLE;
@@ -445,43 +571,45 @@ pub fn write_image<W: Write + Seek + Send>(
     if params.data == DataCompression::None {
         fl |= flags::UNCOMPRESSED_DATA;
     }
-    if !has_xattrs {
+    if !starts.xattrs {
         fl |= flags::NO_XATTRS;
     }
-    if options.is_some() {
+    if has_options {
         fl |= flags::COMPRESSOR_OPTIONS;
     }
-    let sb = Superblock {
-        inode_count: count,
+    let fragment_count = u32::try_from(frags.len()).map_err(|_| {
+        SqfsError::Invalid(format!(
+            "{} fragment blocks: more than a 32-bit count (write the image without fragments)",
+            frags.len()
+        ))
+    })?;
+    let id_count = u16::try_from(meta.ids.len()).map_err(|_| {
+        SqfsError::Invalid(format!(
+            "{} distinct uids and gids: at most 65535 per image (give the files fewer distinct \
+             owners)",
+            meta.ids.len()
+        ))
+    })?;
+    Ok(Superblock {
+        inode_count: meta.count,
         mod_time: params.mod_time,
         block_size: params.block_size,
-        fragment_count: frags.len() as u32,
-        compression_id: comp.id(),
+        fragment_count,
+        compression_id: params.compressor.id(),
         block_log: params.block_size.trailing_zeros() as u16,
         flags: fl,
-        id_count: ids.len() as u16,
+        id_count,
         version_major: 4,
         version_minor: 0,
-        root_inode_ref: root_ref.pack(),
-        bytes_used,
-        id_table_start,
-        xattr_id_table_start,
-        inode_table_start,
-        directory_table_start,
-        fragment_table_start,
-        export_table_start,
-    };
-    out.seek(SeekFrom::Start(0))
-        .map_err(|e| SqfsError::io("writing image", e))?;
-    out.write_all(&sb.encode())
-        .map_err(|e| SqfsError::io("writing image", e))?;
-    out.seek(SeekFrom::Start(padded))
-        .map_err(|e| SqfsError::io("writing image", e))?;
-    out.flush().map_err(|e| SqfsError::io("writing image", e))?;
-    report.inodes = count;
-    report.bytes_out = padded;
-    report.fragment_blocks = frags.len() as u64;
-    Ok(report)
+        root_inode_ref: meta.root_ref.pack(),
+        bytes_used: starts.bytes_used,
+        id_table_start: starts.id_table_start,
+        xattr_id_table_start: starts.xattr_id_table_start,
+        inode_table_start: starts.inode_table_start,
+        directory_table_start: starts.directory_table_start,
+        fragment_table_start: starts.fragment_table_start,
+        export_table_start: starts.export_table_start,
+    })
 }
 
 fn kind_of(k: &InodeKind) -> u16 {
@@ -540,355 +668,4 @@ fn post_order(tree: &Tree) -> Vec<(InodeId, NodeId)> {
         }
     }
     out
-}
-
-/// Compresses one block: `(bytes, compressed?)`.
-fn pack_block(params: &WriterParams, data: Vec<u8>) -> Result<(Vec<u8>, bool)> {
-    Ok(match params.compressor.compress(&data)? {
-        Some(z) => (z, true),
-        None => (data, false),
-    })
-}
-
-/// Streams every file's data through the parallel compressor; returns where each file's data
-/// went, the fragment table and the end offset.
-#[allow(clippy::too_many_arguments)]
-fn write_data<W: Write + Send>(
-    tree: &Tree,
-    order: &[InodeId],
-    first_node: &[NodeId],
-    params: &WriterParams,
-    out: &mut W,
-    start: u64,
-    progress: Progress<'_>,
-    report: &mut WriteReport,
-) -> Result<(Vec<FileData>, Vec<FragmentEntry>, u64)> {
-    let jobs = params.jobs.max(1);
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(jobs)
-        .thread_name(|i| format!("iuk-compress-{i}"))
-        .build()
-        .map_err(|e| SqfsError::Invalid(format!("cannot start compression threads: {e}")))?;
-    // In-flight blocks are bounded by tokens: the producer takes one per block, the emitter gives
-    // it back once the block is written. Memory stays bounded whatever the scheduling.
-    let in_flight = 4 * jobs + 4;
-    let (token_tx, token_rx) = mpsc::sync_channel::<()>(in_flight);
-    for _ in 0..in_flight {
-        let _ = token_tx.send(());
-    }
-    let (done_tx, done_rx) = mpsc::channel::<Msg>();
-    let bs = params.block_size as usize;
-
-    let mut files: Vec<FileData> = vec![FileData::default(); order.len()];
-    let mut frags: Vec<FragmentEntry> = Vec::new();
-    let mut pos = start;
-    let mut emit_err: Option<SqfsError> = None;
-
-    let produced: Result<Produced> = std::thread::scope(|ts| {
-        let files = &mut files;
-        let frags = &mut frags;
-        let pos = &mut pos;
-        let emit_err = &mut emit_err;
-        let token_tx = token_tx.clone();
-        let emitter = ts.spawn(move || {
-            let mut pending: BTreeMap<u64, Done> = BTreeMap::new();
-            let mut next = 0u64;
-            let mut total: Option<u64> = None;
-            while total != Some(next) {
-                match done_rx.recv() {
-                    Ok(Msg::Done(d)) => {
-                        pending.insert(d.seq, d);
-                    }
-                    Ok(Msg::End(t)) => total = Some(t),
-                    Err(_) => break,
-                }
-                while let Some(d) = pending.remove(&next) {
-                    next += 1;
-                    let _ = token_tx.send(());
-                    if emit_err.is_some() {
-                        continue;
-                    }
-                    let (bytes, compressed) = match d.stored {
-                        Ok(s) => s,
-                        Err(e) => {
-                            *emit_err = Some(e);
-                            continue;
-                        }
-                    };
-                    let here = *pos;
-                    match d.target {
-                        Target::Block { file, first } => {
-                            let f = &mut files[file];
-                            if first {
-                                f.blocks_start = here;
-                            }
-                            if d.sparse_len > 0 {
-                                f.block_sizes.push(0);
-                                f.sparse += d.sparse_len;
-                                continue;
-                            }
-                            f.block_sizes.push(
-                                bytes.len() as u32
-                                    | if compressed { 0 } else { BLOCK_UNCOMPRESSED },
-                            );
-                        }
-                        Target::Fragment { index } => {
-                            if frags.len() <= index as usize {
-                                frags.resize(
-                                    index as usize + 1,
-                                    FragmentEntry { start: 0, size: 0 },
-                                );
-                            }
-                            frags[index as usize] = FragmentEntry {
-                                start: here,
-                                size: bytes.len() as u32
-                                    | if compressed { 0 } else { BLOCK_UNCOMPRESSED },
-                            };
-                        }
-                    }
-                    if let Err(e) = out.write_all(&bytes) {
-                        *emit_err = Some(SqfsError::io("writing image", e));
-                        continue;
-                    }
-                    *pos += bytes.len() as u64;
-                }
-            }
-        });
-
-        let produce = || -> Result<Produced> {
-            let mut seq = 0u64;
-            let mut read_total = 0u64;
-            let mut frag_of: Vec<Option<(u32, u32)>> = vec![None; order.len()];
-            let mut dups: Vec<(usize, usize)> = Vec::new();
-            let mut seen: HashMap<(u64, [u8; 32]), usize> = HashMap::new();
-            let mut frag_buf: Vec<u8> = Vec::with_capacity(bs);
-            let mut frag_count = 0u32;
-            pool.in_place_scope(|s| -> Result<()> {
-                let mut submit = |target: Target, payload: Payload| -> Result<()> {
-                    token_rx
-                        .recv()
-                        .map_err(|_| SqfsError::Invalid("image writer stopped".into()))?;
-                    let my = seq;
-                    seq += 1;
-                    let done_tx = done_tx.clone();
-                    s.spawn(move |_| {
-                        let (stored, sparse_len) = match payload {
-                            Payload::Sparse(len) => (Ok((Vec::new(), false)), len),
-                            Payload::Data(d) => (pack_block(params, d), 0),
-                            Payload::Stored(d) => (Ok((d, false)), 0),
-                            Payload::Packed(z) => (Ok((z, true)), 0),
-                        };
-                        let _ = done_tx.send(Msg::Done(Done {
-                            seq: my,
-                            target,
-                            stored,
-                            sparse_len,
-                        }));
-                    });
-                    Ok(())
-                };
-                for (fi, id) in order.iter().enumerate() {
-                    let InodeKind::File(content) = &tree.inode(*id).kind else {
-                        continue;
-                    };
-                    if content.size == 0 {
-                        continue;
-                    }
-                    let (hash, inline) = hash_content(content)?;
-                    if let Some(orig) = seen.get(&(content.size, hash)) {
-                        dups.push((fi, *orig));
-                        read_total += content.size;
-                        progress(read_total);
-                        continue;
-                    }
-                    seen.insert((content.size, hash), fi);
-                    let size = content.size;
-                    let tail_len = if params.fragments {
-                        (size % bs as u64) as usize
-                    } else {
-                        0
-                    };
-                    let nblocks = (size - tail_len as u64).div_ceil(bs as u64);
-                    let mut reader: Box<dyn Read + Send + '_> = match &inline {
-                        Some(buf) => Box::new(&buf[..]),
-                        None => content
-                            .source
-                            .open()
-                            .map_err(|e| SqfsError::io(content.source.describe(), e))?,
-                    };
-                    let mut check = Sha256::new();
-                    let path = || tree.path(first_node[fi]);
-                    let stored_path =
-                        !params.stored_paths.is_empty() && params.stored_paths.contains(&path());
-                    let mut mode = match params.data {
-                        DataCompression::None => DataCompression::None,
-                        _ if stored_path => DataCompression::None,
-                        m => m,
-                    };
-                    for b in 0..nblocks {
-                        let len = (size - b * bs as u64).min(bs as u64) as usize;
-                        let mut block = vec![0u8; len];
-                        reader
-                            .read_exact(&mut block)
-                            .map_err(|e| read_err(content, e))?;
-                        check.update(&block);
-                        read_total += len as u64;
-                        progress(read_total);
-                        let payload = if block.iter().all(|b| *b == 0) {
-                            Payload::Sparse(len as u64)
-                        } else {
-                            match mode {
-                                DataCompression::All => Payload::Data(block),
-                                // A stored path's last short block (of several) is compressed
-                                // when that shrinks it (an image ends with zero padding).
-                                DataCompression::None
-                                    if stored_path
-                                        && nblocks > 1
-                                        && b + 1 == nblocks
-                                        && len < bs =>
-                                {
-                                    Payload::Data(block)
-                                }
-                                DataCompression::None => Payload::Stored(block),
-                                DataCompression::Probe => {
-                                    match params.compressor.compress(&block)? {
-                                        Some(z) => {
-                                            mode = DataCompression::All;
-                                            Payload::Packed(z)
-                                        }
-                                        None => {
-                                            mode = DataCompression::None;
-                                            Payload::Stored(block)
-                                        }
-                                    }
-                                }
-                            }
-                        };
-                        submit(
-                            Target::Block {
-                                file: fi,
-                                first: b == 0,
-                            },
-                            payload,
-                        )?;
-                    }
-                    if tail_len > 0 {
-                        let mut t = vec![0u8; tail_len];
-                        reader
-                            .read_exact(&mut t)
-                            .map_err(|e| read_err(content, e))?;
-                        check.update(&t);
-                        read_total += tail_len as u64;
-                        progress(read_total);
-                        if frag_buf.len() + tail_len > bs {
-                            let full = std::mem::replace(&mut frag_buf, Vec::with_capacity(bs));
-                            submit(Target::Fragment { index: frag_count }, Payload::Data(full))?;
-                            frag_count += 1;
-                        }
-                        frag_of[fi] = Some((frag_count, frag_buf.len() as u32));
-                        frag_buf.extend_from_slice(&t);
-                    }
-                    let mut extra = [0u8; 1];
-                    let more = reader.read(&mut extra).map_err(|e| read_err(content, e))?;
-                    if more != 0 || <[u8; 32]>::from(check.finalize()) != hash {
-                        return Err(SqfsError::Invalid(format!(
-                            "{}: file changed while it was being read",
-                            content.source.describe()
-                        )));
-                    }
-                }
-                if !frag_buf.is_empty() {
-                    let full = std::mem::take(&mut frag_buf);
-                    submit(Target::Fragment { index: frag_count }, Payload::Data(full))?;
-                    frag_count += 1;
-                }
-                Ok(())
-            })?;
-            Ok(Produced {
-                frag_of,
-                dups,
-                blocks: seq,
-            })
-        };
-        // Every spawned block has been sent once `produce` returns (the scope waits for them).
-        let result = produce();
-        match &result {
-            Ok(p) => {
-                let _ = done_tx.send(Msg::End(p.blocks));
-            }
-            Err(_) => drop(done_tx),
-        }
-        let _ = emitter.join();
-        result
-    });
-    let Produced { frag_of, dups, .. } = produced?;
-    if let Some(e) = emit_err {
-        return Err(e);
-    }
-    for (fi, f) in frag_of.into_iter().enumerate() {
-        files[fi].frag = f;
-    }
-    report.data_blocks = files
-        .iter()
-        .map(|f| f.block_sizes.iter().filter(|s| **s != 0).count() as u64)
-        .sum();
-    for (dup, orig) in dups {
-        files[dup] = files[orig].clone();
-        report.duplicates += 1;
-    }
-    report.bytes_in = order
-        .iter()
-        .map(|id| match &tree.inode(*id).kind {
-            InodeKind::File(c) => c.size,
-            _ => 0,
-        })
-        .sum();
-    Ok((files, frags, pos))
-}
-
-fn read_err(content: &Content, e: std::io::Error) -> SqfsError {
-    SqfsError::io(content.source.describe(), e)
-}
-
-/// The sha256 of a file's content, plus the bytes when the file is small enough to keep.
-fn hash_content(content: &Content) -> Result<([u8; 32], Option<Vec<u8>>)> {
-    let mut r = content.source.open().map_err(|e| read_err(content, e))?;
-    if content.size <= INLINE_MAX {
-        let mut buf = Vec::with_capacity(content.size as usize);
-        (&mut r)
-            .take(content.size + 1)
-            .read_to_end(&mut buf)
-            .map_err(|e| read_err(content, e))?;
-        if buf.len() as u64 != content.size {
-            return Err(size_changed(content, buf.len() as u64));
-        }
-        let h = Sha256::digest(&buf).into();
-        return Ok((h, Some(buf)));
-    }
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut total = 0u64;
-    loop {
-        let n = r.read(&mut buf).map_err(|e| read_err(content, e))?;
-        if n == 0 {
-            break;
-        }
-        total += n as u64;
-        if total > content.size {
-            return Err(size_changed(content, total));
-        }
-        h.update(&buf[..n]);
-    }
-    if total != content.size {
-        return Err(size_changed(content, total));
-    }
-    Ok((h.finalize().into(), None))
-}
-
-fn size_changed(content: &Content, got: u64) -> SqfsError {
-    SqfsError::Invalid(format!(
-        "{}: expected {} bytes, found {got} (file changed while it was being read)",
-        content.source.describe(),
-        content.size
-    ))
 }

@@ -76,14 +76,43 @@ impl XattrWriter {
         if let Some(i) = self.sets.get(set) {
             return Ok(*i);
         }
+        // An index must differ from the "no xattrs" marker.
+        let idx = u32::try_from(self.ids.len())
+            .ok()
+            .filter(|i| *i != super::INVALID_U32)
+            .ok_or_else(|| {
+                super::SqfsError::Invalid(
+                    "more than 2^32 - 1 distinct xattr sets (give the files fewer distinct \
+                     attribute sets)"
+                        .into(),
+                )
+            })?;
+        let count = u32::try_from(set.len()).map_err(|_| {
+            super::SqfsError::Invalid(format!(
+                "a set of {} xattrs, more than 2^32 (leave attributes out)",
+                set.len()
+            ))
+        })?;
         let at = self.kv.position();
         let mut size = 0u32;
         for x in set {
             let (t, name) = split_name(&x.name).ok_or_else(|| {
                 super::SqfsError::Invalid(format!(
-                    "xattr {:?} cannot be stored",
+                    "xattr {:?} cannot be stored (SquashFS holds only the user., trusted. and \
+                     security. namespaces; leave the attribute out)",
                     String::from_utf8_lossy(&x.name)
                 ))
+            })?;
+            let too_large = |what: String| {
+                super::SqfsError::Invalid(format!(
+                    "xattr {:?}: {what} (leave the attribute out)",
+                    String::from_utf8_lossy(&x.name)
+                ))
+            };
+            let name_len = u16::try_from(name.len())
+                .map_err(|_| too_large(format!("name of {} bytes, at most 65535", name.len())))?;
+            let value_len = u32::try_from(x.value.len()).map_err(|_| {
+                too_large(format!("value of {} bytes, at most 4 GiB", x.value.len()))
             })?;
             let mut b = Vec::with_capacity(16 + name.len() + x.value.len());
             let ool = if x.value.len() > 8 {
@@ -92,7 +121,7 @@ impl XattrWriter {
                 None
             };
             b.extend_from_slice(&(t | if ool.is_some() { VALUE_OOL } else { 0 }).to_le_bytes());
-            b.extend_from_slice(&(name.len() as u16).to_le_bytes());
+            b.extend_from_slice(&name_len.to_le_bytes());
             b.extend_from_slice(name);
             self.kv.write(&b)?;
             let value_at = self.kv.position();
@@ -103,7 +132,7 @@ impl XattrWriter {
                     v.extend_from_slice(&r.pack().to_le_bytes());
                 }
                 None => {
-                    v.extend_from_slice(&(x.value.len() as u32).to_le_bytes());
+                    v.extend_from_slice(&value_len.to_le_bytes());
                     v.extend_from_slice(&x.value);
                     if x.value.len() > 8 {
                         self.values.insert(x.value.clone(), value_at);
@@ -111,14 +140,12 @@ impl XattrWriter {
                 }
             }
             self.kv.write(&v)?;
-            size += (b.len() + v.len()) as u32;
+            size = u32::try_from(b.len() + v.len())
+                .ok()
+                .and_then(|n| size.checked_add(n))
+                .ok_or_else(|| too_large("the attribute set takes more than 4 GiB".to_string()))?;
         }
-        let idx = self.ids.len() as u32;
-        self.ids.push(XattrId {
-            at,
-            count: set.len() as u32,
-            size,
-        });
+        self.ids.push(XattrId { at, count, size });
         self.sets.insert(set.to_vec(), idx);
         Ok(idx)
     }
