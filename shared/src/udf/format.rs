@@ -11,13 +11,13 @@
 //! Reading follows Tails' parser: unknown keys are ignored, versions are strings — a version
 //! written as a YAML number (`version: 6.10`) keeps its text (`"6.10"`, never the float 6.1).
 //! Writing is deterministic: keys in alphabetical order at every level (the order Tails' own
-//! YAML dump gives), every string double-quoted ([`crate::kit::quote`]), numbers plain, lists in
+//! YAML dump gives), every string double-quoted ([`crate::yaml::quote`]), numbers plain, lists in
 //! block style.
 
 use serde::Deserialize;
 
-use crate::kit::quote;
 use crate::version::is_safe_name;
+use crate::yaml::YamlWriter;
 
 /// Largest UDF accepted when reading (Tails' real ones are well under 4 KiB).
 pub const MAX_UDF: usize = 1 << 20;
@@ -329,87 +329,32 @@ impl Udf {
     // --------------------------------------------------------------------------------------------
     // Writing
 
-    /// The deterministic YAML text (see the module doc).
+    /// The deterministic YAML text (see the module doc), written with [`crate::yaml`].
     pub fn to_yaml(&self) -> String {
-        let mut y = String::new();
-        y.push_str("build-target: ");
-        y.push_str(&quote(&self.build_target));
-        y.push_str("\nchannel: ");
-        y.push_str(&quote(&self.channel));
-        y.push_str("\ninitial-install-version: ");
-        y.push_str(&quote(&self.initial_install_version));
-        y.push_str("\nproduct-name: ");
-        y.push_str(&quote(&self.product_name));
-        y.push('\n');
-        if self.upgrades.is_empty() {
-            y.push_str("upgrades: []\n");
-            return y;
-        }
-        y.push_str("upgrades:\n");
-        for u in &self.upgrades {
-            let mut first = true;
-            let mut key = |y: &mut String, k: &str| {
-                y.push_str(if first { "- " } else { "  " });
-                first = false;
-                y.push_str(k);
-                y.push(':');
-            };
+        let mut w = YamlWriter::new();
+        w.string("build-target", &self.build_target);
+        w.string("channel", &self.channel);
+        w.string("initial-install-version", &self.initial_install_version);
+        w.string("product-name", &self.product_name);
+        w.list("upgrades", &self.upgrades, |w, u| {
             if let Some(d) = &u.details_url {
-                key(&mut y, "details-url");
-                y.push(' ');
-                y.push_str(&quote(d));
-                y.push('\n');
+                w.string("details-url", d);
             }
-            key(&mut y, "type");
-            y.push(' ');
-            y.push_str(&quote(u.kind.as_str()));
-            y.push('\n');
-            key(&mut y, "upgrade-paths");
-            if u.upgrade_paths.is_empty() {
-                y.push_str(" []\n");
-            } else {
-                y.push('\n');
-                for p in &u.upgrade_paths {
-                    let mut first = true;
-                    let mut key = |y: &mut String, k: &str| {
-                        y.push_str(if first { "  - " } else { "    " });
-                        first = false;
-                        y.push_str(k);
-                        y.push(':');
-                    };
-                    if let Some(f) = &p.from_version {
-                        key(&mut y, "from-version");
-                        y.push(' ');
-                        y.push_str(&quote(f));
-                        y.push('\n');
-                    }
-                    key(&mut y, "target-files");
-                    if p.target_files.is_empty() {
-                        y.push_str(" []\n");
-                    } else {
-                        y.push('\n');
-                        for f in &p.target_files {
-                            y.push_str("    - sha256: ");
-                            y.push_str(&quote(&f.sha256));
-                            y.push_str("\n      size: ");
-                            y.push_str(&f.size.to_string());
-                            y.push_str("\n      url: ");
-                            y.push_str(&quote(&f.url));
-                            y.push('\n');
-                        }
-                    }
-                    key(&mut y, "type");
-                    y.push(' ');
-                    y.push_str(&quote(p.kind.as_str()));
-                    y.push('\n');
+            w.string("type", u.kind.as_str());
+            w.list("upgrade-paths", &u.upgrade_paths, |w, p| {
+                if let Some(f) = &p.from_version {
+                    w.string("from-version", f);
                 }
-            }
-            key(&mut y, "version");
-            y.push(' ');
-            y.push_str(&quote(&u.version));
-            y.push('\n');
-        }
-        y
+                w.list("target-files", &p.target_files, |w, f| {
+                    w.string("sha256", &f.sha256);
+                    w.number("size", f.size);
+                    w.string("url", &f.url);
+                });
+                w.string("type", p.kind.as_str());
+            });
+            w.string("version", &u.version);
+        });
+        w.finish()
     }
 }
 
