@@ -19,6 +19,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::io::read_capped_from;
 use crate::squashfs::compress::Compressor;
 use crate::squashfs::read::Archive;
 use crate::squashfs::sortfile::SortFile;
@@ -397,7 +398,9 @@ pub enum AnyKit {
 }
 
 /// The bytes of the small file `name` at the top of a kit's tree (FORMAT, control.yml), at most
-/// `limit` bytes.
+/// `limit` bytes: refused before anything is allocated when its inode declares more, and the
+/// read itself stops after `limit` bytes (a damaged image whose data runs past the declared
+/// size costs no more). Every reader of a kit's FORMAT and control.yml goes through here.
 pub fn small_file(tree: &Tree, name: &str, limit: u64) -> Result<Vec<u8>, KitError> {
     let n = tree.lookup(name.as_bytes()).ok_or_else(|| {
         KitError::Invalid(format!(
@@ -405,16 +408,30 @@ pub fn small_file(tree: &Tree, name: &str, limit: u64) -> Result<Vec<u8>, KitErr
         ))
     })?;
     let InodeKind::File(c) = &tree.node_inode(n).kind else {
-        return Err(KitError::Invalid(format!("{name} is not a file")));
+        return Err(KitError::Invalid(format!(
+            "{name} is not a file: not a kit (a kit holds FORMAT, control.yml and overlay/)"
+        )));
     };
     if c.size > limit {
         return Err(KitError::Invalid(format!(
-            "{name} is {} bytes, more than {limit}",
+            "{name} is {} bytes, more than {limit}: a damaged kit, or not a kit",
             c.size
         )));
     }
-    c.read_all()
-        .map_err(|e| KitError::Invalid(format!("{name}: {e}")))
+    let bytes = c
+        .source
+        .open()
+        .and_then(|r| read_capped_from(r, limit))
+        .map_err(|e| KitError::Invalid(format!("{name}: {e}")))?;
+    if bytes.len() as u64 != c.size {
+        return Err(KitError::Invalid(format!(
+            "{name}: {}: expected {} bytes, read {}",
+            c.source.describe(),
+            c.size,
+            bytes.len()
+        )));
+    }
+    Ok(bytes)
 }
 
 /// A kit's image, tree, FORMAT text and control.yml text.
@@ -424,7 +441,7 @@ fn read_parts(path: &std::path::Path) -> Result<(Arc<Archive>, Tree, String, Str
     let format = String::from_utf8_lossy(&small_file(&tree, "FORMAT", 16)?).into_owned();
     let text = small_file(&tree, "control.yml", MAX_CONTROL)?;
     let text = String::from_utf8(text)
-        .map_err(|_| KitError::Invalid("control.yml is not UTF-8".into()))?;
+        .map_err(|_| KitError::Invalid("control.yml is not UTF-8 text: a damaged kit".into()))?;
     Ok((archive, tree, format, text))
 }
 
@@ -435,7 +452,8 @@ impl Kit {
         match Kit::open_any(path)? {
             AnyKit::Iuk(k) => Ok(*k),
             AnyKit::Legacy(_) => Err(KitError::Invalid(
-                "made by Tails' own tooling (control.yml holds only delete_files): not a kit of iuk"
+                "made by Tails' own tooling (control.yml holds only delete_files): not a kit of \
+                 iuk; build one with iuk-build"
                     .into(),
             )),
         }
@@ -588,5 +606,37 @@ mod tests {
         let mut bad = lp.clone();
         bad.compression = "lzo".into();
         assert!(bad.to_writer(1).is_err());
+    }
+
+    #[test]
+    fn a_huge_control_yml_is_refused_before_it_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("control.yml");
+        std::fs::File::create(&p).unwrap().set_len(1 << 30).unwrap();
+        let meta = Metadata {
+            perm: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime: 0,
+            xattrs: Vec::new(),
+        };
+        let tree_with = |declared: u64| {
+            let mut t = Tree::new(meta.clone());
+            let root = t.root();
+            let inode = Inode {
+                meta: meta.clone(),
+                kind: InodeKind::File(Content::from_host_path(p.clone(), declared)),
+            };
+            t.add(root, b"control.yml", inode).unwrap();
+            t
+        };
+        let t = std::time::Instant::now();
+        // Declared as large as it is: refused on the inode size.
+        let e = small_file(&tree_with(1 << 30), "control.yml", MAX_CONTROL).unwrap_err();
+        assert!(e.to_string().contains("more than"), "{e}");
+        // Declared small, its data running on: the read stops at the cap.
+        let e = small_file(&tree_with(10), "control.yml", 64).unwrap_err();
+        assert!(e.to_string().contains("control.yml"), "{e}");
+        assert!(t.elapsed() < std::time::Duration::from_secs(5));
     }
 }

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use rayon::prelude::*;
 use serde_yaml_ng::Value;
 
-use crate::kit::{Control, MAX_CONTROL};
+use crate::kit::{self, Control, MAX_CONTROL};
 use crate::squashfs::inspect::escape;
 use crate::tree::{InodeKind, NodeId, Tree};
 
@@ -15,19 +15,11 @@ use super::image::{image_sections, nested, Side};
 use super::report::{cut, push_section, Difference, Section};
 use super::tree::{file_sum, FileSum};
 
-/// A small regular file of a kit's root, as bytes: refused without reading when its inode says
-/// it holds more than `limit` bytes.
+/// A small regular file of a kit's root, as bytes, through [`kit::small_file`] (refused without
+/// reading when its inode says it holds more than `limit` bytes, the read stopped at `limit`);
+/// why not as text.
 fn read_small(tree: &Tree, name: &str, limit: u64) -> Result<Vec<u8>, String> {
-    let n = tree
-        .lookup(name.as_bytes())
-        .ok_or_else(|| format!("no {name}"))?;
-    let InodeKind::File(c) = &tree.node_inode(n).kind else {
-        return Err(format!("{name} is not a file"));
-    };
-    if c.size > limit {
-        return Err(format!("{name} is {} bytes, more than {limit}", c.size));
-    }
-    c.read_all().map_err(|e| format!("{name}: {e}"))
+    kit::small_file(tree, name, limit).map_err(|e| e.to_string())
 }
 
 /// control.yml as read from a kit, or why it could not be.

@@ -14,8 +14,12 @@
 //! YAML dump gives), every string double-quoted ([`crate::yaml::quote`]), numbers plain, lists in
 //! block style.
 
+use std::io;
+use std::path::{Path, PathBuf};
+
 use serde::Deserialize;
 
+use crate::io::read_capped;
 use crate::version::is_safe_name;
 use crate::yaml::YamlWriter;
 
@@ -31,6 +35,26 @@ pub enum UdfError {
     /// The text is not a valid UDF.
     #[error("upgrade description file: {0}")]
     Invalid(String),
+    /// The file cannot be read, or holds more than [`MAX_UDF`] bytes.
+    #[error(
+        "{}: cannot read the upgrade description file ({source}): check the path given",
+        path.display()
+    )]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
+}
+
+/// The bytes of the UDF file at `path`: at most [`MAX_UDF`], refused before anything is
+/// allocated when the file is larger (a pipe works too: the read stops after the cap).
+pub fn read_file(path: &Path) -> Result<Vec<u8>, UdfError> {
+    read_capped(path, MAX_UDF as u64).map_err(|source| UdfError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 fn invalid(msg: impl Into<String>) -> UdfError {
@@ -531,6 +555,28 @@ upgrades:
         // Quoted and plain are read alike.
         let q = TAILS_STYLE.replace("version: 6.10", "version: '6.10'");
         assert_eq!(Udf::from_yaml(&q).unwrap(), u);
+    }
+
+    #[test]
+    fn a_huge_file_given_as_a_udf_is_refused_quickly() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("control.yml");
+        std::fs::File::create(&p).unwrap().set_len(1 << 30).unwrap();
+        let t = std::time::Instant::now();
+        let e = read_file(&p).unwrap_err();
+        assert!(t.elapsed() < std::time::Duration::from_secs(5));
+        let UdfError::Read { source, .. } = &e else {
+            panic!("{e}")
+        };
+        assert_eq!(source.kind(), io::ErrorKind::FileTooLarge);
+        let m = e.to_string();
+        assert!(m.contains(&p.display().to_string()), "{m}");
+        assert!(m.contains("more than"), "{m}");
+        std::fs::write(&p, TAILS_STYLE).unwrap();
+        assert_eq!(
+            Udf::from_bytes(&read_file(&p).unwrap()).unwrap(),
+            Udf::from_yaml(TAILS_STYLE).unwrap()
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod select;
 
 pub use describe::{describe, DescribeError, DescribeInput, Offered};
 pub use format::{
-    PathType, TargetFile, Udf, UdfError, Upgrade, UpgradePath, UpgradeType, MAX_ENTRIES, MAX_UDF,
+    read_file, PathType, TargetFile, Udf, UdfError, Upgrade, UpgradePath, UpgradeType, MAX_ENTRIES,
+    MAX_UDF,
 };
 pub use select::{select_path, Device, Model, Selection};
