@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use crate::kit::{Kit, KitError};
+use crate::kit::{Control, Kit, KitError};
 use crate::tree::hex;
 use crate::udf::format::{PathType, TargetFile, Udf, Upgrade, UpgradePath, UpgradeType};
 use crate::version::{compare, is_safe_name};
@@ -26,7 +26,7 @@ pub enum DescribeError {
         source: KitError,
     },
     /// A file cannot be read.
-    #[error("{}: {source}", path.display())]
+    #[error("{}: cannot read: {source}", path.display())]
     Io {
         /// The file.
         path: PathBuf,
@@ -68,6 +68,46 @@ pub struct DescribeInput {
     pub kits: Vec<Offered>,
     /// The installation image of the version offered (a full upgrade path).
     pub full: Option<Offered>,
+}
+
+/// Refuses the kit `name` (its control.yml `c`) unless it is for the product and build target
+/// of `input`, upgrades to its version, and from a version between its initial-install version
+/// and that version; each message says which option or kit to change.
+fn check_kit(input: &DescribeInput, name: &str, c: &Control) -> Result<(), DescribeError> {
+    let refuse = |m: String| Err(DescribeError::Refused(m));
+    if c.product != input.product {
+        return refuse(format!(
+            "{name}: a kit for product {}, not {}: give kits of {} or change --product",
+            c.product, input.product, input.product
+        ));
+    }
+    if c.build_target != input.build_target {
+        return refuse(format!(
+            "{name}: a kit for build target {}, not {}: give kits for {} or change \
+             --build-target",
+            c.build_target, input.build_target, input.build_target
+        ));
+    }
+    if c.to_version != input.version {
+        return refuse(format!(
+            "{name}: a kit to version {}, not {}: give kits to {} or change --version",
+            c.to_version, input.version, input.version
+        ));
+    }
+    if compare(&c.from_version, &input.initial_install_version) == Ordering::Less {
+        return refuse(format!(
+            "{name}: a kit from version {}, older than the initial-install version {}: give \
+             kits from {} or later",
+            c.from_version, input.initial_install_version, input.initial_install_version
+        ));
+    }
+    if compare(&c.from_version, &c.to_version) != Ordering::Less {
+        return refuse(format!(
+            "{name}: a kit from version {} to {} is no upgrade: give kits to a newer version",
+            c.from_version, c.to_version
+        ));
+    }
+    Ok(())
 }
 
 fn file_digest(path: &Path) -> Result<(u64, String), DescribeError> {
@@ -114,7 +154,8 @@ pub fn describe(input: &DescribeInput) -> Result<Udf, DescribeError> {
     }
     if compare(&input.version, &input.initial_install_version) != Ordering::Greater {
         return Err(refuse(format!(
-            "version {} is not newer than the initial-install version {}",
+            "version {} is not newer than the initial-install version {}: check --version and \
+             --initial-install-version",
             input.version, input.initial_install_version
         )));
     }
@@ -132,38 +173,9 @@ pub fn describe(input: &DescribeInput) -> Result<Udf, DescribeError> {
         })?;
         let c = &kit.control;
         let name = k.path.display();
-        if c.product != input.product {
-            return Err(refuse(format!(
-                "{name}: a kit for product {}, not {}",
-                c.product, input.product
-            )));
-        }
-        if c.build_target != input.build_target {
-            return Err(refuse(format!(
-                "{name}: a kit for build target {}, not {}",
-                c.build_target, input.build_target
-            )));
-        }
-        if c.to_version != input.version {
-            return Err(refuse(format!(
-                "{name}: a kit to version {}, not {}",
-                c.to_version, input.version
-            )));
-        }
-        if compare(&c.from_version, &input.initial_install_version) == Ordering::Less {
-            return Err(refuse(format!(
-                "{name}: a kit from version {}, older than the initial-install version {}",
-                c.from_version, input.initial_install_version
-            )));
-        }
-        if compare(&c.from_version, &c.to_version) != Ordering::Less {
-            return Err(refuse(format!(
-                "{name}: a kit from version {} to {} is no upgrade",
-                c.from_version, c.to_version
-            )));
-        }
+        check_kit(input, &name.to_string(), c)?;
         if k.url.is_empty() {
-            return Err(refuse(format!("{name}: empty URL")));
+            return Err(refuse(format!("{name}: empty URL: give its --kit-url")));
         }
         let (size, sha256) = file_digest(&k.path)?;
         let from_base = c.from_version == input.initial_install_version;
@@ -178,7 +190,7 @@ pub fn describe(input: &DescribeInput) -> Result<Udf, DescribeError> {
         };
         let duplicate = || {
             refuse(format!(
-                "{name}: a second kit from version {}",
+                "{name}: a second kit from version {}: give one kit per version upgraded from",
                 c.from_version
             ))
         };
@@ -219,7 +231,10 @@ pub fn describe(input: &DescribeInput) -> Result<Udf, DescribeError> {
     paths.extend(stacking.into_iter().map(|(_, p)| p));
     if let Some(f) = &input.full {
         if f.url.is_empty() {
-            return Err(refuse(format!("{}: empty URL", f.path.display())));
+            return Err(refuse(format!(
+                "{}: empty URL: give its --iso-url",
+                f.path.display()
+            )));
         }
         let (size, sha256) = file_digest(&f.path)?;
         paths.push(UpgradePath {
