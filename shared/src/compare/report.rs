@@ -14,7 +14,7 @@ pub const SECTION_LIMIT: usize = 50;
 #[derive(Debug, thiserror::Error)]
 pub enum CompareError {
     /// The file cannot be read.
-    #[error("{path}: {source}")]
+    #[error("{path}: cannot read ({source}): check the path given")]
     Io {
         /// The input.
         path: String,

@@ -103,7 +103,7 @@ fn check_kit(input: &DescribeInput, name: &str, c: &Control) -> Result<(), Descr
     }
     if compare(&c.from_version, &c.to_version) != Ordering::Less {
         return refuse(format!(
-            "{name}: a kit from version {} to {} is no upgrade: give kits to a newer version",
+            "{name}: a kit from version {} to {} is no upgrade: a damaged kit; rebuild it",
             c.from_version, c.to_version
         ));
     }
