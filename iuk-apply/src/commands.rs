@@ -13,7 +13,6 @@ use iuk::medium::trust::{self, KeyringInput, Outcome, SignedUdf};
 use iuk::medium::{Medium, MediumError};
 use iuk::progress::Bars;
 use iuk::sign::{MAX_KEYRING, MAX_SIGNATURE};
-use iuk::udf::MAX_UDF;
 
 /// The subcommands.
 #[derive(Subcommand)]
@@ -286,7 +285,7 @@ fn signed_udf(udf: &Option<PathBuf>, signature: &Option<PathBuf>) -> Result<Opti
     match (udf, signature) {
         (Some(u), Some(s)) => Ok(Some(SignedUdf {
             udf_name: u.display().to_string(),
-            udf: read_input(u, MAX_UDF, "upgrade description file")?,
+            udf: iuk::udf::read_file(u)?,
             signature_name: s.display().to_string(),
             signature: read_input(s, MAX_SIGNATURE, "signature")?,
         })),
@@ -496,7 +495,7 @@ fn apply_cmd(a: KitArgs) -> Result<()> {
 fn select_cmd(a: SelectArgs) -> Result<()> {
     let signed = SignedUdf {
         udf_name: a.udf.display().to_string(),
-        udf: read_input(&a.udf, MAX_UDF, "upgrade description file")?,
+        udf: iuk::udf::read_file(&a.udf)?,
         signature_name: a.signature.display().to_string(),
         signature: read_input(&a.signature, MAX_SIGNATURE, "signature")?,
     };

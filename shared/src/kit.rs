@@ -19,12 +19,14 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::io::read_capped_from;
 use crate::squashfs::compress::Compressor;
 use crate::squashfs::read::Archive;
 use crate::squashfs::sortfile::SortFile;
 use crate::squashfs::write::{DataCompression, WriterParams, WRITER_FORMAT_VERSION};
 use crate::squashfs::SqfsError;
 use crate::tree::{Content, Inode, InodeKind, Metadata, NodeId, Tree, TreeError};
+use crate::yaml::YamlWriter;
 
 /// The kit format this module writes.
 pub const FORMAT: &str = "2";
@@ -141,6 +143,16 @@ pub struct FileEntry {
     pub sha256: String,
 }
 
+impl FileEntry {
+    /// Writes the entry as one item of a YAML list: `path`, `size`, `sha256`, in that order
+    /// (control.yml's `overlay` and `boot-tree`, the state file's `boot-files`).
+    pub fn write_yaml(w: &mut YamlWriter, e: &FileEntry) {
+        w.string("path", &e.path);
+        w.number("size", e.size);
+        w.string("sha256", &e.sha256);
+    }
+}
+
 /// control.yml: Tails' `delete_files` plus our keys. Field order is the YAML key order.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -184,117 +196,46 @@ impl Control {
         format!("live/{}.squashfs", self.layer)
     }
 
-    /// The deterministic YAML text: keys in a fixed order, every string double-quoted (so that
-    /// no YAML 1.1 or 1.2 reader — Tails' Perl one included — takes a version such as 6.10 or
-    /// 6.11.1 for a number, or a path for a boolean), numbers plain, lists in block style.
+    /// The deterministic YAML text ([`crate::yaml`]): keys in a fixed order, every string
+    /// double-quoted (so that no YAML 1.1 or 1.2 reader — Tails' Perl one included — takes a
+    /// version such as 6.10 or 6.11.1 for a number, or a path for a boolean), numbers plain,
+    /// lists in block style. These bytes are inside every kit: they must never change.
     pub fn to_yaml(&self) -> String {
-        let mut y = String::new();
-        strings(&mut y, "delete_files", &self.delete_files);
-        kv(&mut y, "generator", &quote(&self.generator));
-        kv(&mut y, "writer-format", &self.writer_format.to_string());
-        kv(&mut y, "product", &quote(&self.product));
-        kv(&mut y, "build-target", &quote(&self.build_target));
-        kv(&mut y, "from-version", &quote(&self.from_version));
-        kv(&mut y, "to-version", &quote(&self.to_version));
-        kv(&mut y, "layer", &quote(&self.layer));
+        let mut w = YamlWriter::new();
+        w.strings("delete_files", &self.delete_files);
+        w.string("generator", &self.generator);
+        w.number("writer-format", self.writer_format);
+        w.string("product", &self.product);
+        w.string("build-target", &self.build_target);
+        w.string("from-version", &self.from_version);
+        w.string("to-version", &self.to_version);
+        w.string("layer", &self.layer);
         let p = &self.layer_params;
-        y.push_str("layer-params:\n");
-        kv(&mut y, "  compression", &quote(&p.compression));
-        kv(&mut y, "  level", &p.level.to_string());
-        if let Some(b) = &p.xz_bcj {
-            kv(&mut y, "  xz-bcj", &quote(b));
-        }
-        if let Some(d) = p.xz_dict_size {
-            kv(&mut y, "  xz-dict-size", &d.to_string());
-        }
-        kv(&mut y, "  block-size", &p.block_size.to_string());
-        kv(&mut y, "  sort-file", &opt(p.sort_file.as_deref()));
-        kv(
-            &mut y,
-            "  source-date-epoch",
-            &p.source_date_epoch.to_string(),
-        );
-        kv(
-            &mut y,
-            "old-iso-sha256",
-            &opt(self.old_iso_sha256.as_deref()),
-        );
-        kv(
-            &mut y,
-            "new-iso-sha256",
-            &opt(self.new_iso_sha256.as_deref()),
-        );
-        kv(&mut y, "old-tree-digest", &quote(&self.old_tree_digest));
-        kv(&mut y, "new-tree-digest", &quote(&self.new_tree_digest));
-        entries(&mut y, "overlay", &self.overlay);
-        entries(&mut y, "boot-tree", &self.boot_tree);
-        y
+        w.map("layer-params", |w| {
+            w.string("compression", &p.compression);
+            w.number("level", p.level);
+            if let Some(b) = &p.xz_bcj {
+                w.string("xz-bcj", b);
+            }
+            if let Some(d) = p.xz_dict_size {
+                w.number("xz-dict-size", d);
+            }
+            w.number("block-size", p.block_size);
+            w.opt_string("sort-file", p.sort_file.as_deref());
+            w.number("source-date-epoch", p.source_date_epoch);
+        });
+        w.opt_string("old-iso-sha256", self.old_iso_sha256.as_deref());
+        w.opt_string("new-iso-sha256", self.new_iso_sha256.as_deref());
+        w.string("old-tree-digest", &self.old_tree_digest);
+        w.string("new-tree-digest", &self.new_tree_digest);
+        w.list("overlay", &self.overlay, FileEntry::write_yaml);
+        w.list("boot-tree", &self.boot_tree, FileEntry::write_yaml);
+        w.finish()
     }
 
     /// Parses control.yml text.
     pub fn from_yaml(text: &str) -> Result<Control, KitError> {
         serde_yaml_ng::from_str(text).map_err(|e| KitError::Invalid(format!("control.yml: {e}")))
-    }
-}
-
-/// A YAML double-quoted scalar: `"` and `\\` escaped, control characters and the Unicode line
-/// breaks YAML recognizes written as escapes, everything else as is.
-pub fn quote(s: &str) -> String {
-    let mut q = String::with_capacity(s.len() + 2);
-    q.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => q.push_str("\\\""),
-            '\\' => q.push_str("\\\\"),
-            '\n' => q.push_str("\\n"),
-            '\t' => q.push_str("\\t"),
-            c if (c as u32) < 0x20 || c == '\u{7f}' => q.push_str(&format!("\\x{:02x}", c as u32)),
-            '\u{85}' | '\u{2028}' | '\u{2029}' | '\u{feff}' => {
-                q.push_str(&format!("\\u{:04x}", c as u32))
-            }
-            c => q.push(c),
-        }
-    }
-    q.push('"');
-    q
-}
-
-fn kv(y: &mut String, key: &str, value: &str) {
-    y.push_str(key);
-    y.push_str(": ");
-    y.push_str(value);
-    y.push('\n');
-}
-
-fn opt(v: Option<&str>) -> String {
-    v.map_or_else(|| "null".to_string(), quote)
-}
-
-fn strings(y: &mut String, key: &str, list: &[String]) {
-    if list.is_empty() {
-        kv(y, key, "[]");
-        return;
-    }
-    y.push_str(key);
-    y.push_str(":\n");
-    for s in list {
-        y.push_str("- ");
-        y.push_str(&quote(s));
-        y.push('\n');
-    }
-}
-
-fn entries(y: &mut String, key: &str, list: &[FileEntry]) {
-    if list.is_empty() {
-        kv(y, key, "[]");
-        return;
-    }
-    y.push_str(key);
-    y.push_str(":\n");
-    for e in list {
-        kv(y, "- path", &quote(&e.path));
-        kv(y, "  size", &e.size.to_string());
-        kv(y, "  sha256", &quote(&e.sha256));
     }
 }
 
@@ -457,7 +398,9 @@ pub enum AnyKit {
 }
 
 /// The bytes of the small file `name` at the top of a kit's tree (FORMAT, control.yml), at most
-/// `limit` bytes.
+/// `limit` bytes: refused before anything is allocated when its inode declares more, and the
+/// read itself stops after `limit` bytes (a damaged image whose data runs past the declared
+/// size costs no more). Every reader of a kit's FORMAT and control.yml goes through here.
 pub fn small_file(tree: &Tree, name: &str, limit: u64) -> Result<Vec<u8>, KitError> {
     let n = tree.lookup(name.as_bytes()).ok_or_else(|| {
         KitError::Invalid(format!(
@@ -465,16 +408,30 @@ pub fn small_file(tree: &Tree, name: &str, limit: u64) -> Result<Vec<u8>, KitErr
         ))
     })?;
     let InodeKind::File(c) = &tree.node_inode(n).kind else {
-        return Err(KitError::Invalid(format!("{name} is not a file")));
+        return Err(KitError::Invalid(format!(
+            "{name} is not a file: not a kit (a kit holds FORMAT, control.yml and overlay/)"
+        )));
     };
     if c.size > limit {
         return Err(KitError::Invalid(format!(
-            "{name} is {} bytes, more than {limit}",
+            "{name} is {} bytes, more than {limit}: a damaged kit, or not a kit",
             c.size
         )));
     }
-    c.read_all()
-        .map_err(|e| KitError::Invalid(format!("{name}: {e}")))
+    let bytes = c
+        .source
+        .open()
+        .and_then(|r| read_capped_from(r, limit))
+        .map_err(|e| KitError::Invalid(format!("{name}: {e}")))?;
+    if bytes.len() as u64 != c.size {
+        return Err(KitError::Invalid(format!(
+            "{name}: {}: expected {} bytes, read {}",
+            c.source.describe(),
+            c.size,
+            bytes.len()
+        )));
+    }
+    Ok(bytes)
 }
 
 /// A kit's image, tree, FORMAT text and control.yml text.
@@ -484,7 +441,7 @@ fn read_parts(path: &std::path::Path) -> Result<(Arc<Archive>, Tree, String, Str
     let format = String::from_utf8_lossy(&small_file(&tree, "FORMAT", 16)?).into_owned();
     let text = small_file(&tree, "control.yml", MAX_CONTROL)?;
     let text = String::from_utf8(text)
-        .map_err(|_| KitError::Invalid("control.yml is not UTF-8".into()))?;
+        .map_err(|_| KitError::Invalid("control.yml is not UTF-8 text: a damaged kit".into()))?;
     Ok((archive, tree, format, text))
 }
 
@@ -495,7 +452,8 @@ impl Kit {
         match Kit::open_any(path)? {
             AnyKit::Iuk(k) => Ok(*k),
             AnyKit::Legacy(_) => Err(KitError::Invalid(
-                "made by Tails' own tooling (control.yml holds only delete_files): not a kit of iuk"
+                "made by Tails' own tooling (control.yml holds only delete_files): not a kit of \
+                 iuk; build one with iuk-build"
                     .into(),
             )),
         }
@@ -648,5 +606,37 @@ mod tests {
         let mut bad = lp.clone();
         bad.compression = "lzo".into();
         assert!(bad.to_writer(1).is_err());
+    }
+
+    #[test]
+    fn a_huge_control_yml_is_refused_before_it_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("control.yml");
+        std::fs::File::create(&p).unwrap().set_len(1 << 30).unwrap();
+        let meta = Metadata {
+            perm: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime: 0,
+            xattrs: Vec::new(),
+        };
+        let tree_with = |declared: u64| {
+            let mut t = Tree::new(meta.clone());
+            let root = t.root();
+            let inode = Inode {
+                meta: meta.clone(),
+                kind: InodeKind::File(Content::from_host_path(p.clone(), declared)),
+            };
+            t.add(root, b"control.yml", inode).unwrap();
+            t
+        };
+        let t = std::time::Instant::now();
+        // Declared as large as it is: refused on the inode size.
+        let e = small_file(&tree_with(1 << 30), "control.yml", MAX_CONTROL).unwrap_err();
+        assert!(e.to_string().contains("more than"), "{e}");
+        // Declared small, its data running on: the read stops at the cap.
+        let e = small_file(&tree_with(10), "control.yml", 64).unwrap_err();
+        assert!(e.to_string().contains("control.yml"), "{e}");
+        assert!(t.elapsed() < std::time::Duration::from_secs(5));
     }
 }

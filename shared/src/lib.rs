@@ -23,3 +23,4 @@ pub mod squashfs;
 pub mod tree;
 pub mod udf;
 pub mod version;
+pub mod yaml;

@@ -4,7 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::kit::{quote, FileEntry};
+use crate::kit::FileEntry;
+use crate::yaml::YamlWriter;
 
 /// The state format this version reads and writes.
 pub const STATE_FORMAT: u32 = 1;
@@ -72,70 +73,31 @@ impl State {
         t
     }
 
-    /// The deterministic YAML text.
+    /// The deterministic YAML text ([`crate::yaml`]: keys in this fixed order, every string
+    /// double-quoted).
     pub fn to_yaml(&self) -> String {
-        let mut y = String::new();
-        let kv = |y: &mut String, k: &str, v: &str| {
-            y.push_str(k);
-            y.push_str(": ");
-            y.push_str(v);
-            y.push('\n');
-        };
-        kv(&mut y, "state-format", &self.state_format.to_string());
-        kv(&mut y, "product", &quote(&self.product));
-        kv(&mut y, "build-target", &quote(&self.build_target));
-        kv(&mut y, "channel", &quote(&self.channel));
-        kv(&mut y, "base-version", &quote(&self.base_version));
-        kv(&mut y, "base-tree-digest", &quote(&self.base_tree_digest));
-        kv(&mut y, "current-version", &quote(&self.current_version));
-        kv(
-            &mut y,
-            "current-tree-digest",
-            &quote(&self.current_tree_digest),
-        );
-        kv(&mut y, "module-file", &quote(&self.module_file));
-        kv(&mut y, "max-layers", &self.max_layers.to_string());
-        if self.layers.is_empty() {
-            kv(&mut y, "layers", "[]");
-        } else {
-            y.push_str("layers:\n");
-            for l in &self.layers {
-                kv(&mut y, "- name", &quote(&l.name));
-                kv(&mut y, "  size", &l.size.to_string());
-                kv(&mut y, "  sha256", &quote(&l.sha256));
-                kv(&mut y, "  version", &quote(&l.version));
-            }
-        }
-        if self.boot_files.is_empty() {
-            kv(&mut y, "boot-files", "[]");
-        } else {
-            y.push_str("boot-files:\n");
-            for f in &self.boot_files {
-                kv(&mut y, "- path", &quote(&f.path));
-                kv(&mut y, "  size", &f.size.to_string());
-                kv(&mut y, "  sha256", &quote(&f.sha256));
-            }
-        }
-        kv(
-            &mut y,
-            "keyring",
-            &self
-                .keyring
-                .as_deref()
-                .map_or_else(|| "null".to_string(), quote),
-        );
-        if self.key_fingerprints.is_empty() {
-            kv(&mut y, "key-fingerprints", "[]");
-        } else {
-            y.push_str("key-fingerprints:\n");
-            for k in &self.key_fingerprints {
-                y.push_str("- ");
-                y.push_str(&quote(k));
-                y.push('\n');
-            }
-        }
-        kv(&mut y, "writer-format", &self.writer_format.to_string());
-        y
+        let mut w = YamlWriter::new();
+        w.number("state-format", self.state_format);
+        w.string("product", &self.product);
+        w.string("build-target", &self.build_target);
+        w.string("channel", &self.channel);
+        w.string("base-version", &self.base_version);
+        w.string("base-tree-digest", &self.base_tree_digest);
+        w.string("current-version", &self.current_version);
+        w.string("current-tree-digest", &self.current_tree_digest);
+        w.string("module-file", &self.module_file);
+        w.number("max-layers", self.max_layers);
+        w.list("layers", &self.layers, |w, l| {
+            w.string("name", &l.name);
+            w.number("size", l.size);
+            w.string("sha256", &l.sha256);
+            w.string("version", &l.version);
+        });
+        w.list("boot-files", &self.boot_files, FileEntry::write_yaml);
+        w.opt_string("keyring", self.keyring.as_deref());
+        w.strings("key-fingerprints", &self.key_fingerprints);
+        w.number("writer-format", self.writer_format);
+        w.finish()
     }
 
     /// Parses a state file; refuses other state formats.

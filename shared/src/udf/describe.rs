@@ -1,0 +1,262 @@
+//! Making a UDF from kits (build side, `iuk-build describe`): each kit's product, build target
+//! and versions come from its control.yml, its size and sha256 from its bytes; the paths are
+//! ordered so that Tails' devices, which take the first incremental path, get the cumulative kit.
+
+use std::cmp::Ordering;
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::kit::{Control, Kit, KitError};
+use crate::tree::hex;
+use crate::udf::format::{PathType, TargetFile, Udf, Upgrade, UpgradePath, UpgradeType};
+use crate::version::{compare, is_safe_name};
+
+/// Errors making a UDF from kits.
+#[derive(Debug, thiserror::Error)]
+pub enum DescribeError {
+    /// A kit cannot be opened.
+    #[error("{}: {source}", path.display())]
+    Kit {
+        /// The kit.
+        path: PathBuf,
+        /// The error.
+        source: KitError,
+    },
+    /// A file cannot be read.
+    #[error("{}: cannot read: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
+    /// The inputs do not make a valid UDF.
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// A file offered for download: its local copy and its URL.
+#[derive(Clone, Debug)]
+pub struct Offered {
+    /// The local file (its size and sha256 are computed from it).
+    pub path: PathBuf,
+    /// Where devices download it.
+    pub url: String,
+}
+
+/// What `iuk-build describe` makes a UDF from.
+#[derive(Clone, Debug)]
+pub struct DescribeInput {
+    /// Product name.
+    pub product: String,
+    /// Build target.
+    pub build_target: String,
+    /// Channel.
+    pub channel: String,
+    /// The initial-install version of the devices addressed.
+    pub initial_install_version: String,
+    /// The version offered.
+    pub version: String,
+    /// The upgrade's type.
+    pub kind: UpgradeType,
+    /// The release notes' URL.
+    pub details_url: Option<String>,
+    /// Kits to the version offered.
+    pub kits: Vec<Offered>,
+    /// The installation image of the version offered (a full upgrade path).
+    pub full: Option<Offered>,
+}
+
+/// Refuses the kit `name` (its control.yml `c`) unless it is for the product and build target
+/// of `input`, upgrades to its version, and from a version between its initial-install version
+/// and that version; each message says which option or kit to change.
+fn check_kit(input: &DescribeInput, name: &str, c: &Control) -> Result<(), DescribeError> {
+    let refuse = |m: String| Err(DescribeError::Refused(m));
+    if c.product != input.product {
+        return refuse(format!(
+            "{name}: a kit for product {}, not {}: give kits of {} or change --product",
+            c.product, input.product, input.product
+        ));
+    }
+    if c.build_target != input.build_target {
+        return refuse(format!(
+            "{name}: a kit for build target {}, not {}: give kits for {} or change \
+             --build-target",
+            c.build_target, input.build_target, input.build_target
+        ));
+    }
+    if c.to_version != input.version {
+        return refuse(format!(
+            "{name}: a kit to version {}, not {}: give kits to {} or change --version",
+            c.to_version, input.version, input.version
+        ));
+    }
+    if compare(&c.from_version, &input.initial_install_version) == Ordering::Less {
+        return refuse(format!(
+            "{name}: a kit from version {}, older than the initial-install version {}: give \
+             kits from {} or later",
+            c.from_version, input.initial_install_version, input.initial_install_version
+        ));
+    }
+    if compare(&c.from_version, &c.to_version) != Ordering::Less {
+        return refuse(format!(
+            "{name}: a kit from version {} to {} is no upgrade: a damaged kit; rebuild it",
+            c.from_version, c.to_version
+        ));
+    }
+    Ok(())
+}
+
+fn file_digest(path: &Path) -> Result<(u64, String), DescribeError> {
+    let io = |source| DescribeError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut f = File::open(path).map_err(io)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = f.read(&mut buf).map_err(io)?;
+        if n == 0 {
+            break;
+        }
+        size += n as u64;
+        h.update(&buf[..n]);
+    }
+    Ok((size, hex(&h.finalize())))
+}
+
+/// Makes the UDF for devices first installed at `initial_install_version`, offering `version`
+/// (DESIGN.md, "Trust"). Each kit's product, build target and versions come from its
+/// control.yml; size and sha256 from its bytes. The kit from the initial-install version (the
+/// cumulative kit, FORMAT 2 only: Tails devices take the first incremental path) is listed first
+/// without `from-version`; the stacking kits follow with their `from-version`, newest first;
+/// then the full path. Refused: a kit for another product or build target, or to another
+/// version; two kits from one version; incremental paths without a cumulative kit.
+pub fn describe(input: &DescribeInput) -> Result<Udf, DescribeError> {
+    let refuse = |m: String| DescribeError::Refused(m);
+    for (what, v) in [
+        ("product", &input.product),
+        ("build target", &input.build_target),
+        ("channel", &input.channel),
+        ("initial-install version", &input.initial_install_version),
+        ("version", &input.version),
+    ] {
+        if !is_safe_name(v) {
+            return Err(refuse(format!(
+                "{what} {v:?} is not a valid name (letters, digits and ._+~- only)"
+            )));
+        }
+    }
+    if compare(&input.version, &input.initial_install_version) != Ordering::Greater {
+        return Err(refuse(format!(
+            "version {} is not newer than the initial-install version {}: check --version and \
+             --initial-install-version",
+            input.version, input.initial_install_version
+        )));
+    }
+    if input.kits.is_empty() && input.full.is_none() {
+        return Err(refuse(
+            "nothing to offer: give --kit (with --kit-url) or --iso (with --iso-url)".into(),
+        ));
+    }
+    let mut cumulative: Option<UpgradePath> = None;
+    let mut stacking: Vec<(String, UpgradePath)> = Vec::new();
+    for k in &input.kits {
+        let kit = Kit::open(&k.path).map_err(|source| DescribeError::Kit {
+            path: k.path.clone(),
+            source,
+        })?;
+        let c = &kit.control;
+        let name = k.path.display();
+        check_kit(input, &name.to_string(), c)?;
+        if k.url.is_empty() {
+            return Err(refuse(format!("{name}: empty URL: give its --kit-url")));
+        }
+        let (size, sha256) = file_digest(&k.path)?;
+        let from_base = c.from_version == input.initial_install_version;
+        let path = UpgradePath {
+            from_version: (!from_base).then(|| c.from_version.clone()),
+            target_files: vec![TargetFile {
+                sha256,
+                size,
+                url: k.url.clone(),
+            }],
+            kind: PathType::Incremental,
+        };
+        let duplicate = || {
+            refuse(format!(
+                "{name}: a second kit from version {}: give one kit per version upgraded from",
+                c.from_version
+            ))
+        };
+        if from_base {
+            if kit.format != crate::kit::FORMAT {
+                return Err(refuse(format!(
+                    "{name}: the kit from the initial-install version {} is FORMAT {:?}; Tails' \
+                     installer, which takes it, supports FORMAT {} only",
+                    c.from_version,
+                    kit.format,
+                    crate::kit::FORMAT
+                )));
+            }
+            if cumulative.is_some() {
+                return Err(duplicate());
+            }
+            cumulative = Some(path);
+        } else {
+            if stacking.iter().any(|(f, _)| *f == c.from_version) {
+                return Err(duplicate());
+            }
+            stacking.push((c.from_version.clone(), path));
+        }
+    }
+    let mut paths = Vec::new();
+    match cumulative {
+        Some(c) => paths.push(c),
+        None if !stacking.is_empty() => {
+            return Err(refuse(format!(
+                "no kit from the initial-install version {}: Tails devices ignore from-version \
+                 and would install a stacking kit as if it were cumulative; add the kit from {}",
+                input.initial_install_version, input.initial_install_version
+            )))
+        }
+        None => {}
+    }
+    stacking.sort_by(|a, b| compare(&b.0, &a.0));
+    paths.extend(stacking.into_iter().map(|(_, p)| p));
+    if let Some(f) = &input.full {
+        if f.url.is_empty() {
+            return Err(refuse(format!(
+                "{}: empty URL: give its --iso-url",
+                f.path.display()
+            )));
+        }
+        let (size, sha256) = file_digest(&f.path)?;
+        paths.push(UpgradePath {
+            from_version: None,
+            target_files: vec![TargetFile {
+                sha256,
+                size,
+                url: f.url.clone(),
+            }],
+            kind: PathType::Full,
+        });
+    }
+    Ok(Udf {
+        build_target: input.build_target.clone(),
+        channel: input.channel.clone(),
+        initial_install_version: input.initial_install_version.clone(),
+        product_name: input.product.clone(),
+        upgrades: vec![Upgrade {
+            details_url: input.details_url.clone(),
+            kind: input.kind.clone(),
+            upgrade_paths: paths,
+            version: input.version.clone(),
+        }],
+    })
+}
