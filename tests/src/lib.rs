@@ -65,19 +65,7 @@ pub fn bin(name: &str) -> PathBuf {
 // ------------------------------------------------------------------------------------------------
 // Skipping
 
-/// Whether tests that need root, the kernel or external tools must fail rather than skip
-/// (`IUK_REQUIRE_KERNEL=1`, for CI machines that have all of them).
-pub fn skips_forbidden() -> bool {
-    std::env::var("IUK_REQUIRE_KERNEL").is_ok_and(|v| v == "1")
-}
-
-/// Reports a skipped test: prints `SKIP: reason`, or panics when skipping is forbidden.
-pub fn skip(reason: &str) {
-    if skips_forbidden() {
-        panic!("cannot run this test ({reason}) and IUK_REQUIRE_KERNEL=1 forbids skipping it");
-    }
-    eprintln!("SKIP: {reason}");
-}
+pub use iuk_skip::{skip, skip_unless_required, skips_forbidden};
 
 /// Whether the process runs as root (euid 0).
 pub fn is_root() -> bool {
@@ -85,7 +73,8 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// `true` when running as root; otherwise reports a skip (see [`skip`]) and returns `false`.
+/// `true` when running as root; otherwise reports a skip (see [`skip`]: counted, or a failure
+/// under `IUK_REQUIRE_KERNEL=1`) and returns `false`.
 ///
 /// Usage: `if !require_root_or_skip() { return; }`
 pub fn require_root_or_skip() -> bool {

@@ -1230,7 +1230,7 @@ fn golden_kit_hashes() {
              upgrade: bump WRITER_FORMAT_VERSION in shared/src/squashfs/write.rs; a control.yml\n\
              change; regenerated fixtures), update the golden file and commit it with the change\n\
              that explains why:\n\
-             \n    IUK_UPDATE_GOLDEN=1 cargo test --release -p iuk-e2e --test build golden_kit_hashes\n\
+             \n    IUK_UPDATE_GOLDEN=1 cargo test --release -p iuk-e2e --test e2e build::golden_kit_hashes\n\
              \nor replace testdata/{GOLDEN} with:\n{new_file}",
             problems.join("\n  "),
             kept.display()

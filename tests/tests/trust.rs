@@ -355,10 +355,7 @@ fn tails_udf_parser() -> Option<(PathBuf, PathBuf)> {
     let Some(src) = std::env::var_os("IUK_TAILS_SRC") else {
         let reason = "IUK_TAILS_SRC is unset (the path of a Tails source checkout, the directory \
                       holding config/)";
-        if std::env::var("IUK_REQUIRE_TAILS").is_ok_and(|v| v == "1") {
-            panic!("{reason}, and IUK_REQUIRE_TAILS=1 forbids skipping");
-        }
-        eprintln!("SKIP: {reason}");
+        iuk_e2e::skip_unless_required("IUK_REQUIRE_TAILS", reason);
         return None;
     };
     let usr_src = PathBuf::from(src).join("config/chroot_local-includes/usr/src");
