@@ -3,6 +3,7 @@
 //! must be built first (`cargo build --release --workspace --bins`).
 
 mod apply;
+mod bounded;
 mod build;
 mod pack;
 mod rebuild;
