@@ -75,8 +75,9 @@ struct Tails {
 /// [`skip`]) without root, loop devices or overlayfs.
 fn tails_or_skip() -> Option<Tails> {
     let Some(src) = std::env::var_os("IUK_TAILS_SRC") else {
-        let reason = "IUK_TAILS_SRC is unset (the path of a Tails source checkout; \
-                      see the top of tests/tests/tails_interop.rs)";
+        // The same reason as trust.rs's, so that the skip summary counts them together.
+        let reason = "IUK_TAILS_SRC is unset (the path of a Tails source checkout, the directory \
+                      holding config/)";
         skip_unless_required("IUK_REQUIRE_TAILS", reason);
         return None;
     };
