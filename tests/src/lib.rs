@@ -1,6 +1,7 @@
 //! Helpers for the end-to-end tests: finding the built binaries, deciding when a test needs
-//! root, the kernel or an external tool (and skipping or failing accordingly), building test
-//! trees with `scripts/make-tree`, snapshotting a directory tree with every attribute the
+//! root, the kernel or an external tool (and skipping or failing accordingly, through the one
+//! skip helper of the `iuk-skip` crate), building the fixture kits once per run
+//! ([`fixture_kit`]), building test trees with `scripts/make-tree`, snapshotting a directory tree with every attribute the
 //! invariants cover, explaining snapshot differences field by field, and loop-mounting images
 //! with a guard that always unmounts.
 
