@@ -96,3 +96,16 @@ PY
   }
   echo "$uri"
 }
+
+# Prints the skips logged in file $1 (one reason a line): `N skipped: <reason> (×count), ...`,
+# most frequent first, or `0 skipped`.
+iuk_skip_summary() {
+  local n
+  n=$(wc -l <"$1")
+  if [ "$n" -eq 0 ]; then
+    echo "0 skipped"
+    return
+  fi
+  echo "$n skipped: $(sort "$1" | uniq -c | sort -k1,1nr -k2 |
+    sed -E 's/^ *([0-9]+) (.*)$/\2 (×\1)/' | paste -sd '\t' | sed 's/\t/, /g')"
+}

@@ -638,9 +638,10 @@ pub fn utc(secs: u64) -> String {
 
 #[cfg(test)]
 mod tests {
-    //! Keys and signatures are made by GnuPG in a temporary home (skipped, with a message, when
-    //! `gpg` is missing). Times are faked (`--faked-system-time …!`), so every verdict is about
-    //! fixed dates — and the current clock, years later, plays no part.
+    //! Keys and signatures are made by GnuPG in a temporary home (skipped through `iuk_skip`
+    //! when `gpg` is missing: counted, or a failure under `IUK_REQUIRE_KERNEL=1`). Times are
+    //! faked (`--faked-system-time …!`), so every verdict is about fixed dates — and the
+    //! current clock, years later, plays no part.
 
     use super::*;
     use std::io::Write;
@@ -689,7 +690,7 @@ mod tests {
                 .status()
                 .is_ok_and(|s| s.success());
             if !ok {
-                eprintln!("SKIP: gpg is not installed");
+                iuk_skip::skip("`gpg` is not installed");
                 return None;
             }
             let home = tempfile::Builder::new()

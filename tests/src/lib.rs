@@ -1,6 +1,7 @@
 //! Helpers for the end-to-end tests: finding the built binaries, deciding when a test needs
-//! root, the kernel or an external tool (and skipping or failing accordingly), building test
-//! trees with `scripts/make-tree`, snapshotting a directory tree with every attribute the
+//! root, the kernel or an external tool (and skipping or failing accordingly, through the one
+//! skip helper of the `iuk-skip` crate), building the fixture kits once per run
+//! ([`fixture_kit`]), building test trees with `scripts/make-tree`, snapshotting a directory tree with every attribute the
 //! invariants cover, explaining snapshot differences field by field, and loop-mounting images
 //! with a guard that always unmounts.
 
@@ -13,6 +14,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
@@ -65,19 +68,7 @@ pub fn bin(name: &str) -> PathBuf {
 // ------------------------------------------------------------------------------------------------
 // Skipping
 
-/// Whether tests that need root, the kernel or external tools must fail rather than skip
-/// (`IUK_REQUIRE_KERNEL=1`, for CI machines that have all of them).
-pub fn skips_forbidden() -> bool {
-    std::env::var("IUK_REQUIRE_KERNEL").is_ok_and(|v| v == "1")
-}
-
-/// Reports a skipped test: prints `SKIP: reason`, or panics when skipping is forbidden.
-pub fn skip(reason: &str) {
-    if skips_forbidden() {
-        panic!("cannot run this test ({reason}) and IUK_REQUIRE_KERNEL=1 forbids skipping it");
-    }
-    eprintln!("SKIP: {reason}");
-}
+pub use iuk_skip::{skip, skip_unless_required, skips_forbidden};
 
 /// Whether the process runs as root (euid 0).
 pub fn is_root() -> bool {
@@ -85,7 +76,8 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// `true` when running as root; otherwise reports a skip (see [`skip`]) and returns `false`.
+/// `true` when running as root; otherwise reports a skip (see [`skip`]: counted, or a failure
+/// under `IUK_REQUIRE_KERNEL=1`) and returns `false`.
 ///
 /// Usage: `if !require_root_or_skip() { return; }`
 pub fn require_root_or_skip() -> bool {
@@ -796,6 +788,62 @@ pub fn build_cmd(old: &Path, new: &Path, out: &Path) -> Command {
         .arg("--out")
         .arg(out);
     c
+}
+
+/// The kits of the fixture ISOs built so far by this process, by (from, to, arguments): each
+/// slot is filled once, by the first test that asks for it; the others wait for it.
+type KitSlots = HashMap<(String, String, Vec<String>), Arc<OnceLock<PathBuf>>>;
+
+/// The process-wide directory holding the kits [`fixture_kit`] built (removed at exit).
+static KIT_DIR: OnceLock<PathBuf> = OnceLock::new();
+
+/// Removes [`KIT_DIR`] when the test process exits (registered with `atexit`).
+extern "C" fn remove_kit_dir() {
+    if let Some(d) = KIT_DIR.get() {
+        let _ = fs::remove_dir_all(d);
+    }
+}
+
+/// The kit `iuk-build build --old Tails-FROM.iso --new Tails-TO.iso --out OUT ARGS` of the
+/// fixture ISOs (SOURCE_DATE_EPOCH removed, so pass `--source-date-epoch=…` in `args`), built
+/// once per test process and shared by every test that asks for the same (from, to, args):
+/// the file is `Tails_amd64_FROM_to_TO.iuk` in a directory of its own under a process-wide
+/// temporary directory, removed when the process exits. Read it; never change it: a test that
+/// modifies a kit copies it first. Panics (with the build's output) unless the build succeeds.
+pub fn fixture_kit(from: &str, to: &str, args: &[&str]) -> PathBuf {
+    static SLOTS: OnceLock<Mutex<KitSlots>> = OnceLock::new();
+    let key = (
+        from.to_string(),
+        to.to_string(),
+        args.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+    );
+    static BUILT: AtomicUsize = AtomicUsize::new(0);
+    let slot = Arc::clone(
+        SLOTS
+            .get_or_init(Mutex::default)
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(key)
+            .or_default(),
+    );
+    slot.get_or_init(|| {
+        let root = KIT_DIR.get_or_init(|| {
+            let d = tempfile::Builder::new()
+                .prefix("iuk-e2e-kits-")
+                .tempdir()
+                .expect("a temporary directory for the fixture kits")
+                .keep();
+            // SAFETY: registers a function without arguments that only removes a directory.
+            unsafe { libc::atexit(remove_kit_dir) };
+            d
+        });
+        let dir = root.join(BUILT.fetch_add(1, Ordering::Relaxed).to_string());
+        fs::create_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        let out = dir.join(format!("Tails_amd64_{from}_to_{to}.iuk"));
+        run_ok(build_cmd(&iso(from), &iso(to), &out).args(args));
+        out
+    })
+    .clone()
 }
 
 /// The mkfs time in the superblock of the SquashFS image at `path` (bytes 8..12).

@@ -31,10 +31,10 @@ use iuk::squashfs::read::Archive;
 use iuk::squashfs::write::write_image;
 use iuk::tree::{Content, InodeKind};
 use iuk_e2e::{
-    assert_same_tree, copy_tree, diff_snapshots, iso, iuk_command, kernel_or_skip, kill_points,
-    layer_name, mount_fusefat, mount_overlay, mount_squashfs, mount_tmpfs, read_files, replace_all,
-    require_root_or_skip, run, run_ok, sha256_file, sha256_hex, snapshot, tools_or_skip,
-    trace_clean_run, Entry, Run,
+    assert_same_tree, copy_tree, diff_snapshots, fixture_kit, iso, iuk_command, kernel_or_skip,
+    kill_points, layer_name, mount_fusefat, mount_overlay, mount_squashfs, mount_tmpfs, read_files,
+    replace_all, require_root_or_skip, run, run_ok, sha256_file, sha256_hex, snapshot,
+    tools_or_skip, trace_clean_run, Entry, Run,
 };
 use tempfile::TempDir;
 
@@ -58,22 +58,10 @@ fn kernel_tests_or_skip() -> bool {
     require_root_or_skip() && kernel_or_skip() && tools_or_skip(&["osirrox"])
 }
 
-/// Builds the kit `from` → `to` into `dir/<from>-<to>.iuk`.
-fn build_kit(dir: &Path, from: &str, to: &str) -> PathBuf {
-    let out = dir.join(format!("{from}-{to}.iuk"));
-    run_ok(
-        iuk_command("iuk-build")
-            .arg("build")
-            .arg("--old")
-            .arg(iso(from))
-            .arg("--new")
-            .arg(iso(to))
-            .arg("--source-date-epoch")
-            .arg(EPOCH.to_string())
-            .arg("--out")
-            .arg(&out),
-    );
-    out
+/// The kit `from` → `to` of the fixture ISOs, built once per run and shared
+/// ([`iuk_e2e::fixture_kit`]): read it, never change it.
+fn build_kit(from: &str, to: &str) -> PathBuf {
+    fixture_kit(from, to, &[&format!("--source-date-epoch={EPOCH}")])
 }
 
 /// `iuk-apply SUB --medium MEDIUM`.
@@ -405,8 +393,8 @@ fn chain_on_a_plain_directory() {
     let work = tmpdir();
     let w = work.path();
     let (r9, r10, r11) = (release("6.9", w), release("6.10", w), release("6.11", w));
-    let k1 = build_kit(w, "6.9", "6.10");
-    let k2 = build_kit(w, "6.10", "6.11");
+    let k1 = build_kit("6.9", "6.10");
+    let k2 = build_kit("6.10", "6.11");
     let m = w.join("medium");
 
     let r = init_medium(&m, "6.9");
@@ -434,8 +422,8 @@ fn cumulative_kit_replaces_the_diff_layers() {
     let work = tmpdir();
     let w = work.path();
     let (r9, r10, r11) = (release("6.9", w), release("6.10", w), release("6.11", w));
-    let k1 = build_kit(w, "6.9", "6.10");
-    let k3 = build_kit(w, "6.9", "6.11");
+    let k1 = build_kit("6.9", "6.10");
+    let k3 = build_kit("6.9", "6.11");
     let m = w.join("medium");
     init_medium(&m, "6.9");
     apply_kit(&m, &k1);
@@ -464,8 +452,8 @@ fn chain_on_a_fat32_medium() {
     let work = tmpdir();
     let w = work.path();
     let (r9, r10, r11) = (release("6.9", w), release("6.10", w), release("6.11", w));
-    let k1 = build_kit(w, "6.9", "6.10");
-    let k2 = build_kit(w, "6.10", "6.11");
+    let k1 = build_kit("6.9", "6.10");
+    let k2 = build_kit("6.10", "6.11");
     let img = w.join("fat.img");
     fs::File::create(&img).unwrap().set_len(64 << 20).unwrap();
     run_ok(Command::new("mkfs.vfat").args(["-F", "32"]).arg(&img));
@@ -508,7 +496,7 @@ fn verify_deep_checks_the_base_and_stacked_trees() {
     let w = work.path();
     let m = w.join("medium");
     init_medium(&m, "6.9");
-    apply_kit(&m, &build_kit(w, "6.9", "6.10"));
+    apply_kit(&m, &build_kit("6.9", "6.10"));
     run_ok(ia("verify", &m).arg("--deep"));
 
     // Another valid base of the same size passes the quick check, not the deep one.
@@ -619,8 +607,8 @@ fn kits_of_tails_own_tooling_apply_only_when_asked() {
     let work = tmpdir();
     let w = work.path();
     let (r9, r10, r11) = (release("6.9", w), release("6.10", w), release("6.11", w));
-    let ours_10 = build_kit(w, "6.9", "6.10");
-    let ours_11 = build_kit(w, "6.9", "6.11");
+    let ours_10 = build_kit("6.9", "6.10");
+    let ours_11 = build_kit("6.9", "6.11");
     let tails_11 = as_tails_kit(&ours_11, &w.join("tails-6.9-6.11.iuk"), |_| {});
     let tails_10 = as_tails_kit(&ours_10, &w.join("tails-6.9-6.10.iuk"), |_| {});
     let legacy = ["--legacy-tails-kit"];
@@ -918,7 +906,7 @@ fn refuses_corrupt_kits() {
     }
     let work = tmpdir();
     let w = work.path();
-    let k1 = build_kit(w, "6.9", "6.10");
+    let k1 = build_kit("6.9", "6.10");
     let m = w.join("medium");
     init_medium(&m, "6.9");
     let mut refusals = Refusals::new(&m);
@@ -1187,10 +1175,10 @@ fn refuses_kits_that_do_not_apply_to_the_medium() {
     }
     let work = tmpdir();
     let w = work.path();
-    let k1 = build_kit(w, "6.9", "6.10");
-    let k2 = build_kit(w, "6.10", "6.11");
-    let k3 = build_kit(w, "6.9", "6.11");
-    let k4 = build_kit(w, "6.11", "6.11.1");
+    let k1 = build_kit("6.9", "6.10");
+    let k2 = build_kit("6.10", "6.11");
+    let k3 = build_kit("6.9", "6.11");
+    let k4 = build_kit("6.11", "6.11.1");
     let m = w.join("medium");
     init_medium(&m, "6.9");
     let name = |k: &Path| k.display().to_string();
@@ -1320,7 +1308,7 @@ fn refuses_unknown_formats_and_hostile_paths() {
     }
     let work = tmpdir();
     let w = work.path();
-    let k1 = build_kit(w, "6.9", "6.10");
+    let k1 = build_kit("6.9", "6.10");
     let m = w.join("medium");
     init_medium(&m, "6.9");
     let mut refusals = Refusals::new(&m);
@@ -1449,7 +1437,7 @@ fn delete_files_never_removes_a_file_of_the_new_boot_tree() {
     let work = tmpdir();
     let w = work.path();
     let (r9, r10) = (release("6.9", w), release("6.10", w));
-    let k1 = build_kit(w, "6.9", "6.10");
+    let k1 = build_kit("6.9", "6.10");
     let bad = w.join("bad.iuk");
     for d in [
         "EFI/BOOT/bootx64.efi",
@@ -1480,9 +1468,7 @@ fn refuses_a_kit_larger_than_the_free_space() {
     if !require_root_or_skip() {
         return;
     }
-    let work = tmpdir();
-    let w = work.path();
-    let k1 = build_kit(w, "6.9", "6.10");
+    let k1 = build_kit("6.9", "6.10");
     let tmpfs = mount_tmpfs("2M");
     let m = tmpfs.path();
     init_medium(m, "6.9");
@@ -1540,12 +1526,10 @@ fn the_free_space_check_is_enough_and_within_the_goal() {
     if !require_root_or_skip() {
         return;
     }
-    let work = tmpdir();
-    let w = work.path();
     let kits = [
-        build_kit(w, "6.9", "6.10"),
-        build_kit(w, "6.10", "6.11"),
-        build_kit(w, "6.9", "6.11"),
+        build_kit("6.9", "6.10"),
+        build_kit("6.10", "6.11"),
+        build_kit("6.9", "6.11"),
     ];
     // A stacking chain, then a cumulative kit on a medium at 6.10. Each is planned (as `check`
     // does), then run with only the space the plan counts in whole pages, without the margin
@@ -1788,7 +1772,7 @@ fn killed_apply_recovers_to_old_or_new() {
     let work = tmpdir();
     let w = work.path();
     let (r9, r10) = (release("6.9", w), release("6.10", w));
-    let k1 = build_kit(w, "6.9", "6.10");
+    let k1 = build_kit("6.9", "6.10");
     let old_ref = w.join("old");
     init_medium(&old_ref, "6.9");
     let old = Side {
@@ -1828,8 +1812,8 @@ fn killed_cumulative_apply_recovers_to_old_or_new() {
     let work = tmpdir();
     let w = work.path();
     let (r9, r10, r11) = (release("6.9", w), release("6.10", w), release("6.11", w));
-    let k1 = build_kit(w, "6.9", "6.10");
-    let k3 = build_kit(w, "6.9", "6.11");
+    let k1 = build_kit("6.9", "6.10");
+    let k3 = build_kit("6.9", "6.11");
     let old_ref = w.join("old");
     init_medium(&old_ref, "6.9");
     apply_kit(&old_ref, &k1);
@@ -1869,7 +1853,7 @@ fn killed_apply_creating_a_directory_recovers_to_old_or_new() {
     let work = tmpdir();
     let w = work.path();
     let (r9, r10) = (release("6.9", w), release("6.10", w));
-    let k1 = build_kit(w, "6.9", "6.10");
+    let k1 = build_kit("6.9", "6.10");
     let kit = w.join("newdir.iuk");
     let (path, bytes) = (
         "EFI/debian/grub/grub.cfg",
@@ -1926,8 +1910,8 @@ fn read_only_commands_never_write() {
     }
     let work = tmpdir();
     let w = work.path();
-    let k1 = build_kit(w, "6.9", "6.10");
-    let k2 = build_kit(w, "6.10", "6.11");
+    let k1 = build_kit("6.9", "6.10");
+    let k2 = build_kit("6.10", "6.11");
     let m = w.join("medium");
     init_medium(&m, "6.9");
     apply_kit(&m, &k1);
@@ -1967,7 +1951,7 @@ fn pending_journal_is_reported_refused_and_recovered() {
     }
     let work = tmpdir();
     let w = work.path();
-    let k1 = build_kit(w, "6.9", "6.10");
+    let k1 = build_kit("6.9", "6.10");
     let m = w.join("medium");
     init_medium(&m, "6.9");
     let medium_s = m.display().to_string();
@@ -2059,7 +2043,7 @@ fn init_refusals() {
     }
     let work = tmpdir();
     let w = work.path();
-    let k1 = build_kit(w, "6.9", "6.10");
+    let k1 = build_kit("6.9", "6.10");
 
     // A non-empty directory.
     let full = w.join("full");

@@ -20,12 +20,13 @@ use std::process::Command;
 
 use iuk::kit::Control;
 use iuk::release::Release;
+use iuk::squashfs::write::WRITER_FORMAT_VERSION;
 use iuk::tree::{content_hashes, hex, tree_digest, Tree};
 use iuk_e2e::{
-    assert_same_outputs, assert_same_tree, build_cmd, diff_snapshots, dir_names, fixture, iso,
-    iuk_command, kernel_or_skip, layer_name, mkfs_time, mount_overlay, mount_squashfs, read_files,
-    require_root_or_skip, run, run_ok, sha256_file, sha256_hex, show_path, snapshot, tools_or_skip,
-    Entry, Kind, Run,
+    assert_same_outputs, assert_same_tree, build_cmd, diff_snapshots, dir_names, fixture,
+    fixture_kit, iso, iuk_command, kernel_or_skip, layer_name, mkfs_time, mount_overlay,
+    mount_squashfs, read_files, require_root_or_skip, run, run_ok, sha256_file, sha256_hex,
+    show_path, snapshot, tools_or_skip, Entry, Kind, Run,
 };
 use tempfile::TempDir;
 
@@ -59,11 +60,16 @@ fn build_kit(old: &Path, new: &Path, out: &Path, args: &[&str]) -> Run {
     )
 }
 
-/// Builds the kit of a fixture pair into `dir/<from>-<to>.iuk`.
-fn build_pair(dir: &Path, from: &str, to: &str, args: &[&str]) -> PathBuf {
-    let out = dir.join(format!("{from}-{to}.iuk"));
-    build_kit(&iso(from), &iso(to), &out, args);
-    out
+/// The kit of a fixture pair with the declared epoch and `args`, built once per run and shared
+/// ([`iuk_e2e::fixture_kit`]): read it, never change it.
+fn build_pair(from: &str, to: &str, args: &[&str]) -> PathBuf {
+    let mut all = vec![format!("--source-date-epoch={EPOCH}")];
+    all.extend(args.iter().map(|a| a.to_string()));
+    fixture_kit(
+        from,
+        to,
+        &all.iter().map(String::as_str).collect::<Vec<_>>(),
+    )
 }
 
 /// One file of a SquashFS image, read by `unsquashfs -cat`.
@@ -399,7 +405,7 @@ fn kernel_exact(from: &str, to: &str) {
         return;
     }
     let t = tmpdir();
-    let kit = build_pair(t.path(), from, to, &[]);
+    let kit = build_pair(from, to, &[]);
     let old_img = rootfs_of(from, t.path());
     let new_img = rootfs_of(to, t.path());
     let layer_img = extract_layer(&kit, from, to, t.path());
@@ -464,8 +470,8 @@ fn kernel_chain_of_two_kits_equals_6_11() {
         return;
     }
     let t = tmpdir();
-    let k1 = build_pair(t.path(), "6.9", "6.10", &[]);
-    let k2 = build_pair(t.path(), "6.10", "6.11", &[]);
+    let k1 = build_pair("6.9", "6.10", &[]);
+    let k2 = build_pair("6.10", "6.11", &[]);
     let base_img = rootfs_of("6.9", t.path());
     let new_img = rootfs_of("6.11", t.path());
     let l1_img = extract_layer(&k1, "6.9", "6.10", t.path());
@@ -541,7 +547,7 @@ fn control_digests_match_library_and_userspace_merge() {
     let t = tmpdir();
     for (from, to) in PAIRS {
         let what = format!("{from} -> {to}");
-        let kit = build_pair(t.path(), from, to, &[]);
+        let kit = build_pair(from, to, &[]);
         let text = String::from_utf8(unsquashfs_cat(&kit, "control.yml")).unwrap();
         let c = Control::from_yaml(&text).unwrap();
         let (old_tree, old_digest) = library_root_of_release(&iso(from));
@@ -589,7 +595,7 @@ fn check_layout(from: &str, to: &str) {
     let what = format!("{from} -> {to}");
     let exp = expectation(from, to);
     let t = tmpdir();
-    let kit = build_pair(t.path(), from, to, &[]);
+    let kit = build_pair(from, to, &[]);
     let layer = layer_path(from, to);
 
     // FORMAT: the bytes `2`, no newline.
@@ -918,10 +924,9 @@ fn versions_are_quoted_strings_in_control_yml() {
     if !tools_or_skip(&["unsquashfs"]) {
         return;
     }
-    let t = tmpdir();
     let mut bad = Vec::new();
     for (from, to) in PAIRS {
-        let kit = build_pair(t.path(), from, to, &[]);
+        let kit = build_pair(from, to, &[]);
         let text = String::from_utf8(unsquashfs_cat(&kit, "control.yml")).unwrap();
         for (key, v) in [("from-version", from), ("to-version", to)] {
             let raw = raw_value(&text, key);
@@ -1074,9 +1079,8 @@ fn deterministic_across_jobs_and_environment() {
 #[test]
 fn another_epoch_changes_the_bytes() {
     let t = tmpdir();
-    let a = t.path().join("a.iuk");
+    let a = build_pair("6.11", "6.11.1", &[]);
     let b = t.path().join("b.iuk");
-    build_kit(&iso("6.11"), &iso("6.11.1"), &a, &[]);
     run_ok(
         build_cmd(&iso("6.11"), &iso("6.11.1"), &b)
             .arg(format!("--source-date-epoch={}", EPOCH + 1)),
@@ -1095,8 +1099,7 @@ fn another_epoch_changes_the_bytes() {
 #[test]
 fn default_output_name_in_the_working_directory() {
     let t = tmpdir();
-    let explicit = t.path().join("explicit.iuk");
-    build_kit(&iso("6.11"), &iso("6.11.1"), &explicit, &[]);
+    let explicit = build_pair("6.11", "6.11.1", &[]);
     let cwd = t.path().join("cwd");
     fs::create_dir(&cwd).unwrap();
     run_ok(
@@ -1142,6 +1145,85 @@ const GOLDEN_CASES: [(&str, &str, &[&str]); 5] = [
     ),
 ];
 
+/// The header line of the golden file recording the writer format version its hashes are of.
+const GOLDEN_VERSION_PREFIX: &str = "# writer-format-version:";
+
+/// The writer format version the golden file records (its `# writer-format-version: N` line),
+/// or `None` when it has none; panics on a malformed or repeated one.
+fn golden_version(text: &str) -> Option<u32> {
+    let mut found = None;
+    for line in text.lines() {
+        let Some(v) = line.strip_prefix(GOLDEN_VERSION_PREFIX) else {
+            continue;
+        };
+        let v: u32 = v
+            .trim()
+            .parse()
+            .unwrap_or_else(|e| panic!("{GOLDEN}: malformed line {line:?}: {e}"));
+        assert!(
+            found.replace(v).is_none(),
+            "{GOLDEN}: two `{GOLDEN_VERSION_PREFIX}` lines"
+        );
+    }
+    found
+}
+
+/// What the golden test reports, given the writer format version the golden file records, the
+/// current one, and the kits whose hashes differ from it (`problems`): `None` when all is well.
+/// A changed version with an old golden file means it was not regenerated; changed hashes under
+/// the recorded version mean the bytes changed without a version bump.
+fn golden_verdict(recorded: Option<u32>, current: u32, problems: &[String]) -> Option<String> {
+    let regenerate =
+        "IUK_UPDATE_GOLDEN=1 cargo test --release -p iuk-e2e --test e2e build::golden_kit_hashes";
+    match recorded {
+        None => Some(format!(
+            "testdata/{GOLDEN} has no `{GOLDEN_VERSION_PREFIX} N` line (the writer format \
+             version its hashes are of); regenerate it:\n\n    {regenerate}"
+        )),
+        Some(r) if r != current => Some(format!(
+            "WRITER_FORMAT_VERSION is {current} but testdata/{GOLDEN} records the hashes of \
+             writer format {r}: the golden file was not regenerated after the version changed; \
+             regenerate it and commit it with the change:\n\n    {regenerate}"
+        )),
+        Some(_) if !problems.is_empty() => Some(format!(
+            "the kit bytes differ from testdata/{GOLDEN} but WRITER_FORMAT_VERSION is still \
+             {current}, as recorded: bump WRITER_FORMAT_VERSION (shared/src/squashfs/write.rs) \
+             and regenerate the golden file, unless the change is not the writer's (see below):\n  {}",
+            problems.join("\n  ")
+        )),
+        Some(_) => None,
+    }
+}
+
+#[test]
+fn golden_verdict_names_what_to_do() {
+    let changed = ["Tails-6.9.iso Tails-6.10.iso: recorded a, built b".to_string()];
+    assert_eq!(golden_verdict(Some(3), 3, &[]), None);
+    let same_version = golden_verdict(Some(3), 3, &changed).unwrap();
+    assert!(
+        same_version.contains("bump WRITER_FORMAT_VERSION")
+            && same_version.contains("regenerate")
+            && same_version.contains(&changed[0]),
+        "{same_version}"
+    );
+    for hashes in [&[][..], &changed[..]] {
+        let not_regenerated = golden_verdict(Some(3), 4, hashes).unwrap();
+        assert!(
+            not_regenerated.contains("not regenerated")
+                && not_regenerated.contains("IUK_UPDATE_GOLDEN=1"),
+            "{not_regenerated}"
+        );
+    }
+    assert!(golden_verdict(None, 3, &[])
+        .unwrap()
+        .contains(GOLDEN_VERSION_PREFIX));
+    assert_eq!(
+        golden_version("# x\n# writer-format-version: 7\nab  c\n"),
+        Some(7)
+    );
+    assert_eq!(golden_version("# x\nab  c\n"), None);
+}
+
 fn golden_description(from: &str, to: &str, args: &[&str]) -> String {
     format!(
         "Tails-{from}.iso Tails-{to}.iso epoch={EPOCH} {}",
@@ -1160,6 +1242,7 @@ fn golden_description(from: &str, to: &str, args: &[&str]) -> String {
 fn golden_kit_hashes() {
     let path = fixture(GOLDEN);
     let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let recorded_version = golden_version(&text);
     let mut recorded: BTreeMap<String, String> = BTreeMap::new();
     for line in text
         .lines()
@@ -1182,8 +1265,10 @@ fn golden_kit_hashes() {
     let t = tmpdir();
     let mut actual: Vec<(String, String, PathBuf)> = Vec::new();
     for (i, (from, to, args)) in GOLDEN_CASES.iter().enumerate() {
+        // The fixture kits are built once per run (the other tests share them); a copy is kept
+        // here for comparison when the hashes differ.
         let out = t.path().join(format!("{i}-{from}-{to}.iuk"));
-        build_kit(&iso(from), &iso(to), &out, args);
+        fs::copy(build_pair(from, to, args), &out).unwrap();
         actual.push((golden_description(from, to, args), sha256_file(&out), out));
     }
     // Lines of the file that no case covers would silently stop being checked.
@@ -1197,8 +1282,12 @@ fn golden_kit_hashes() {
             "# sha256 of the kits `iuk-build build --old A --new B --source-date-epoch E [ARGS]` makes\n\
              # from the committed fixture ISOs (testdata/README.md). Checked by tests/tests/build.rs\n\
              # (golden_kit_hashes). Change only on purpose (writer format version bump, new fixtures,\n\
-             # control.yml layout), never by accident.\n",
+             # control.yml layout), never by accident. The version line below is the writer format\n\
+             # version (WRITER_FORMAT_VERSION) the hashes are of.\n",
         );
+        s.push_str(&format!(
+            "{GOLDEN_VERSION_PREFIX} {WRITER_FORMAT_VERSION}\n"
+        ));
         for (d, h, _) in &actual {
             s.push_str(&format!("{h}  {d}\n"));
         }
@@ -1220,19 +1309,18 @@ fn golden_kit_hashes() {
     for d in stray {
         problems.push(format!("{d}: in {GOLDEN} but no test builds it"));
     }
-    if !problems.is_empty() {
+    if let Some(verdict) = golden_verdict(recorded_version, WRITER_FORMAT_VERSION, &problems) {
         let kept = t.keep();
         panic!(
-            "the kit bytes differ from testdata/{GOLDEN}:\n  {}\n\n\
+            "{verdict}\n\n\
              Kit bytes must never change by accident (DESIGN.md: determinism, writer format version).\n\
              The kits just built are kept in {} for comparison.\n\
              If the change is deliberate (a change of the writer's layout rules or a compressor\n\
              upgrade: bump WRITER_FORMAT_VERSION in shared/src/squashfs/write.rs; a control.yml\n\
              change; regenerated fixtures), update the golden file and commit it with the change\n\
              that explains why:\n\
-             \n    IUK_UPDATE_GOLDEN=1 cargo test --release -p iuk-e2e --test build golden_kit_hashes\n\
+             \n    IUK_UPDATE_GOLDEN=1 cargo test --release -p iuk-e2e --test e2e build::golden_kit_hashes\n\
              \nor replace testdata/{GOLDEN} with:\n{new_file}",
-            problems.join("\n  "),
             kept.display()
         );
     }
@@ -1565,7 +1653,7 @@ fn directory_inputs_give_the_same_kit_but_null_iso_hashes() {
                 osirrox_extract(&iso(v), "/", d);
             }
         }
-        let from_isos = build_pair(t.path(), from, to, &[]);
+        let from_isos = build_pair(from, to, &[]);
         let from_dirs = t.path().join(format!("dirs-{from}-{to}.iuk"));
         build_kit(&old_dir, &new_dir, &from_dirs, &[]);
         let a = unpack(&from_isos, &t.path().join(format!("u-iso-{from}-{to}")));

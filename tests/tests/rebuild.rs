@@ -22,7 +22,8 @@ use iuk::squashfs::read::Archive;
 use iuk::squashfs::write::{write_image, WriterParams};
 use iuk::tree::InodeKind;
 use iuk_e2e::{
-    build_cmd, dir_names, iso, iuk_command, pack, run, run_ok, sha256_file, tool_or_skip, Run,
+    build_cmd, dir_names, fixture_kit, iso, iuk_command, pack, run, run_ok, sha256_file,
+    tool_or_skip, Run,
 };
 use tempfile::TempDir;
 
@@ -45,16 +46,12 @@ fn build(old: &Path, new: &Path, out: &Path, args: &[&str], env: &[(&str, &str)]
     run_ok(&mut c);
 }
 
-/// The 6.9 → 6.10 kit with default parameters, as `dir/name`.
+/// The 6.9 → 6.10 kit with default parameters, as `dir/name` (a copy of the kit built once per
+/// run and shared, [`iuk_e2e::fixture_kit`]).
 fn default_kit(dir: &Path, name: &str) -> PathBuf {
     let out = dir.join(name);
-    build(
-        &iso("6.9"),
-        &iso("6.10"),
-        &out,
-        &[&format!("--source-date-epoch={EPOCH}")],
-        &[],
-    );
+    let shared = fixture_kit("6.9", "6.10", &[&format!("--source-date-epoch={EPOCH}")]);
+    fs::copy(&shared, &out).unwrap_or_else(|e| panic!("{}: {e}", out.display()));
     out
 }
 

@@ -10,7 +10,7 @@
 //!
 //! ```text
 //! scripts/tails-interop-deps && cargo build --release -p iuk-build &&
-//!   IUK_TAILS_SRC=/path/to/tails cargo test --release -p iuk-e2e --test tails_interop
+//!   IUK_TAILS_SRC=/path/to/tails cargo test --release -p iuk-e2e --test e2e tails_interop::
 //! ```
 //!
 //! Without `IUK_TAILS_SRC` every test prints `SKIP: …` and passes, unless `IUK_REQUIRE_TAILS=1`.
@@ -52,7 +52,7 @@ use std::process::Command;
 
 use iuk_e2e::{
     assert_same_tree, bin, find_tool, iuk_command, kernel_or_skip, mount_squashfs, replace_all,
-    repo_root, run, run_ok, sha256_file, skip, snapshot, Mounted, Run,
+    repo_root, run, run_ok, sha256_file, skip, skip_unless_required, snapshot, Mounted, Run,
 };
 use tempfile::TempDir;
 
@@ -70,22 +70,15 @@ struct Tails {
     perl5lib: PathBuf,
 }
 
-/// Whether a missing Tails source must fail the test instead of skipping it.
-fn tails_required() -> bool {
-    std::env::var("IUK_REQUIRE_TAILS").is_ok_and(|v| v == "1")
-}
-
 /// Tails' installer from `IUK_TAILS_SRC`, or `None` (with `SKIP:` printed) when the variable is
 /// unset. Panics when it is set but unusable, or unset while `IUK_REQUIRE_TAILS=1`; skips (see
 /// [`skip`]) without root, loop devices or overlayfs.
 fn tails_or_skip() -> Option<Tails> {
     let Some(src) = std::env::var_os("IUK_TAILS_SRC") else {
-        let reason = "IUK_TAILS_SRC is unset (the path of a Tails source checkout; \
-                      see the top of tests/tests/tails_interop.rs)";
-        if tails_required() {
-            panic!("{reason}, and IUK_REQUIRE_TAILS=1 forbids skipping");
-        }
-        eprintln!("SKIP: {reason}");
+        // The same reason as trust.rs's, so that the skip summary counts them together.
+        let reason = "IUK_TAILS_SRC is unset (the path of a Tails source checkout, the directory \
+                      holding config/)";
+        skip_unless_required("IUK_REQUIRE_TAILS", reason);
         return None;
     };
     let src = PathBuf::from(src);

@@ -17,7 +17,7 @@ use std::process::Command;
 use iuk::kit::Kit;
 use iuk::sign::verify_detached;
 use iuk::udf::{select_path, Device, Model, PathType, Selection, Udf};
-use iuk_e2e::{fixture, iuk_command, pack, run, run_ok, sha256_file, Gpg, Run};
+use iuk_e2e::{fixture, fixture_kit, iuk_command, pack, run, run_ok, sha256_file, Gpg, Run};
 use tempfile::TempDir;
 
 const EPOCH: u32 = 1_700_000_000;
@@ -29,22 +29,16 @@ fn tmpdir() -> TempDir {
         .unwrap()
 }
 
-/// Builds the kit `from` → `to` of the fixture ISOs into `dir`, with extra `build` arguments.
-fn kit(dir: &Path, from: &str, to: &str, args: &[&str]) -> PathBuf {
-    let out = dir.join(format!("Tails_amd64_{from}_to_{to}.iuk"));
-    run_ok(
-        iuk_command("iuk-build")
-            .arg("build")
-            .arg("--old")
-            .arg(fixture(&format!("Tails-{from}.iso")))
-            .arg("--new")
-            .arg(fixture(&format!("Tails-{to}.iso")))
-            .arg("--out")
-            .arg(&out)
-            .arg(format!("--source-date-epoch={EPOCH}"))
-            .args(args),
-    );
-    out
+/// The kit `from` → `to` of the fixture ISOs with extra `build` arguments, built once per run
+/// and shared ([`iuk_e2e::fixture_kit`]): read it, never change it.
+fn kit(from: &str, to: &str, args: &[&str]) -> PathBuf {
+    let mut all = vec![format!("--source-date-epoch={EPOCH}")];
+    all.extend(args.iter().map(|a| a.to_string()));
+    fixture_kit(
+        from,
+        to,
+        &all.iter().map(String::as_str).collect::<Vec<_>>(),
+    )
 }
 
 fn url(kit: &Path) -> String {
@@ -97,8 +91,8 @@ fn refused(r: &Run, what: &str) {
 #[test]
 fn describe_lists_the_cumulative_kit_first() {
     let d = tmpdir();
-    let cumulative = kit(d.path(), "6.9", "6.11", &[]);
-    let stacking = kit(d.path(), "6.10", "6.11", &[]);
+    let cumulative = kit("6.9", "6.11", &[]);
+    let stacking = kit("6.10", "6.11", &[]);
     let iso = fixture("Tails-6.11.iso");
     let out = d.path().join("upgrades.yml");
     // The stacking kit first on the command line: the cumulative one still comes first.
@@ -198,20 +192,19 @@ fn describe_lists_the_cumulative_kit_first() {
 #[test]
 fn describe_refuses_mismatched_kits() {
     let d = tmpdir();
-    let cumulative = kit(d.path(), "6.9", "6.11", &[]);
-    let stacking = kit(d.path(), "6.10", "6.11", &[]);
+    let cumulative = kit("6.9", "6.11", &[]);
+    let stacking = kit("6.10", "6.11", &[]);
     let out = d.path().join("upgrades.yml");
     let out_arg = out.to_str().unwrap();
 
     // A kit to another version.
-    let to_6_10 = kit(d.path(), "6.9", "6.10", &[]);
+    let to_6_10 = kit("6.9", "6.10", &[]);
     let r = describe(&[&to_6_10], &["--out", out_arg]);
     refused(&r, "a kit to version 6.10, not 6.11");
     assert!(r.stderr.contains(&to_6_10.display().to_string()), "{r}");
 
     // A kit for another product.
-    let other_dir = tmpdir();
-    let other = kit(other_dir.path(), "6.9", "6.11", &["--product", "Other"]);
+    let other = kit("6.9", "6.11", &["--product", "Other"]);
     refused(
         &describe(&[&other], &["--out", out_arg]),
         "a kit for product Other, not Tails",
@@ -302,7 +295,7 @@ fn signed_udf_verifies_against_the_keyring() {
         return;
     }
     let d = tmpdir();
-    let cumulative = kit(d.path(), "6.9", "6.11", &[]);
+    let cumulative = kit("6.9", "6.11", &[]);
     let out = d.path().join("upgrades.yml");
     run_ok(&mut {
         let mut c = iuk_command("iuk-build");
@@ -355,10 +348,7 @@ fn tails_udf_parser() -> Option<(PathBuf, PathBuf)> {
     let Some(src) = std::env::var_os("IUK_TAILS_SRC") else {
         let reason = "IUK_TAILS_SRC is unset (the path of a Tails source checkout, the directory \
                       holding config/)";
-        if std::env::var("IUK_REQUIRE_TAILS").is_ok_and(|v| v == "1") {
-            panic!("{reason}, and IUK_REQUIRE_TAILS=1 forbids skipping");
-        }
-        eprintln!("SKIP: {reason}");
+        iuk_e2e::skip_unless_required("IUK_REQUIRE_TAILS", reason);
         return None;
     };
     let usr_src = PathBuf::from(src).join("config/chroot_local-includes/usr/src");
@@ -405,8 +395,8 @@ fn tails_parser_takes_the_cumulative_kit() {
         return;
     };
     let d = tmpdir();
-    let cumulative = kit(d.path(), "6.9", "6.11", &[]);
-    let stacking = kit(d.path(), "6.10", "6.11", &[]);
+    let cumulative = kit("6.9", "6.11", &[]);
+    let stacking = kit("6.10", "6.11", &[]);
     let iso = fixture("Tails-6.11.iso");
     let r = describe(
         &[&stacking, &cumulative],

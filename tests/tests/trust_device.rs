@@ -15,9 +15,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use iuk_e2e::{
-    assert_same_tree, copy_tree, fixture, iuk_command, kernel_or_skip, kill_points, mount_overlay,
-    mount_squashfs, require_root_or_skip, run, run_ok, sha256_file, sha256_hex, snapshot,
-    tools_or_skip, trace_clean_run, Gpg, Run,
+    assert_same_tree, copy_tree, fixture, fixture_kit, iuk_command, kernel_or_skip, kill_points,
+    mount_overlay, mount_squashfs, require_root_or_skip, run, run_ok, sha256_file, sha256_hex,
+    snapshot, tools_or_skip, trace_clean_run, Gpg, Run,
 };
 use tempfile::TempDir;
 
@@ -41,21 +41,10 @@ fn put(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
 // ------------------------------------------------------------------------------------------------
 // Kits, UDFs, the medium
 
-/// Builds the kit `from` → `to` of the fixture ISOs into `dir`.
-fn kit(dir: &Path, from: &str, to: &str) -> PathBuf {
-    let out = dir.join(format!("Tails_amd64_{from}_to_{to}.iuk"));
-    run_ok(
-        iuk_command("iuk-build")
-            .arg("build")
-            .arg("--old")
-            .arg(fixture(&format!("Tails-{from}.iso")))
-            .arg("--new")
-            .arg(fixture(&format!("Tails-{to}.iso")))
-            .arg("--out")
-            .arg(&out)
-            .arg(format!("--source-date-epoch={EPOCH}")),
-    );
-    out
+/// The kit `from` → `to` of the fixture ISOs, built once per run and shared
+/// ([`iuk_e2e::fixture_kit`]): read it, never change it.
+fn kit(from: &str, to: &str) -> PathBuf {
+    fixture_kit(from, to, &[&format!("--source-date-epoch={EPOCH}")])
 }
 
 fn url(file: &Path) -> String {
@@ -227,8 +216,8 @@ fn signed_apply_stacks_and_everything_else_is_refused_before_any_write() {
     let a = g.gen("a@example.org", "sign");
     let x = g.gen("x@example.org", "sign");
     let keys = put(w, "A.asc", &g.export(&[&a]));
-    let k1 = kit(w, "6.9", "6.10");
-    let kc = kit(w, "6.9", "6.11");
+    let k1 = kit("6.9", "6.10");
+    let kc = kit("6.9", "6.11");
     let udf = describe(w, "u10.yml", "6.10", &[&k1], false);
     let sig = g.sign(&a, &udf, &w.join("u10.yml.pgp"));
     let m = w.join("medium");
@@ -392,7 +381,7 @@ fn rsa_subkey_and_expired_since_signing_keys_are_accepted() {
     ]);
     let old = fpr("old@example.org");
     let keys = put(w, "keys.asc", &g.export(&[&rsa, &cert, &old]));
-    let k1 = kit(w, "6.9", "6.10");
+    let k1 = kit("6.9", "6.10");
     let udf = describe(w, "u.yml", "6.10", &[&k1], false);
     let m = w.join("medium");
     init(&m, Some(&keys));
@@ -438,11 +427,11 @@ fn select_takes_the_path_of_the_rule() {
     let g = Gpg::new();
     let a = g.gen("a@example.org", "sign");
     let keys = put(w, "A.asc", &g.export(&[&a]));
-    let k1 = kit(w, "6.9", "6.10");
-    let k2 = kit(w, "6.10", "6.11");
-    let kc = kit(w, "6.9", "6.11");
-    let k4 = kit(w, "6.11", "6.11.1");
-    let k5 = kit(w, "6.9", "6.11.1");
+    let k1 = kit("6.9", "6.10");
+    let k2 = kit("6.10", "6.11");
+    let kc = kit("6.9", "6.11");
+    let k4 = kit("6.11", "6.11.1");
+    let k5 = kit("6.9", "6.11.1");
     let sign = |name: &str, version: &str, kits: &[&Path], full: bool| {
         let u = describe(w, name, version, kits, full);
         let s = g.sign(&a, &u, &w.join(format!("{name}.pgp")));
@@ -589,9 +578,9 @@ fn trust_rotates_keys_and_revocations_take_effect_at_once() {
     let x = g.gen("x@example.org", "sign");
     let e = g.gen("e@example.org", "cert");
     let keys = put(w, "A.asc", &g.export(&[&a]));
-    let k1 = kit(w, "6.9", "6.10");
-    let k2 = kit(w, "6.10", "6.11");
-    let kc = kit(w, "6.9", "6.11");
+    let k1 = kit("6.9", "6.10");
+    let k2 = kit("6.10", "6.11");
+    let kc = kit("6.9", "6.11");
     let u10 = describe(w, "u10.yml", "6.10", &[&k1], false);
     let u11 = describe(w, "u11.yml", "6.11", &[&kc, &k2], false);
     let m = w.join("medium");
@@ -739,9 +728,9 @@ fn media_without_keys_take_unsigned_kits_with_a_warning() {
     let a = g.gen("a@example.org", "sign");
     let e = g.gen("e@example.org", "cert");
     let keys = put(w, "A.asc", &g.export(&[&a]));
-    let k1 = kit(w, "6.9", "6.10");
-    let k2 = kit(w, "6.10", "6.11");
-    let kc = kit(w, "6.9", "6.11");
+    let k1 = kit("6.9", "6.10");
+    let k2 = kit("6.10", "6.11");
+    let kc = kit("6.9", "6.11");
     let u10 = describe(w, "u10.yml", "6.10", &[&k1], false);
     let u10_sig = g.sign(&a, &u10, &w.join("u10.yml.pgp"));
     let u11 = describe(w, "u11.yml", "6.11", &[&kc, &k2], false);
@@ -890,7 +879,7 @@ fn killed_trust_recovers_to_the_old_or_the_new_keyring() {
     let keys = put(w, "A.asc", &g.export(&[&a]));
     let new = put(w, "C.asc", &g.export(&[&c]));
     let sig = g.sign(&a, &new, &w.join("C.asc.sig"));
-    let k1 = kit(w, "6.9", "6.10");
+    let k1 = kit("6.9", "6.10");
     let udf = describe(w, "u10.yml", "6.10", &[&k1], false);
     let by_a = g.sign(&a, &udf, &w.join("u10.a.pgp"));
     let by_c = g.sign(&c, &udf, &w.join("u10.c.pgp"));
