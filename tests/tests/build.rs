@@ -1796,3 +1796,149 @@ fn installed_to_iso(path: &[u8]) -> Vec<u8> {
         None => path.to_vec(),
     }
 }
+
+/// One run builds a kit from each old release to the new one (`--old` repeated, `--out-dir`):
+/// each kit is byte-identical to its single build, `--json` lists them all, and the names and
+/// outputs of every kit are checked before the first is written.
+#[test]
+fn every_kit_of_a_release_in_one_run() {
+    let s = Scene::new();
+    let r = run_ok(
+        iuk_command("iuk-build")
+            .args(["build", "--new"])
+            .arg(iso("6.11"))
+            .arg("--old")
+            .arg(iso("6.9"))
+            .arg("--old")
+            .arg(iso("6.10"))
+            .arg("--out-dir")
+            .arg(&s.out)
+            .arg(format!("--source-date-epoch={EPOCH}"))
+            .arg("--json"),
+    );
+    let reports: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    let reports = reports.as_array().expect("--json lists every kit");
+    assert_eq!(reports.len(), 2);
+    for (report, from) in reports.iter().zip(["6.9", "6.10"]) {
+        let kit = s.out.join(format!("Tails_amd64_{from}_to_6.11.iuk"));
+        let single = build_pair(from, "6.11", &[]);
+        assert_eq!(sha256_file(&kit), sha256_file(&single), "{from} -> 6.11");
+        assert_eq!(report["kit_sha256"], sha256_file(&kit).as_str());
+        assert_eq!(report["from_version"], from);
+        assert_eq!(report["output"], kit.to_str().unwrap());
+    }
+
+    // --from-version once per --old, in order.
+    let named = s.path("named");
+    fs::create_dir(&named).unwrap();
+    run_ok(
+        iuk_command("iuk-build")
+            .args(["build", "--new"])
+            .arg(iso("6.11"))
+            .args(["--old".as_ref(), iso("6.9").as_os_str()])
+            .args(["--old".as_ref(), iso("6.10").as_os_str()])
+            .args(["--from-version", "6.9.0", "--from-version", "6.10.0"])
+            .arg("--out-dir")
+            .arg(&named)
+            .arg(format!("--source-date-epoch={EPOCH}")),
+    );
+    let mut names: Vec<String> = fs::read_dir(&named)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "Tails_amd64_6.10.0_to_6.11.iuk",
+            "Tails_amd64_6.9.0_to_6.11.iuk"
+        ]
+    );
+
+    // Refused before any kit is written: --out with several --old, a --from-version count that
+    // does not match, two kits to one file, and a bad pair among good ones.
+    let refusals: [(&str, Vec<&str>, &str); 4] = [
+        ("--out with two --old", vec!["--out", "k.iuk"], "--out-dir"),
+        (
+            "one --from-version for two --old",
+            vec!["--from-version", "6.9"],
+            "one per --old",
+        ),
+        (
+            "the same old twice",
+            vec!["--old", "OLD69", "--out-dir", "OUT"],
+            "same file",
+        ),
+        (
+            "a downgrade among the olds",
+            vec!["--old", "NEW", "--out-dir", "OUT"],
+            "nothing to upgrade",
+        ),
+    ];
+    for (what, extra, needle) in refusals {
+        let out = s.out.to_str().unwrap().to_string();
+        let (o69, new) = (iso("6.9"), iso("6.11"));
+        let extra: Vec<String> = extra
+            .iter()
+            .map(|a| match *a {
+                "OLD69" => o69.to_str().unwrap().to_string(),
+                "NEW" => new.to_str().unwrap().to_string(),
+                "OUT" => out.clone(),
+                a => a.to_string(),
+            })
+            .collect();
+        let before = dir_names(&s.out);
+        let r = expect_refusal(
+            what,
+            iuk_command("iuk-build")
+                .args(["build", "--new"])
+                .arg(&new)
+                .args(["--old".as_ref(), o69.as_os_str()])
+                .args(["--old".as_ref(), iso("6.10").as_os_str()])
+                .arg(format!("--source-date-epoch={EPOCH}"))
+                .args(&extra)
+                .current_dir(s.tmp.path()),
+            &[s.tmp.path()],
+        );
+        assert_names(&r, what, &[needle]);
+        assert_eq!(dir_names(&s.out), before, "{what}: a kit was written");
+    }
+}
+
+/// A new release whose boot tree would not boot — its initrd gone, or a kernel its boot-loader
+/// configuration names missing — is refused before a kit is written.
+#[test]
+fn refuses_a_new_release_that_would_not_boot() {
+    if !tools_or_skip(&["osirrox"]) {
+        return;
+    }
+    let s = Scene::new();
+    let new = s.path("new");
+    osirrox_extract(&iso("6.10"), "/", &new);
+    fs::remove_file(new.join("live/initrd.img")).unwrap();
+    let r = s.refuse("no initrd", &iso("6.9"), &new, &[]);
+    assert_names(
+        &r,
+        "no initrd",
+        &["initrd /live/initrd.img", "would not boot"],
+    );
+
+    osirrox_extract(
+        &iso("6.10"),
+        "/live/initrd.img",
+        &new.join("live/initrd.img"),
+    );
+    let menu = new.join("isolinux/menu.cfg");
+    let text = fs::read_to_string(&menu).unwrap();
+    fs::write(
+        &menu,
+        text.replace("/live/vmlinuz", "/live/vmlinuz-missing"),
+    )
+    .unwrap();
+    let r = s.refuse("a kernel the menu names is missing", &iso("6.9"), &new, &[]);
+    assert_names(
+        &r,
+        "a kernel the menu names is missing",
+        &["syslinux/menu.cfg", "kernel /live/vmlinuz-missing"],
+    );
+}
