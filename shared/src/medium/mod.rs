@@ -3,19 +3,28 @@
 //! files — plus iuk's own files in `live/`: the state, the lock, the journal and the staging
 //! directory. Every name comparison on a medium is case-insensitive (FAT).
 //!
-//! [`init`] installs an ISO, [`apply`] verifies and stacks a kit in the crash-safe order of
-//! DESIGN.md, [`recover`] completes or discards an interrupted apply.
+//! [`init`] installs an ISO, [`adopt`] takes over an installed medium, [`plan`] verifies a kit
+//! and [`apply`] stacks it in the crash-safe order of DESIGN.md, [`keyring`] holds and rotates
+//! the trusted keys, [`signed_udf`] checks signed upgrade descriptions, [`recover`] completes or
+//! discards an interrupted apply. The mutating commands share one journal commit ([`commit`]);
+//! [`stack`] reads the layers. No module here imports one that imports it back: `commit`,
+//! `stack`, `journal`, `state` and `fsops` sit below the commands that use them.
 
 pub mod adopt;
 pub mod apply;
+pub mod commit;
 #[cfg(test)]
 pub mod crashsim;
 pub mod fsops;
 pub mod init;
 pub mod journal;
+pub mod keyring;
+pub mod plan;
+mod proposal;
 pub mod recover;
+pub mod signed_udf;
+pub mod stack;
 pub mod state;
-pub mod trust;
 
 use std::fs::{self, File};
 use std::io::{self, Read};
@@ -38,6 +47,10 @@ pub const STAGING_DIR: &str = "iuk-staging";
 pub const INTENT_FILE: &str = "intent";
 /// The base image, relative to the medium root.
 pub const BASE: &str = "live/filesystem.squashfs";
+/// Keyring file names on the medium: `live/iuk-keyring-<sha256>.asc`.
+pub const KEYRING_PREFIX: &str = "iuk-keyring-";
+/// See [`KEYRING_PREFIX`].
+pub const KEYRING_SUFFIX: &str = ".asc";
 /// Default bound on the number of diff layers.
 pub const DEFAULT_MAX_LAYERS: u32 = 8;
 
@@ -69,6 +82,22 @@ pub enum MediumError {
     /// An interrupted apply must be recovered first.
     #[error("{}: an interrupted apply is pending; run `iuk-apply recover --medium {}` first", .0.display(), .0.display())]
     PendingRecovery(PathBuf),
+}
+
+/// A refusal: the request is refused and nothing was written; `msg` names the input and says
+/// what to do.
+pub fn refuse(msg: impl Into<String>) -> MediumError {
+    MediumError::Refused(msg.into())
+}
+
+/// True when `name` (a file name in `live/`) is a keyring file name, compared
+/// case-insensitively.
+pub fn is_keyring_name(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    n.len() > KEYRING_PREFIX.len() + KEYRING_SUFFIX.len()
+        && n.starts_with(KEYRING_PREFIX)
+        && n.ends_with(KEYRING_SUFFIX)
+        && !n.contains('/')
 }
 
 /// Shorthand for an I/O error on a path.
@@ -144,13 +173,18 @@ impl Medium {
     /// Reads the state, returning it with its text and the sha256 of its bytes.
     pub fn read_state(&self) -> Result<(State, String, [u8; 32]), MediumError> {
         let path = self.live_file(STATE_FILE);
-        let bytes = crate::io::read_capped(&path, state::MAX_STATE as u64).map_err(|e| MediumError::State {
-            path: self.root.clone(),
-            problem: if e.kind() == io::ErrorKind::NotFound {
-                format!("no live/{STATE_FILE}: not a medium of iuk-apply (use `iuk-apply init` or `adopt`)")
-            } else {
-                format!("live/{STATE_FILE}: {e}")
-            },
+        let bytes = crate::io::read_capped(&path, state::MAX_STATE as u64).map_err(|e| {
+            MediumError::State {
+                path: self.root.clone(),
+                problem: if e.kind() == io::ErrorKind::NotFound {
+                    format!(
+                        "no live/{STATE_FILE}: not a medium of iuk-apply (use `iuk-apply init` or \
+                         `adopt`)"
+                    )
+                } else {
+                    format!("live/{STATE_FILE}: {e}")
+                },
+            }
         })?;
         let sha: [u8; 32] = Sha256::digest(&bytes).into();
         let text = String::from_utf8(bytes).map_err(|_| MediumError::State {

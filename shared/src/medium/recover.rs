@@ -16,10 +16,10 @@ use std::path::PathBuf;
 
 use sha2::{Digest, Sha256};
 
-use super::apply::{discard_journal, finish};
+use super::commit::{discard_journal, finish};
 use super::fsops::{parent_of, MediumFs};
 use super::journal::Journal;
-use super::trust::stray_keyrings;
+use super::keyring::stray_keyrings;
 use super::{
     io_err, safe_relative_path, Medium, MediumError, BASE, INTENT_FILE, JOURNAL_FILE, STATE_FILE,
 };
