@@ -17,8 +17,8 @@ use super::keyring::{
 use super::stack::{hash_tree, read_image_tree, stack_layer};
 use super::state::{Layer, State, STATE_FORMAT};
 use super::{
-    io_err, refuse, sha_of, Medium, MediumError, BASE, DEFAULT_MAX_LAYERS, JOURNAL_FILE, LOCK_FILE,
-    STAGING_DIR, STATE_FILE,
+    io_err, read_module_text, refuse, sha_of, Medium, MediumError, BASE, DEFAULT_MAX_LAYERS,
+    JOURNAL_FILE, LOCK_FILE, STAGING_DIR, STATE_FILE,
 };
 use crate::boot::is_protected;
 use crate::kit::FileEntry;
@@ -195,7 +195,7 @@ fn read_module(
             "{root}: no live/filesystem.{product}.module or live/{product}.module"
         ))
     })?;
-    let text = fs::read_to_string(&module_path).map_err(|e| io_err(&module_path, e))?;
+    let text = read_module_text(&module_path)?;
     Ok((module_name, module_path, text))
 }
 

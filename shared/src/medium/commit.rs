@@ -8,6 +8,8 @@
 use std::collections::HashSet;
 use std::fs::File;
 use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -180,11 +182,11 @@ pub fn finish(medium: &Medium, j: &Journal, fs: &mut dyn MediumFs) -> Result<usi
     // Step 5: module file, then state, in place.
     let module = medium.live().join(&j.module_file);
     let module = find_child(&medium.live(), &j.module_file).unwrap_or(module);
-    if std::fs::read(&module).ok().as_deref() != Some(j.module_text.as_bytes()) {
+    if !holds(&module, j.module_text.as_bytes()) {
         rewrite_file(fs, &module, j.module_text.as_bytes()).map_err(|e| io_err(&module, e))?;
     }
     let state = medium.live_file(STATE_FILE);
-    if std::fs::read(&state).ok().as_deref() != Some(j.state_text.as_bytes()) {
+    if !holds(&state, j.state_text.as_bytes()) {
         rewrite_file(fs, &state, j.state_text.as_bytes()).map_err(|e| io_err(&state, e))?;
     }
 
@@ -259,21 +261,69 @@ pub fn finish(medium: &Medium, j: &Journal, fs: &mut dyn MediumFs) -> Result<usi
     Ok(deleted)
 }
 
+/// Bytes of zeros written at a time when a journal is zeroed.
+pub const ZERO_CHUNK: usize = 64 << 10;
+
 /// Zeroes the journal, fsyncs it, unlinks it and fsyncs `live/`: a zeroed journal can never
-/// come back valid, whatever a power cut keeps of the unlink.
+/// come back valid, whatever a power cut keeps of the unlink. The zeros go in [`ZERO_CHUNK`]s,
+/// so a journal of any length (a damaged medium can hold a huge one) costs one chunk of memory;
+/// a chunk that already reads as zeros, and a hole of a sparse file, are not written again.
 pub fn discard_journal(medium: &Medium, fs: &mut dyn MediumFs) -> Result<(), MediumError> {
     let jpath = medium.live_file(JOURNAL_FILE);
     let len = std::fs::metadata(&jpath)
         .map_err(|e| io_err(&jpath, e))?
         .len();
+    let src = File::open(&jpath).map_err(|e| io_err(&jpath, e))?;
     let h = fs.open_write(&jpath).map_err(|e| io_err(&jpath, e))?;
-    fs.write_at(h, 0, &vec![0u8; len as usize])
-        .map_err(|e| io_err(&jpath, e))?;
+    let zeros = vec![0u8; ZERO_CHUNK];
+    let mut buf = vec![0u8; ZERO_CHUNK];
+    let mut off = 0u64;
+    while off < len {
+        // Holes of a sparse file read as zeros already: go on at the next data, if any.
+        match next_data(&src, off) {
+            Some(Some(data)) => off = data.max(off),
+            Some(None) => break,
+            None => {}
+        }
+        if off >= len {
+            break;
+        }
+        let n = usize::try_from(len - off).map_or(ZERO_CHUNK, |r| r.min(ZERO_CHUNK));
+        let zero = src
+            .read_exact_at(&mut buf[..n], off)
+            .is_ok_and(|()| buf[..n].iter().all(|b| *b == 0));
+        if !zero {
+            fs.write_at(h, off, &zeros[..n])
+                .map_err(|e| io_err(&jpath, e))?;
+        }
+        off += n as u64;
+    }
     fs.fsync(h).map_err(|e| io_err(&jpath, e))?;
     fs.close(h).map_err(|e| io_err(&jpath, e))?;
     fs.unlink(&jpath).map_err(|e| io_err(&jpath, e))?;
     let live = medium.live();
     fs.fsync_dir(&live).map_err(|e| io_err(&live, e))
+}
+
+/// Where the next data of `file` at or after `off` starts (`lseek` with `SEEK_DATA`): Some(None)
+/// when only a hole follows, None when the filesystem cannot tell (then everything is data).
+fn next_data(file: &File, off: u64) -> Option<Option<u64>> {
+    let at = i64::try_from(off).ok()?;
+    // SAFETY: a valid open descriptor; lseek only moves its offset (positioned reads follow).
+    let r = unsafe { libc::lseek(file.as_raw_fd(), at, libc::SEEK_DATA) };
+    if r >= 0 {
+        return Some(u64::try_from(r).ok());
+    }
+    match std::io::Error::last_os_error().raw_os_error() {
+        Some(libc::ENXIO) => Some(None),
+        _ => None,
+    }
+}
+
+/// True when the file at `path` holds exactly `want` (read with `want`'s length as the cap, so
+/// a file of any size costs at most that much memory).
+fn holds(path: &Path, want: &[u8]) -> bool {
+    crate::io::read_capped(path, want.len() as u64).is_ok_and(|b| b == want)
 }
 
 /// Names a deletion must never touch: the base, module files, our own files.

@@ -22,7 +22,7 @@ use super::journal::{Delete, Journal};
 use super::state::State;
 use super::{
     io_err, is_keyring_name, refuse, sha_of, Medium, MediumError, JOURNAL_FILE, KEYRING_PREFIX,
-    KEYRING_SUFFIX,
+    KEYRING_SUFFIX, MAX_MODULE,
 };
 use crate::sign::{Keyring, MAX_KEYRING};
 use crate::tree::hex;
@@ -239,7 +239,7 @@ pub fn rotate(
     // The module file stays byte for byte what it is (finish leaves an equal file alone).
     let module_text = medium
         .find(&format!("live/{}", state.module_file))
-        .and_then(|p| fs::read(p).ok())
+        .and_then(|p| crate::io::read_capped(&p, MAX_MODULE).ok())
         .and_then(|b| String::from_utf8(b).ok())
         .unwrap_or_else(|| state.module_text());
 

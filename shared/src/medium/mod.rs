@@ -51,6 +51,11 @@ pub const BASE: &str = "live/filesystem.squashfs";
 pub const KEYRING_PREFIX: &str = "iuk-keyring-";
 /// See [`KEYRING_PREFIX`].
 pub const KEYRING_SUFFIX: &str = ".asc";
+/// Largest module file accepted: one layer file name per line, far below this.
+pub const MAX_MODULE: u64 = 1 << 20;
+/// Largest intent file accepted: it names the layer, the state and the boot files written at
+/// their final names, which the journal lists too, so it is smaller than any journal.
+pub const MAX_INTENT: u64 = journal::MAX_JOURNAL as u64;
 /// Default bound on the number of diff layers.
 pub const DEFAULT_MAX_LAYERS: u32 = 8;
 
@@ -176,13 +181,16 @@ impl Medium {
         let bytes = crate::io::read_capped(&path, state::MAX_STATE as u64).map_err(|e| {
             MediumError::State {
                 path: self.root.clone(),
-                problem: if e.kind() == io::ErrorKind::NotFound {
-                    format!(
+                problem: match e.kind() {
+                    io::ErrorKind::NotFound => format!(
                         "no live/{STATE_FILE}: not a medium of iuk-apply (use `iuk-apply init` or \
                          `adopt`)"
-                    )
-                } else {
-                    format!("live/{STATE_FILE}: {e}")
+                    ),
+                    io::ErrorKind::FileTooLarge => format!(
+                        "live/{STATE_FILE}: {e}: not a state iuk-apply wrote (damaged medium?); \
+                         run `iuk-apply adopt` to write it anew"
+                    ),
+                    _ => format!("live/{STATE_FILE}: {e}"),
                 },
             }
         })?;
@@ -222,8 +230,8 @@ impl Medium {
         let module = self
             .find(&format!("live/{}", state.module_file))
             .ok_or_else(|| changed(format!("live/{} is missing", state.module_file)))?;
-        let text =
-            fs::read(&module).map_err(|e| changed(format!("live/{}: {e}", state.module_file)))?;
+        let text = crate::io::read_capped(&module, MAX_MODULE)
+            .map_err(|e| changed(format!("live/{}: {e}", state.module_file)))?;
         let lines = |t: &str| -> Vec<String> {
             t.lines()
                 .map(|l| l.trim().to_lowercase())
@@ -272,6 +280,22 @@ impl Medium {
         }
         Ok(())
     }
+}
+
+/// Reads a module file (one layer file name per line) whole: at most [`MAX_MODULE`] bytes,
+/// checked before anything is allocated, and UTF-8 text.
+pub fn read_module_text(path: &Path) -> Result<String, MediumError> {
+    crate::io::read_capped_string(path, MAX_MODULE).map_err(|e| {
+        if e.kind() == io::ErrorKind::FileTooLarge {
+            refuse(format!(
+                "{}: {e}: not a module file of live-boot (damaged medium?); restore it (one \
+                 layer file name per line) or reinstall the medium",
+                path.display()
+            ))
+        } else {
+            io_err(path, e)
+        }
+    })
 }
 
 /// The existing child of `dir` named `name`, compared case-insensitively (an exact match wins).
