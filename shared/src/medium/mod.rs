@@ -81,8 +81,12 @@ pub enum MediumError {
     /// The request is refused; nothing was written.
     #[error("{0}")]
     Refused(String),
-    /// Another iuk-apply holds the medium's lock.
-    #[error("{}: another iuk-apply is working on this medium", .0.display())]
+    /// Another iuk-apply holds the medium's lock (the path is the lock file, `live/iuk.lock`).
+    #[error(
+        "{}: locked by another iuk-apply working on this medium; wait for it to finish, then run \
+         the command again (the lock goes away with the process that holds it)",
+        .0.display()
+    )]
     Locked(PathBuf),
     /// An interrupted apply must be recovered first.
     #[error("{}: an interrupted apply is pending; run `iuk-apply recover --medium {}` first", .0.display(), .0.display())]
@@ -170,7 +174,7 @@ impl Medium {
         // SAFETY: a valid descriptor; flock only takes an advisory lock.
         let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
         if r != 0 {
-            return Err(MediumError::Locked(self.root.clone()));
+            return Err(MediumError::Locked(path));
         }
         Ok(Lock { _file: file })
     }

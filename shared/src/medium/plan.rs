@@ -780,9 +780,7 @@ fn check_space(
     let cluster = cluster_size(&medium.root);
     let too_large = || {
         bad_kit(
-            "the sizes of the files the apply writes add up to more than 2^64 bytes (a \
-                 damaged kit)"
-                .into(),
+            "the sizes of the files to write add up to more than 2^64 bytes (damaged kit)".into(),
         )
     };
     let written = written_files.bytes().ok_or_else(too_large)?;

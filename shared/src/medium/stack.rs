@@ -12,11 +12,21 @@ use crate::progress::Progress;
 use crate::squashfs::read::Archive;
 use crate::tree::{hex, Tree};
 
-/// The tree of the SquashFS image at `path` (the reader's errors name the image).
+/// The tree of the SquashFS image at `path` on the medium (the reader's errors name the image;
+/// the refusal says the medium is damaged).
 pub fn read_image_tree(path: &Path) -> Result<Tree, MediumError> {
+    read_raw(path).map_err(|e| {
+        refuse(format!(
+            "{e}; an image on the medium is unreadable (damaged medium?): reinstall the medium"
+        ))
+    })
+}
+
+/// The tree of the image at `path`, or the reader's own message (which names the image).
+fn read_raw(path: &Path) -> Result<Tree, String> {
     Archive::open(path)
         .and_then(|a| a.read_tree())
-        .map_err(|e| refuse(e.to_string()))
+        .map_err(|e| e.to_string())
 }
 
 /// Checks the trees the medium's layers stack to against the state, in userspace: the base's
@@ -37,7 +47,7 @@ pub fn verify_trees(
         let p = medium
             .find(rel)
             .ok_or_else(|| changed(format!("{rel} is missing")))?;
-        let tree = read_image_tree(&p).map_err(|e| changed(e.to_string()))?;
+        let tree = read_raw(&p).map_err(changed)?;
         hash_tree(tree, &format!("hashing {rel}"), progress)
     };
     let mut stack = open(BASE)?;
