@@ -5,11 +5,13 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use iuk::medium::apply::{self, ApplyOptions, Plan};
+use iuk::medium::apply;
 use iuk::medium::fsops::RealFs;
 use iuk::medium::init::{self, InitOptions};
+use iuk::medium::keyring::{self, KeyringInput};
+use iuk::medium::plan::{self, ApplyOptions, Plan};
 use iuk::medium::recover::{self, Recovery};
-use iuk::medium::trust::{self, KeyringInput, Outcome, SignedUdf};
+use iuk::medium::signed_udf::{self, Outcome, SignedUdf};
 use iuk::medium::{Medium, MediumError};
 use iuk::progress::Bars;
 use iuk::sign::{MAX_KEYRING, MAX_SIGNATURE};
@@ -300,7 +302,7 @@ fn pending_recovery(m: &Medium) -> bool {
     m.journal_pending()
         || m.staging_pending()
         || m.read_state()
-            .is_ok_and(|(s, _, _)| !trust::stray_keyrings(m, &s).is_empty())
+            .is_ok_and(|(s, _, _)| !keyring::stray_keyrings(m, &s).is_empty())
 }
 
 fn init_cmd(a: InitArgs) -> Result<()> {
@@ -409,7 +411,7 @@ impl KitArgs {
 fn check_cmd(a: KitArgs) -> Result<()> {
     let m = Medium::new(&a.medium);
     let opts = a.options()?;
-    let plan = apply::plan(&m, &a.kit, &opts, &Bars::new("iuk-apply"))?;
+    let plan = plan::plan(&m, &a.kit, &opts, &Bars::new("iuk-apply"))?;
     for w in &plan.warnings {
         eprintln!("iuk-apply: warning: {w}");
     }
@@ -420,8 +422,8 @@ fn check_cmd(a: KitArgs) -> Result<()> {
             "{}: apply would {} {} {} -> {} ({} boot files to write, {} entries to delete, {} bytes needed{})",
             a.kit.display(),
             match plan.model {
-                apply::Model::Stacking => "stack layer",
-                apply::Model::Cumulative => "replace every diff layer with",
+                plan::Model::Stacking => "stack layer",
+                plan::Model::Cumulative => "replace every diff layer with",
             },
             plan.layer_name,
             plan.from_version,
@@ -461,7 +463,7 @@ fn apply_cmd(a: KitArgs) -> Result<()> {
     let _lock = m.lock()?;
     recover_first(&m)?;
     let bar = Bars::new("iuk-apply");
-    let plan = apply::plan(&m, &a.kit, &opts, &bar)?;
+    let plan = plan::plan(&m, &a.kit, &opts, &bar)?;
     for w in &plan.warnings {
         eprintln!("iuk-apply: warning: {w}");
     }
@@ -477,8 +479,8 @@ fn apply_cmd(a: KitArgs) -> Result<()> {
             r.from_version,
             r.to_version,
             match r.model {
-                apply::Model::Stacking => "stacked",
-                apply::Model::Cumulative => "cumulative",
+                plan::Model::Stacking => "stacked",
+                plan::Model::Cumulative => "cumulative",
             },
             r.layer,
             r.bytes_written,
@@ -509,7 +511,7 @@ fn select_cmd(a: SelectArgs) -> Result<()> {
             a.medium.display()
         );
     }
-    let s = trust::select(&m, &signed, a.max_layers)?;
+    let s = signed_udf::select(&m, &signed, a.max_layers)?;
     if a.json {
         let mut v = serde_json::to_value(&s)?;
         v["pending_recovery"] = serde_json::Value::Bool(pending);
@@ -575,7 +577,7 @@ fn trust_cmd(a: TrustArgs) -> Result<()> {
     let m = Medium::new(&a.medium);
     let _lock = m.lock()?;
     recover_first(&m)?;
-    let r = trust::rotate(
+    let r = keyring::rotate(
         &m,
         &new,
         &a.signature.display().to_string(),
@@ -629,7 +631,7 @@ fn status_cmd(a: StatusArgs) -> Result<()> {
     let m = Medium::new(&a.medium);
     let (s, _, _) = m.read_state()?;
     let pending = pending_recovery(&m);
-    let free = apply::free_space(&a.medium)?;
+    let free = plan::free_space(&a.medium)?;
     if a.json {
         let v = serde_json::json!({
             "product": s.product,
@@ -691,9 +693,9 @@ fn verify_cmd(a: VerifyArgs) -> Result<()> {
     let (s, _, _) = m.read_state()?;
     m.check_consistent(&s, a.deep)?;
     if a.deep {
-        iuk::medium::adopt::verify_trees(&m, &s, &Bars::new("iuk-apply"))?;
+        iuk::medium::stack::verify_trees(&m, &s, &Bars::new("iuk-apply"))?;
     }
-    let keys = trust::trusted_keyring(&m, &s)?;
+    let keys = keyring::trusted_keyring(&m, &s)?;
     println!(
         "{}: {} {} verified ({} layers{}{})",
         a.medium.display(),

@@ -1503,7 +1503,7 @@ fn leave_free(root: &Path, needed: u64) {
     let filler = root.join("filler");
     let _ = fs::remove_file(&filler);
     let free_now = || {
-        iuk::medium::apply::free_space(root)
+        iuk::medium::plan::free_space(root)
             .unwrap()
             .expect("tmpfs reports its size")
     };
@@ -1543,7 +1543,7 @@ fn the_free_space_check_is_enough_and_within_the_goal() {
                 serde_json::from_slice(&run_ok(ia("check", m).arg(&kits[i]).arg("--json")).stdout)
                     .unwrap();
             let medium = iuk::medium::Medium::new(m);
-            let plan = iuk::medium::apply::plan(
+            let plan = iuk::medium::plan::plan(
                 &medium,
                 &kits[i],
                 &Default::default(),

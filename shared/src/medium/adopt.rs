@@ -8,21 +8,22 @@
 //! given (`--keyring`), else those the old state names (which must still be intact).
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::fsops::{write_file, MediumFs};
+use super::keyring::{
+    keyring_files, prepare_keyring, stray_keyrings, trusted_keyring, KeyringInput, NewKeyring,
+};
+use super::stack::{hash_tree, read_image_tree, stack_layer};
 use super::state::{Layer, State, STATE_FORMAT};
-use super::trust::{keyring_files, prepare_keyring, stray_keyrings, trusted_keyring, KeyringInput};
 use super::{
-    io_err, sha_of, Medium, MediumError, BASE, DEFAULT_MAX_LAYERS, JOURNAL_FILE, LOCK_FILE,
-    STAGING_DIR, STATE_FILE,
+    io_err, read_module_text, refuse, sha_of, Medium, MediumError, BASE, DEFAULT_MAX_LAYERS,
+    JOURNAL_FILE, LOCK_FILE, STAGING_DIR, STATE_FILE,
 };
 use crate::boot::is_protected;
-use crate::diff::HashedTree;
 use crate::kit::FileEntry;
-use crate::progress::Progress;
+use crate::progress::NoProgress;
 use crate::release;
-use crate::squashfs::read::Archive;
 use crate::tree::{hex, Tree};
 use crate::version;
 
@@ -64,10 +65,6 @@ pub struct AdoptReport {
     pub key_fingerprints: Vec<String>,
 }
 
-fn refuse(m: String) -> MediumError {
-    MediumError::Refused(m)
-}
-
 /// Takes over the medium.
 pub fn adopt(
     medium: &Medium,
@@ -80,26 +77,7 @@ pub fn adopt(
     }
     // The trusted keys: the keyring given, else those of a readable state.
     let given = opts.keyring.as_ref().map(prepare_keyring).transpose()?;
-    let keys: Option<(String, Vec<String>)> = match &given {
-        Some(k) => Some((k.file_name.clone(), k.fingerprints.clone())),
-        None => match medium.read_state() {
-            Ok((old, _, _)) => {
-                trusted_keyring(medium, &old)?.map(|t| (t.file_name, t.keyring.fingerprints()))
-            }
-            Err(_) => {
-                let found = keyring_files(medium, None);
-                if let Some(p) = found.first() {
-                    return Err(refuse(format!(
-                        "{root}: {} holds trusted keys but no readable state names them: pass \
-                         --keyring to set the trusted keys (or delete it to adopt the medium \
-                         without keys)",
-                        p.display()
-                    )));
-                }
-                None
-            }
-        },
-    };
+    let keys = adopted_keys(medium, given.as_ref(), &root)?;
     let base_path = medium
         .find(BASE)
         .ok_or_else(|| refuse(format!("{root}: no {BASE}: not an installed live system")))?;
@@ -123,8 +101,80 @@ pub fn adopt(
         .version
         .clone()
         .ok_or_else(|| refuse(format!("{root}: no version in the base's /etc/os-release")))?;
+    let (module_name, module_path, text) = read_module(medium, &product, &root)?;
+    let stack = stack_module(medium, base_tree, &module_path, &text, &base_version, &root)?;
 
-    // The module file, as live-boot looks for it.
+    // Boot files: every other file on the medium.
+    let mut boot_files = Vec::new();
+    collect(medium, &medium.root, &mut boot_files)?;
+    boot_files.sort_by(|a, b| a.path.cmp(&b.path));
+
+    let state = State {
+        state_format: STATE_FORMAT,
+        product: product.clone(),
+        build_target: opts.build_target.clone().unwrap_or_else(|| "amd64".into()),
+        channel: opts.channel.clone().unwrap_or_else(|| "stable".into()),
+        base_version: base_version.clone(),
+        base_tree_digest: stack.base_digest,
+        current_version: stack.current_version.clone(),
+        current_tree_digest: stack.current_digest,
+        module_file: module_name,
+        max_layers: opts.max_layers.unwrap_or(DEFAULT_MAX_LAYERS),
+        layers: stack.layers.clone(),
+        boot_files,
+        keyring: keys.as_ref().map(|k| k.0.clone()),
+        key_fingerprints: keys.map(|k| k.1).unwrap_or_default(),
+        writer_format: 0,
+    };
+    write_adopted(medium, &state, given.as_ref(), fs)?;
+    Ok(AdoptReport {
+        product,
+        base_version,
+        current_version: stack.current_version,
+        layers: stack.layers.into_iter().map(|l| l.name).collect(),
+        boot_files: state.boot_files.len(),
+        keyring: state.keyring.clone(),
+        key_fingerprints: state.key_fingerprints.clone(),
+    })
+}
+
+/// The keys the adopted medium trusts (keyring file name and fingerprints): the keyring given,
+/// else those the readable state names (which must be intact), else none — refused when a
+/// keyring file is on the medium but no readable state names it.
+fn adopted_keys(
+    medium: &Medium,
+    given: Option<&NewKeyring>,
+    root: &str,
+) -> Result<Option<(String, Vec<String>)>, MediumError> {
+    Ok(match given {
+        Some(k) => Some((k.file_name.clone(), k.fingerprints.clone())),
+        None => match medium.read_state() {
+            Ok((old, _, _)) => {
+                trusted_keyring(medium, &old)?.map(|t| (t.file_name, t.keyring.fingerprints()))
+            }
+            Err(_) => {
+                let found = keyring_files(medium, None);
+                if let Some(p) = found.first() {
+                    return Err(refuse(format!(
+                        "{root}: {} holds trusted keys but no readable state names them: pass \
+                         --keyring to set the trusted keys (or delete it to adopt the medium \
+                         without keys)",
+                        p.display()
+                    )));
+                }
+                None
+            }
+        },
+    })
+}
+
+/// The module file, as live-boot looks for it (`filesystem.<P>.module`, else `<P>.module`):
+/// its name as it exists, its path and its text.
+fn read_module(
+    medium: &Medium,
+    product: &str,
+    root: &str,
+) -> Result<(String, PathBuf, String), MediumError> {
     let (module_name, module_path) = [
         format!("filesystem.{product}.module"),
         format!("{product}.module"),
@@ -145,7 +195,33 @@ pub fn adopt(
             "{root}: no live/filesystem.{product}.module or live/{product}.module"
         ))
     })?;
-    let text = fs::read_to_string(&module_path).map_err(|e| io_err(&module_path, e))?;
+    let text = read_module_text(&module_path)?;
+    Ok((module_name, module_path, text))
+}
+
+/// What the module file's stack holds.
+struct Stacked {
+    /// The base's tree digest.
+    base_digest: String,
+    /// The diff layers, bottom first.
+    layers: Vec<Layer>,
+    /// The version the whole stack shows.
+    current_version: String,
+    /// The whole stack's tree digest.
+    current_digest: String,
+}
+
+/// Stacks the layers the module file lists on the base, in userspace: each must be a usable
+/// SquashFS image on the medium; the version each brings comes from the stacked
+/// `/etc/os-release`.
+fn stack_module(
+    medium: &Medium,
+    base_tree: Tree,
+    module_path: &Path,
+    text: &str,
+    base_version: &str,
+    root: &str,
+) -> Result<Stacked, MediumError> {
     let lines: Vec<&str> = text
         .lines()
         .map(str::trim)
@@ -160,10 +236,10 @@ pub fn adopt(
             module_path.display()
         )));
     }
-    let mut merged = HashedTree::new(base_tree, &|_| {}).map_err(|e| refuse(e.to_string()))?;
+    let mut merged = hash_tree(base_tree, "", &NoProgress)?;
     let base_digest = hex(&merged.digest());
     let mut layers = Vec::new();
-    let mut current_version = base_version.clone();
+    let mut current_version = base_version.to_string();
     for line in &lines[1..] {
         let Some(name) = line.strip_suffix(".squashfs") else {
             return Err(refuse(format!(
@@ -184,11 +260,8 @@ pub fn adopt(
             ))
         })?;
         let what = p.display().to_string();
-        let layer =
-            HashedTree::new(read_image_tree(&p)?, &|_| {}).map_err(|e| refuse(e.to_string()))?;
-        merged = merged
-            .stack(&layer)
-            .map_err(|e| refuse(format!("{what}: {e}")))?;
+        let layer = hash_tree(read_image_tree(&p)?, "", &NoProgress)?;
+        merged = stack_layer(&merged, &layer, &what)?;
         let v = release::os_release(&merged.tree)
             .unwrap_or_default()
             .version
@@ -206,30 +279,23 @@ pub fn adopt(
         });
         current_version = v;
     }
-    let current_digest = hex(&merged.digest());
+    Ok(Stacked {
+        base_digest,
+        layers,
+        current_version,
+        current_digest: hex(&merged.digest()),
+    })
+}
 
-    // Boot files: every other file on the medium.
-    let mut boot_files = Vec::new();
-    collect(medium, &medium.root, &mut boot_files)?;
-    boot_files.sort_by(|a, b| a.path.cmp(&b.path));
-
-    let state = State {
-        state_format: STATE_FORMAT,
-        product: product.clone(),
-        build_target: opts.build_target.clone().unwrap_or_else(|| "amd64".into()),
-        channel: opts.channel.clone().unwrap_or_else(|| "stable".into()),
-        base_version: base_version.clone(),
-        base_tree_digest: base_digest,
-        current_version: current_version.clone(),
-        current_tree_digest: current_digest,
-        module_file: module_name,
-        max_layers: opts.max_layers.unwrap_or(DEFAULT_MAX_LAYERS),
-        layers: layers.clone(),
-        boot_files,
-        keyring: keys.as_ref().map(|k| k.0.clone()),
-        key_fingerprints: keys.map(|k| k.1).unwrap_or_default(),
-        writer_format: 0,
-    };
+/// Writes what adopt makes: the lock file and the staging directory when missing, the keyring
+/// given, the state; then deletes the keyrings trusted no more (an interrupted adopt leaves them
+/// to `recover`).
+fn write_adopted(
+    medium: &Medium,
+    state: &State,
+    given: Option<&NewKeyring>,
+    fs: &mut dyn MediumFs,
+) -> Result<(), MediumError> {
     let live = medium.live();
     let lock = live.join(LOCK_FILE);
     if !lock.exists() {
@@ -239,7 +305,7 @@ pub fn adopt(
     if !staging.is_dir() {
         fs.mkdir(&staging).map_err(|e| io_err(&staging, e))?;
     }
-    if let Some(k) = &given {
+    if let Some(k) = given {
         let p = live.join(&k.file_name);
         write_file(fs, &p, &k.bytes).map_err(|e| io_err(&p, e))?;
     }
@@ -247,71 +313,12 @@ pub fn adopt(
         .map_err(|e| io_err(&live, e))?;
     fs.fsync_dir(&live).map_err(|e| io_err(&live, e))?;
     // Keyrings trusted no more (an interrupted adopt leaves them to `recover`).
-    let strays = stray_keyrings(medium, &state);
+    let strays = stray_keyrings(medium, state);
     for p in &strays {
         fs.unlink(p).map_err(|e| io_err(p, e))?;
     }
     if !strays.is_empty() {
         fs.fsync_dir(&live).map_err(|e| io_err(&live, e))?;
-    }
-    Ok(AdoptReport {
-        product,
-        base_version,
-        current_version,
-        layers: layers.into_iter().map(|l| l.name).collect(),
-        boot_files: state.boot_files.len(),
-        keyring: state.keyring.clone(),
-        key_fingerprints: state.key_fingerprints.clone(),
-    })
-}
-
-/// The tree of the SquashFS image at `path` (the reader's errors name the image).
-pub fn read_image_tree(path: &Path) -> Result<Tree, MediumError> {
-    Archive::open(path)
-        .and_then(|a| a.read_tree())
-        .map_err(|e| refuse(e.to_string()))
-}
-
-/// Checks the trees the medium's layers stack to against the state, in userspace: the base's
-/// tree digest and that of the whole stack (`verify --deep`).
-pub fn verify_trees(
-    medium: &Medium,
-    state: &State,
-    progress: &dyn Progress,
-) -> Result<(), MediumError> {
-    let changed = |what: String| {
-        refuse(format!(
-            "{}: {what}; the medium was changed by something else than iuk-apply (run \
-             `iuk-apply adopt` to take it over again)",
-            medium.root.display()
-        ))
-    };
-    let open = |rel: &str| -> Result<HashedTree, MediumError> {
-        let p = medium
-            .find(rel)
-            .ok_or_else(|| changed(format!("{rel} is missing")))?;
-        let tree = read_image_tree(&p).map_err(|e| changed(e.to_string()))?;
-        HashedTree::with_progress(tree, &format!("hashing {rel}"), progress)
-            .map_err(|e| refuse(e.to_string()))
-    };
-    let mut stack = open(BASE)?;
-    if hex(&stack.digest()) != state.base_tree_digest {
-        return Err(changed(format!(
-            "{BASE} does not hold the tree of {} the state records",
-            state.base_version
-        )));
-    }
-    for l in &state.layers {
-        let rel = format!("live/{}.squashfs", l.name);
-        stack = stack
-            .stack(&open(&rel)?)
-            .map_err(|e| refuse(format!("{rel}: {e}")))?;
-    }
-    if hex(&stack.digest()) != state.current_tree_digest {
-        return Err(changed(format!(
-            "the layers do not stack to the tree of {} the state records",
-            state.current_version
-        )));
     }
     Ok(())
 }

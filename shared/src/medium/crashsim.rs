@@ -397,9 +397,10 @@ pub fn crash_states(
 mod tests {
     use super::*;
     use crate::build::{build, BuildOptions};
-    use crate::medium::apply::{execute, plan, ApplyOptions};
+    use crate::medium::apply::execute;
     use crate::medium::fsops::RealFs;
     use crate::medium::init::{init, InitOptions};
+    use crate::medium::plan::{plan, ApplyOptions};
     use crate::medium::recover::recover;
     use crate::medium::Medium;
     use crate::progress::NoProgress;
@@ -508,7 +509,7 @@ mod tests {
                 }
                 let (s, _, _) = cm.read_state().unwrap();
                 cm.check_consistent(&s, true).unwrap();
-                crate::medium::adopt::verify_trees(&cm, &s, &NoProgress)
+                crate::medium::stack::verify_trees(&cm, &s, &NoProgress)
                     .unwrap_or_else(|e| panic!("prefix {prefix} case {i}: {e}"));
                 fs::remove_dir_all(&dir).unwrap();
                 cases += 1;

@@ -7,12 +7,13 @@
 use std::fs;
 use std::path::Path;
 
-use super::apply::copy_in;
+use super::commit::copy_in;
 use super::fsops::{write_file, MediumFs};
+use super::keyring::{prepare_keyring, KeyringInput};
 use super::state::{State, STATE_FORMAT};
-use super::trust::{prepare_keyring, KeyringInput};
 use super::{
-    io_err, Medium, MediumError, BASE, DEFAULT_MAX_LAYERS, LOCK_FILE, STAGING_DIR, STATE_FILE,
+    io_err, refuse, Medium, MediumError, BASE, DEFAULT_MAX_LAYERS, LOCK_FILE, STAGING_DIR,
+    STATE_FILE,
 };
 use crate::boot::{self, BootFile};
 use crate::progress::NoProgress;
@@ -68,6 +69,16 @@ fn mkdirs(fs: &mut dyn MediumFs, root: &Path, rel: &str) -> Result<(), MediumErr
     Ok(())
 }
 
+/// `bytes + size`, refused when it does not fit a u64 (sizes a damaged ISO declares).
+fn add_size(bytes: u64, size: u64, iso: &Path) -> Result<u64, MediumError> {
+    bytes.checked_add(size).ok_or_else(|| {
+        refuse(format!(
+            "{}: its files' sizes add up to more than 2^64 bytes (a damaged image)",
+            iso.display()
+        ))
+    })
+}
+
 /// Installs `release` onto the empty (or missing) directory `medium`.
 pub fn init(
     medium: &Medium,
@@ -75,7 +86,6 @@ pub fn init(
     opts: &InitOptions,
     fs: &mut dyn MediumFs,
 ) -> Result<InitReport, MediumError> {
-    let refuse = |m: String| MediumError::Refused(m);
     let keyring = opts.keyring.as_ref().map(prepare_keyring).transpose()?;
     let missing = match fs::read_dir(&medium.root) {
         Ok(mut d) => {
@@ -141,11 +151,11 @@ pub fn init(
             &NoProgress,
             &mut 0,
         )?;
-        bytes += f.size;
+        bytes = add_size(bytes, f.size, iso)?;
     }
     let base = release.content(ROOTFS.as_bytes()).map_err(rel_err)?;
     copy_in(fs, &medium.root.join(BASE), &base, &NoProgress, &mut 0)?;
-    bytes += base.size;
+    bytes = add_size(bytes, base.size, iso)?;
     let module_file = format!("{product}.module");
     let state = State {
         state_format: STATE_FORMAT,

@@ -3,19 +3,28 @@
 //! files — plus iuk's own files in `live/`: the state, the lock, the journal and the staging
 //! directory. Every name comparison on a medium is case-insensitive (FAT).
 //!
-//! [`init`] installs an ISO, [`apply`] verifies and stacks a kit in the crash-safe order of
-//! DESIGN.md, [`recover`] completes or discards an interrupted apply.
+//! [`init`] installs an ISO, [`adopt`] takes over an installed medium, [`plan`] verifies a kit
+//! and [`apply`] stacks it in the crash-safe order of DESIGN.md, [`keyring`] holds and rotates
+//! the trusted keys, [`signed_udf`] checks signed upgrade descriptions, [`recover`] completes or
+//! discards an interrupted apply. The mutating commands share one journal commit ([`commit`]);
+//! [`stack`] reads the layers. No module here imports one that imports it back: `commit`,
+//! `stack`, `journal`, `state` and `fsops` sit below the commands that use them.
 
 pub mod adopt;
 pub mod apply;
+pub mod commit;
 #[cfg(test)]
 pub mod crashsim;
 pub mod fsops;
 pub mod init;
 pub mod journal;
+pub mod keyring;
+pub mod plan;
+mod proposal;
 pub mod recover;
+pub mod signed_udf;
+pub mod stack;
 pub mod state;
-pub mod trust;
 
 use std::fs::{self, File};
 use std::io::{self, Read};
@@ -38,6 +47,15 @@ pub const STAGING_DIR: &str = "iuk-staging";
 pub const INTENT_FILE: &str = "intent";
 /// The base image, relative to the medium root.
 pub const BASE: &str = "live/filesystem.squashfs";
+/// Keyring file names on the medium: `live/iuk-keyring-<sha256>.asc`.
+pub const KEYRING_PREFIX: &str = "iuk-keyring-";
+/// See [`KEYRING_PREFIX`].
+pub const KEYRING_SUFFIX: &str = ".asc";
+/// Largest module file accepted: one layer file name per line, far below this.
+pub const MAX_MODULE: u64 = 1 << 20;
+/// Largest intent file accepted: it names the layer, the state and the boot files written at
+/// their final names, which the journal lists too, so it is smaller than any journal.
+pub const MAX_INTENT: u64 = journal::MAX_JOURNAL as u64;
 /// Default bound on the number of diff layers.
 pub const DEFAULT_MAX_LAYERS: u32 = 8;
 
@@ -63,12 +81,32 @@ pub enum MediumError {
     /// The request is refused; nothing was written.
     #[error("{0}")]
     Refused(String),
-    /// Another iuk-apply holds the medium's lock.
-    #[error("{}: another iuk-apply is working on this medium", .0.display())]
+    /// Another iuk-apply holds the medium's lock (the path is the lock file, `live/iuk.lock`).
+    #[error(
+        "{}: locked by another iuk-apply working on this medium; wait for it to finish, then run \
+         the command again (the lock goes away with the process that holds it)",
+        .0.display()
+    )]
     Locked(PathBuf),
     /// An interrupted apply must be recovered first.
     #[error("{}: an interrupted apply is pending; run `iuk-apply recover --medium {}` first", .0.display(), .0.display())]
     PendingRecovery(PathBuf),
+}
+
+/// A refusal: the request is refused and nothing was written; `msg` names the input and says
+/// what to do.
+pub fn refuse(msg: impl Into<String>) -> MediumError {
+    MediumError::Refused(msg.into())
+}
+
+/// True when `name` (a file name in `live/`) is a keyring file name, compared
+/// case-insensitively.
+pub fn is_keyring_name(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    n.len() > KEYRING_PREFIX.len() + KEYRING_SUFFIX.len()
+        && n.starts_with(KEYRING_PREFIX)
+        && n.ends_with(KEYRING_SUFFIX)
+        && !n.contains('/')
 }
 
 /// Shorthand for an I/O error on a path.
@@ -136,7 +174,7 @@ impl Medium {
         // SAFETY: a valid descriptor; flock only takes an advisory lock.
         let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
         if r != 0 {
-            return Err(MediumError::Locked(self.root.clone()));
+            return Err(MediumError::Locked(path));
         }
         Ok(Lock { _file: file })
     }
@@ -144,13 +182,21 @@ impl Medium {
     /// Reads the state, returning it with its text and the sha256 of its bytes.
     pub fn read_state(&self) -> Result<(State, String, [u8; 32]), MediumError> {
         let path = self.live_file(STATE_FILE);
-        let bytes = crate::io::read_capped(&path, state::MAX_STATE as u64).map_err(|e| MediumError::State {
-            path: self.root.clone(),
-            problem: if e.kind() == io::ErrorKind::NotFound {
-                format!("no live/{STATE_FILE}: not a medium of iuk-apply (use `iuk-apply init` or `adopt`)")
-            } else {
-                format!("live/{STATE_FILE}: {e}")
-            },
+        let bytes = crate::io::read_capped(&path, state::MAX_STATE as u64).map_err(|e| {
+            MediumError::State {
+                path: self.root.clone(),
+                problem: match e.kind() {
+                    io::ErrorKind::NotFound => format!(
+                        "no live/{STATE_FILE}: not a medium of iuk-apply (use `iuk-apply init` or \
+                         `adopt`)"
+                    ),
+                    io::ErrorKind::FileTooLarge => format!(
+                        "live/{STATE_FILE}: {e}: not a state iuk-apply wrote (damaged medium?); \
+                         run `iuk-apply adopt` to write it anew"
+                    ),
+                    _ => format!("live/{STATE_FILE}: {e}"),
+                },
+            }
         })?;
         let sha: [u8; 32] = Sha256::digest(&bytes).into();
         let text = String::from_utf8(bytes).map_err(|_| MediumError::State {
@@ -188,8 +234,8 @@ impl Medium {
         let module = self
             .find(&format!("live/{}", state.module_file))
             .ok_or_else(|| changed(format!("live/{} is missing", state.module_file)))?;
-        let text =
-            fs::read(&module).map_err(|e| changed(format!("live/{}: {e}", state.module_file)))?;
+        let text = crate::io::read_capped(&module, MAX_MODULE)
+            .map_err(|e| changed(format!("live/{}: {e}", state.module_file)))?;
         let lines = |t: &str| -> Vec<String> {
             t.lines()
                 .map(|l| l.trim().to_lowercase())
@@ -238,6 +284,22 @@ impl Medium {
         }
         Ok(())
     }
+}
+
+/// Reads a module file (one layer file name per line) whole: at most [`MAX_MODULE`] bytes,
+/// checked before anything is allocated, and UTF-8 text.
+pub fn read_module_text(path: &Path) -> Result<String, MediumError> {
+    crate::io::read_capped_string(path, MAX_MODULE).map_err(|e| {
+        if e.kind() == io::ErrorKind::FileTooLarge {
+            refuse(format!(
+                "{}: {e}: not a module file of live-boot (damaged medium?); restore it (one \
+                 layer file name per line) or reinstall the medium",
+                path.display()
+            ))
+        } else {
+            io_err(path, e)
+        }
+    })
 }
 
 /// The existing child of `dir` named `name`, compared case-insensitively (an exact match wins).

@@ -2,7 +2,10 @@
 //!
 //! - A journal whose checksum verifies, and whose recorded old state is the medium's current
 //!   state, its new state, or unreadable (torn in step 5): steps 4–7 are redone.
-//! - Any other journal is stale or torn: it is zeroed and removed.
+//! - Any other journal is stale or torn: it is zeroed (in chunks) and removed. A journal larger
+//!   than [`MAX_JOURNAL`] is one: a committed journal is never larger, so it is not even read.
+//! - A state, intent or module file over its size cap is treated as unreadable (the caps are
+//!   checked before anything is allocated), so a damaged medium costs bounded memory.
 //! - Without a journal: the staged copies are deleted, and so are the layer and the new boot
 //!   files the intent names — never a layer a module file lists, never the base, never a boot
 //!   file the state lists. When the state cannot be read, nothing is
@@ -12,16 +15,19 @@
 //!   commit. Never the keyring the state names; nothing when the state cannot be read.
 
 use std::fs;
+use std::io;
 use std::path::PathBuf;
 
 use sha2::{Digest, Sha256};
 
-use super::apply::{discard_journal, finish};
+use super::commit::{discard_journal, finish};
 use super::fsops::{parent_of, MediumFs};
-use super::journal::Journal;
-use super::trust::stray_keyrings;
+use super::journal::{Journal, MAX_JOURNAL};
+use super::keyring::stray_keyrings;
+use super::state::MAX_STATE;
 use super::{
-    io_err, safe_relative_path, Medium, MediumError, BASE, INTENT_FILE, JOURNAL_FILE, STATE_FILE,
+    io_err, safe_relative_path, Medium, MediumError, BASE, INTENT_FILE, JOURNAL_FILE, MAX_INTENT,
+    MAX_MODULE, STATE_FILE,
 };
 use crate::boot::is_protected;
 
@@ -42,15 +48,22 @@ pub enum Recovery {
 /// Recovers the medium. The caller holds the lock.
 pub fn recover(medium: &Medium, fs: &mut dyn MediumFs) -> Result<Recovery, MediumError> {
     let jpath = medium.live_file(JOURNAL_FILE);
-    let state_bytes = fs::read(medium.live_file(STATE_FILE)).ok();
+    // A state over the cap is unreadable, as one that does not parse.
+    let state_bytes = crate::io::read_capped(&medium.live_file(STATE_FILE), MAX_STATE as u64).ok();
     let state_sha: Option<[u8; 32]> = state_bytes.as_ref().map(|b| Sha256::digest(b).into());
     let state_ok = state_bytes
         .as_ref()
         .and_then(|b| std::str::from_utf8(b).ok())
         .is_some_and(|t| super::state::State::from_yaml(t).is_ok());
     if jpath.exists() {
-        let bytes = fs::read(&jpath).map_err(|e| io_err(&jpath, e))?;
-        if let Some(j) = Journal::decode(&bytes) {
+        // A journal over MAX_JOURNAL was never committed (a committed one is never larger):
+        // it is stale or torn, and not read at all.
+        let bytes = match crate::io::read_capped(&jpath, MAX_JOURNAL as u64) {
+            Ok(b) => Some(b),
+            Err(e) if e.kind() == io::ErrorKind::FileTooLarge => None,
+            Err(e) => return Err(io_err(&jpath, e)),
+        };
+        if let Some(j) = bytes.as_deref().and_then(Journal::decode) {
             let applies =
                 !state_ok || state_sha == Some(j.old_state) || state_sha == Some(j.new_state());
             if applies {
@@ -87,16 +100,21 @@ pub fn recover(medium: &Medium, fs: &mut dyn MediumFs) -> Result<Recovery, Mediu
     let staging = medium.staging();
     let intent = staging.join(INTENT_FILE);
     // The layer named in the intent, unless a module file lists it or it is the base.
-    if let Ok(text) = fs::read_to_string(&intent) {
+    // An intent over its cap is damaged, as one that is not text: its deletions are skipped.
+    if let Ok(text) = crate::io::read_capped_string(&intent, MAX_INTENT) {
         if let Some(name) = text.lines().find_map(|l| l.strip_prefix("layer ")) {
             let listed = listed_layers(medium);
             let rel = format!("live/{name}.squashfs");
+            // A module file too large to read might list it: kept.
+            let unknown = listed.is_none();
+            let listed = listed.unwrap_or_default();
             let is_base = rel.eq_ignore_ascii_case(BASE);
             let in_state = state
                 .layers
                 .iter()
                 .any(|l| l.name.eq_ignore_ascii_case(name));
             if !is_base
+                && !unknown
                 && !in_state
                 && !listed
                     .iter()
@@ -165,22 +183,220 @@ fn remove_stray_keyrings(
     Ok(strays.len())
 }
 
-/// Every layer file name any module file in `live/` lists.
-fn listed_layers(medium: &Medium) -> Vec<String> {
+/// Every layer file name any module file in `live/` lists; None when a module file is too large
+/// to read ([`MAX_MODULE`]), so that what it lists is not known. Module files that cannot be
+/// read otherwise (not text) are skipped.
+fn listed_layers(medium: &Medium) -> Option<Vec<String>> {
     let mut out = Vec::new();
     if let Ok(entries) = fs::read_dir(medium.live()) {
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().to_lowercase();
             if name.ends_with(".module") {
-                if let Ok(text) = fs::read_to_string(e.path()) {
-                    out.extend(
+                match crate::io::read_capped_string(&e.path(), MAX_MODULE) {
+                    Ok(text) => out.extend(
                         text.lines()
                             .map(|l| l.trim().to_string())
                             .filter(|l| !l.is_empty()),
-                    );
+                    ),
+                    Err(e) if e.kind() == io::ErrorKind::FileTooLarge => return None,
+                    Err(_) => {}
                 }
             }
         }
     }
-    out
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    //! A damaged medium costs bounded memory and time: huge (sparse) journal and state files are
+    //! refused or handled from their size, never read whole. The peak resident set is measured
+    //! in a child process (this test binary running only the test at hand).
+
+    use super::*;
+    use crate::medium::fsops::RealFs;
+    use crate::medium::init::{init, InitOptions};
+    use crate::medium::state::State;
+    use std::fs::File;
+    use std::path::Path;
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    /// Set in the child process to the medium it works on.
+    const CHILD: &str = "IUK_BOUNDED_MEMORY_MEDIUM";
+    /// The peak resident set the work may take.
+    const MAX_RSS: u64 = 64 << 20;
+    /// The time it may take.
+    const QUICK: Duration = Duration::from_secs(20);
+
+    fn medium(dir: &Path) -> Medium {
+        let m = Medium::new(&dir.join("medium"));
+        let iso = Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/Tails-6.9.iso");
+        init(&m, &iso, &InitOptions::default(), &mut RealFs::new()).unwrap();
+        m
+    }
+
+    /// Makes `path` a sparse file of `len` bytes (keeping what it holds).
+    fn sparse(path: &Path, len: u64) {
+        File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_len(len)
+            .unwrap();
+    }
+
+    /// Runs the test `name` of this binary alone in a child process working on `medium` (its
+    /// own process, so that its peak resident set is its own: see [`assert_bounded_memory`]).
+    fn run_in_child(name: &str, medium: &Medium) {
+        let out = Command::new(std::env::current_exe().unwrap())
+            .args([name, "--exact", "--test-threads=1"])
+            .env(CHILD, &medium.root)
+            .stderr(Stdio::inherit())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("test result: ok. 1 passed"),
+            "{name} failed in the child process: {stdout}"
+        );
+    }
+
+    /// In the child: the peak resident set of this process (VmHWM) is below [`MAX_RSS`].
+    fn assert_bounded_memory() {
+        let status = fs::read_to_string("/proc/self/status").unwrap();
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap();
+        assert!(kib * 1024 < MAX_RSS, "peak RSS {kib} KiB");
+    }
+
+    /// In the child: the medium to work on; in the parent: None.
+    fn child_medium() -> Option<Medium> {
+        std::env::var_os(CHILD).map(|p| Medium::new(Path::new(&p)))
+    }
+
+    #[test]
+    fn a_huge_sparse_journal_is_removed_as_stale_quickly_in_bounded_memory() {
+        if let Some(m) = child_medium() {
+            let t = Instant::now();
+            assert_eq!(
+                recover(&m, &mut RealFs::new()).unwrap(),
+                Recovery::StaleJournalRemoved
+            );
+            assert!(t.elapsed() < QUICK, "{:?}", t.elapsed());
+            assert_bounded_memory();
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let m = medium(d.path());
+        let before = fs::read(m.live_file(STATE_FILE)).unwrap();
+        sparse(&m.live_file(JOURNAL_FILE), 4 << 30);
+        run_in_child(
+            "medium::recover::tests::a_huge_sparse_journal_is_removed_as_stale_quickly_in_bounded_memory",
+            &m,
+        );
+        assert!(!m.journal_pending());
+        assert_eq!(fs::read(m.live_file(STATE_FILE)).unwrap(), before);
+        let (s, _, _) = m.read_state().unwrap();
+        m.check_consistent(&s, true).unwrap();
+    }
+
+    #[test]
+    fn a_huge_sparse_state_is_refused_quickly_in_bounded_memory() {
+        if let Some(m) = child_medium() {
+            let t = Instant::now();
+            let e = m.read_state().unwrap_err().to_string();
+            assert!(
+                e.contains("live/iuk-state.yml")
+                    && e.contains("2147483648 bytes")
+                    && e.contains("iuk-apply adopt"),
+                "{e}"
+            );
+            assert!(!e.contains('\n'), "{e:?}");
+            assert_eq!(recover(&m, &mut RealFs::new()).unwrap(), Recovery::Clean);
+            assert!(t.elapsed() < QUICK, "{:?}", t.elapsed());
+            assert_bounded_memory();
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let m = medium(d.path());
+        sparse(&m.live_file(STATE_FILE), 2 << 30);
+        run_in_child(
+            "medium::recover::tests::a_huge_sparse_state_is_refused_quickly_in_bounded_memory",
+            &m,
+        );
+    }
+
+    /// A committed journal over a state torn to a huge size (unreadable): the journal is
+    /// redone, which rewrites the state at its size.
+    #[test]
+    fn a_committed_journal_rewrites_a_huge_sparse_state() {
+        let d = tempfile::tempdir().unwrap();
+        let m = medium(d.path());
+        let (state, text, sha) = m.read_state().unwrap();
+        let j = Journal {
+            old_state: sha,
+            module_file: state.module_file.clone(),
+            module_text: state.module_text(),
+            state_text: text.clone(),
+            writes: Vec::new(),
+            deletes: Vec::new(),
+        };
+        fs::write(m.live_file(JOURNAL_FILE), j.encode()).unwrap();
+        sparse(&m.live_file(STATE_FILE), 2 << 30);
+        let t = Instant::now();
+        assert_eq!(
+            recover(&m, &mut RealFs::new()).unwrap(),
+            Recovery::Completed
+        );
+        assert!(t.elapsed() < QUICK, "{:?}", t.elapsed());
+        assert_eq!(fs::read_to_string(m.live_file(STATE_FILE)).unwrap(), text);
+        assert!(!m.journal_pending());
+        State::from_yaml(&text).unwrap();
+    }
+
+    /// A journal longer than one zeroing chunk, not valid: zeroed (in chunks) and removed.
+    #[test]
+    fn a_long_torn_journal_is_removed() {
+        let d = tempfile::tempdir().unwrap();
+        let m = medium(d.path());
+        let jpath = m.live_file(JOURNAL_FILE);
+        fs::write(
+            &jpath,
+            vec![b'x'; crate::medium::commit::ZERO_CHUNK * 3 + 17],
+        )
+        .unwrap();
+        assert_eq!(
+            recover(&m, &mut RealFs::new()).unwrap(),
+            Recovery::StaleJournalRemoved
+        );
+        assert!(!jpath.exists());
+    }
+
+    /// A module file too large to read might list the layer the intent names: it is kept.
+    #[test]
+    fn a_huge_module_file_keeps_the_intended_layer() {
+        let d = tempfile::tempdir().unwrap();
+        let m = medium(d.path());
+        let layer = m.live_file("next.squashfs");
+        fs::write(&layer, b"layer").unwrap();
+        let (_, _, sha) = m.read_state().unwrap();
+        fs::write(
+            m.staging().join(INTENT_FILE),
+            format!("layer next\nstate {}\n", crate::tree::hex(&sha)),
+        )
+        .unwrap();
+        sparse(&m.live_file("filesystem.Other.module"), 1 << 30);
+        assert_eq!(
+            recover(&m, &mut RealFs::new()).unwrap(),
+            Recovery::Discarded
+        );
+        assert!(layer.exists());
+        assert!(!m.staging_pending());
+    }
 }

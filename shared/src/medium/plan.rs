@@ -1,0 +1,868 @@
+//! Every check before a write (DESIGN.md, "Applying", step 1): [`plan`] verifies a kit against
+//! a medium and computes what applying it would do — the trust and listing of a signed upgrade
+//! description, the kit itself (`proposal`), the upgrade model, the boot
+//! files to write, the entries to delete, the next state, the space — and writes nothing.
+//! `check` prints the [`Plan`]; `apply` hands it to [`execute`](super::apply::execute).
+//! The intent and journal an apply writes are computed here, from the plan alone.
+
+use std::collections::HashSet;
+use std::fs::{self, File};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use super::commit::CHUNK;
+use super::journal::{Delete, Journal, Write, MAX_JOURNAL};
+use super::proposal::{iuk_proposal, legacy_proposal, parse_hex, Proposal};
+use super::signed_udf::{self, Listed, SignedUdf, VerifiedUdf};
+use super::state::{Layer, State};
+use super::{
+    find_child, io_err, refuse, safe_relative_path, sha_of, Medium, MediumError, STATE_FILE,
+};
+use crate::boot::{is_protected, MONITORED_DIRS};
+use crate::kit::{AnyKit, Kit, FORMAT};
+use crate::progress::Progress;
+use crate::tree::{hex, Content};
+use crate::version;
+
+/// How a kit relates to the medium.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Model {
+    /// from-version = current: the layer goes on top of the stack.
+    Stacking,
+    /// from-version = base ≠ current: the layer replaces every diff layer.
+    Cumulative,
+}
+
+/// Options of `check` and `apply`.
+#[derive(Clone, Debug, Default)]
+pub struct ApplyOptions {
+    /// Overrides the state's bound on diff layers.
+    pub max_layers: Option<u32>,
+    /// The whole kit file must have this sha256 (from a signed UDF, or given by the user).
+    pub kit_sha256: Option<[u8; 32]>,
+    /// A signed upgrade description file listing the kit: required on a medium with trusted
+    /// keys (its signature must verify with one of them, it must be addressed to the medium,
+    /// and list the kit's size and sha256 as an incremental target of a newer version);
+    /// refused on a medium without keys (nothing to verify it with).
+    pub udf: Option<SignedUdf>,
+    /// Accept a kit made by Tails' own tooling (control.yml with only `delete_files`), which
+    /// does not say which release it was built against.
+    pub legacy_tails_kit: bool,
+}
+
+/// A boot file the apply writes.
+#[derive(Clone, Debug)]
+pub struct BootWrite {
+    /// Installed path (as the kit names it).
+    pub path: String,
+    /// sha256 of the new content.
+    pub sha256: [u8; 32],
+    /// The new content, read from the kit.
+    pub content: Content,
+    /// sha256 of the file it replaces, if one exists.
+    pub old: Option<[u8; 32]>,
+    /// Size of the file it replaces (0 when none).
+    pub old_size: u64,
+    /// Written at its final name in step 2 instead of staged: nothing is at the path (in any
+    /// case spelling) and its directory exists, so no file of the old release changes and the
+    /// intent names it for `recover` to delete if the apply is not committed.
+    pub direct: bool,
+}
+
+/// Everything an apply will do, computed and verified without writing.
+pub struct Plan {
+    /// The kit's product.
+    pub product: String,
+    /// The version the kit upgrades from (for a kit of Tails' own tooling: the medium's base).
+    pub from_version: String,
+    /// The version it upgrades to.
+    pub to_version: String,
+    /// The layer's name (`live/<name>.squashfs`).
+    pub layer_name: String,
+    /// Made by Tails' own tooling: installed without checking what it was built against.
+    pub legacy_tails_kit: bool,
+    /// Stacking or cumulative.
+    pub model: Model,
+    /// The state the apply starts from, its text's sha256.
+    pub old_state_sha: [u8; 32],
+    /// The state after the apply.
+    pub new_state: State,
+    /// The module file name in `live/`.
+    pub module_file: String,
+    /// `live/<layer>.squashfs`.
+    pub layer_rel: String,
+    /// The layer's bytes in the kit, and their sha256.
+    pub layer: (Content, [u8; 32]),
+    /// Boot files to write.
+    pub writes: Vec<BootWrite>,
+    /// Files and directories to delete after the commit.
+    pub deletes: Vec<Delete>,
+    /// Bytes of every file the kit carries (its overlay).
+    pub payload: u64,
+    /// Bytes the apply writes before anything is freed: new files and the growth of files
+    /// rewritten in place.
+    pub written: u64,
+    /// The same in whole allocation units of the medium's filesystem (clusters on FAT).
+    pub allocated: u64,
+    /// Free space the apply needs: `written` + 1 MiB, or `allocated` + 256 KiB when more.
+    pub needed: u64,
+    /// Free bytes on the medium (None where the filesystem does not say).
+    pub free: Option<u64>,
+    /// Things the user should know.
+    pub warnings: Vec<String>,
+    /// True when `syslinux/ldlinux.c32` changes: the boot loader must be reinstalled to match.
+    pub reinstall_bootloader: bool,
+}
+
+fn statvfs(path: &Path) -> Result<libc::statvfs, MediumError> {
+    let c = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str()))
+        .map_err(|_| refuse(format!("{}: path holds a NUL byte", path.display())))?;
+    // SAFETY: a valid C string and a zeroed out-structure the call fills.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    if r != 0 {
+        return Err(io_err(path, std::io::Error::last_os_error()));
+    }
+    Ok(st)
+}
+
+/// Free bytes for an unprivileged writer, or None when the filesystem reports no size.
+// statvfs's field types differ between targets (u32 on some 32-bit ones).
+#[allow(clippy::unnecessary_cast)]
+pub fn free_space(path: &Path) -> Result<Option<u64>, MediumError> {
+    let st = statvfs(path)?;
+    if st.f_blocks == 0 {
+        return Ok(None);
+    }
+    Ok(Some(
+        (st.f_bavail as u64).saturating_mul(st.f_frsize as u64),
+    ))
+}
+
+/// The filesystem's allocation unit (the cluster on FAT), 4096 when it does not say.
+#[allow(clippy::unnecessary_cast)]
+fn cluster_size(path: &Path) -> u64 {
+    match statvfs(path) {
+        Ok(st) if st.f_frsize > 0 => st.f_frsize as u64,
+        _ => 4096,
+    }
+}
+
+/// Space an apply takes before anything is freed (DESIGN.md: the written bytes + 1 MiB, nothing
+/// replaced counted as freed): every file it creates and the growth of every file it rewrites in
+/// place, as (new size, old size) pairs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct SpaceWritten(Vec<(u64, u64)>);
+
+/// Headroom beyond the written bytes.
+const SPACE_MARGIN: u64 = 1 << 20;
+/// Headroom left for directory entries when whole clusters are counted.
+const CLUSTER_MARGIN: u64 = 256 << 10;
+
+impl SpaceWritten {
+    /// The written bytes; None when they add up to more than a u64 holds.
+    fn bytes(&self) -> Option<u64> {
+        self.0.iter().try_fold(0u64, |sum, (new, old)| {
+            sum.checked_add(new.saturating_sub(*old))
+        })
+    }
+
+    /// The written bytes in whole clusters: what many small files take on a medium with large
+    /// clusters, beyond what the 1 MiB margin covers.
+    /// None when they add up to more than a u64 holds.
+    fn allocated(&self, cluster: u64) -> Option<u64> {
+        let cluster = cluster.max(1);
+        self.0
+            .iter()
+            .try_fold(0u64, |sum, (new, old)| {
+                sum.checked_add(new.div_ceil(cluster).saturating_sub(old.div_ceil(cluster)))
+            })?
+            .checked_mul(cluster)
+    }
+}
+
+/// What step 2 and the commit write: the layer, each staged copy, each boot file written
+/// directly, the growth of boot files overwritten in place, and `others` (intent, journal,
+/// state, module file).
+fn space_written(layer: &Content, writes: &[BootWrite], others: [(u64, u64); 4]) -> SpaceWritten {
+    let mut files = vec![(layer.size, 0)];
+    for w in writes {
+        files.push((w.content.size, 0));
+        if !w.direct {
+            files.push((w.content.size, w.old_size));
+        }
+    }
+    files.extend(others);
+    SpaceWritten(files)
+}
+
+/// The intent file of step 2: the layer, the state it starts from, and the boot files written
+/// directly at their final names (which `recover` deletes when the apply was not committed).
+pub fn intent_text(layer: &str, old_state: &[u8; 32], writes: &[BootWrite]) -> String {
+    let mut t = format!("layer {layer}\nstate {}\n", hex(old_state));
+    for w in writes.iter().filter(|w| w.direct) {
+        t.push_str(&format!("direct {}\n", w.path));
+    }
+    t
+}
+
+/// The journal an apply commits: staged copies are named by their index in `writes`; boot files
+/// written directly have no staged copy (an empty name).
+pub fn plan_journal(
+    old_state: [u8; 32],
+    new_state: &State,
+    writes: &[BootWrite],
+    deletes: &[Delete],
+) -> Journal {
+    Journal {
+        old_state,
+        module_file: new_state.module_file.clone(),
+        module_text: new_state.module_text(),
+        state_text: new_state.to_yaml(),
+        writes: writes
+            .iter()
+            .enumerate()
+            .map(|(i, w)| Write {
+                path: w.path.clone(),
+                old: w.old,
+                new: w.sha256,
+                size: w.content.size,
+                staged: if w.direct {
+                    String::new()
+                } else {
+                    staged_name(i)
+                },
+            })
+            .collect(),
+        deletes: deletes.to_vec(),
+    }
+}
+
+/// Name of the staged copy of the `i`-th boot write in `live/iuk-staging/`.
+pub fn staged_name(i: usize) -> String {
+    format!("{i:05}")
+}
+
+/// Where a new boot file can be written at its final name: its parent directory exists (found
+/// case-insensitively) and nothing of that name is in it.
+pub fn direct_target(medium: &Medium, rel: &str) -> Option<PathBuf> {
+    let (dir, name) = match rel.rsplit_once('/') {
+        Some((d, n)) => (medium.find(d)?, n),
+        None => (medium.root.clone(), rel),
+    };
+    if !dir.is_dir() || find_child(&dir, name).is_some() {
+        return None;
+    }
+    Some(dir.join(name))
+}
+
+/// Verifies a kit against a medium and computes what applying it would do. Writes nothing.
+///
+/// The steps, in this order (the first refusal wins): trust, listing, the kit itself, the
+/// model, the boot writes, the deletes, the next state, the space.
+pub fn plan(
+    medium: &Medium,
+    kit_path: &Path,
+    opts: &ApplyOptions,
+    progress: &dyn Progress,
+) -> Result<Plan, MediumError> {
+    let kit_name = kit_path.display().to_string();
+    let bad_kit = |what: String| refuse(format!("{kit_name}: {what}"));
+    if medium.journal_pending() || medium.staging_pending() {
+        return Err(MediumError::PendingRecovery(medium.root.clone()));
+    }
+    let (state, _, old_state_sha) = medium.read_state()?;
+    let verified_udf = check_trust(medium, &state, opts, &kit_name)?;
+    let listed = check_listing(
+        kit_path,
+        &state,
+        opts,
+        verified_udf.as_ref(),
+        &bad_kit,
+        progress,
+    )?;
+    let mut warnings = Vec::new();
+    let c = read_kit(
+        medium,
+        &state,
+        kit_path,
+        opts,
+        &bad_kit,
+        &mut warnings,
+        progress,
+    )?;
+    check_listed_versions(&c, verified_udf.as_ref(), &listed, &bad_kit)?;
+    let model = check_model(medium, &state, &c, opts, &kit_name)?;
+    let writes = boot_writes(medium, &state, &c, &bad_kit)?;
+    let deletes = plan_deletes(medium, &state, &c, model, &writes)?;
+    let new_state = next_state(&state, &c, model, opts);
+    if state.keyring.is_none() {
+        warnings.push(format!(
+            "{}: no trusted keys on this medium: the kit's origin is not verified (give the \
+             medium keys with `iuk-apply init --keyring` or `adopt --keyring`)",
+            medium.root.display()
+        ));
+    }
+    let space = check_space(
+        medium,
+        &state,
+        old_state_sha,
+        &c,
+        &new_state,
+        &writes,
+        &deletes,
+        &bad_kit,
+        &mut warnings,
+    )?;
+
+    let reinstall_bootloader = writes
+        .iter()
+        .any(|w| w.path.eq_ignore_ascii_case("syslinux/ldlinux.c32"));
+    Ok(Plan {
+        module_file: state.module_file.clone(),
+        legacy_tails_kit: c.old_tree_digest.is_none(),
+        layer_rel: format!("live/{}.squashfs", c.layer),
+        product: c.product,
+        from_version: c.from_version,
+        to_version: c.to_version,
+        layer_name: c.layer,
+        model,
+        old_state_sha,
+        new_state,
+        layer: c.layer_content,
+        writes,
+        deletes,
+        payload: c.payload,
+        written: space.written,
+        allocated: space.allocated,
+        needed: space.needed,
+        free: space.free,
+        warnings,
+        reinstall_bootloader,
+    })
+}
+
+/// A signed UDF that verified, with its file name for messages.
+type VerifiedListing = (VerifiedUdf, String);
+
+/// Trust: on a medium with keys, a signed UDF whose signature verifies with them and which is
+/// addressed to the medium; on a medium without keys, none.
+fn check_trust(
+    medium: &Medium,
+    state: &State,
+    opts: &ApplyOptions,
+    kit_name: &str,
+) -> Result<Option<VerifiedListing>, MediumError> {
+    match (&state.keyring, &opts.udf) {
+        (Some(_), None) => Err(refuse(format!(
+            "{}: this medium trusts signing keys: give the signed upgrade description file \
+             listing {kit_name} (--udf FILE --signature FILE)",
+            medium.root.display()
+        ))),
+        (None, Some(s)) => Err(refuse(format!(
+            "{}: no trusted keys on this medium to verify {} with; give it keys with \
+             `iuk-apply init --keyring` or `iuk-apply adopt --keyring`",
+            medium.root.display(),
+            s.udf_name
+        ))),
+        (None, None) => Ok(None),
+        (Some(_), Some(s)) => {
+            let v = signed_udf::verify_udf(medium, state, s)?;
+            signed_udf::check_addressed(&v.udf, state, &s.udf_name)?;
+            Ok(Some((v, s.udf_name.clone())))
+        }
+    }
+}
+
+/// Listing: the kit file has the sha256 asked for (`--sha256`), and the verified UDF lists its
+/// size and sha256 as an incremental upgrade to a newer version. The kit is hashed only when
+/// one of them asks.
+fn check_listing(
+    kit_path: &Path,
+    state: &State,
+    opts: &ApplyOptions,
+    verified_udf: Option<&VerifiedListing>,
+    bad_kit: &dyn Fn(String) -> MediumError,
+    progress: &dyn Progress,
+) -> Result<Vec<Listed>, MediumError> {
+    let mut listed: Vec<Listed> = Vec::new();
+    if opts.kit_sha256.is_some() || verified_udf.is_some() {
+        progress.phase(
+            "hashing kit",
+            fs::metadata(kit_path).map(|m| m.len()).unwrap_or(0),
+        );
+        let (size, got) = size_and_sha(kit_path)?;
+        if let Some(want) = opts.kit_sha256 {
+            if got != want {
+                return Err(bad_kit(format!(
+                    "sha256 is {}, expected {}",
+                    hex(&got),
+                    hex(&want)
+                )));
+            }
+        }
+        if let Some((v, udf_name)) = verified_udf {
+            listed = signed_udf::listed_kits(&v.udf, state, size, &got);
+            if listed.is_empty() {
+                return Err(bad_kit(format!(
+                    "not listed in the signed upgrade description {udf_name}: no incremental \
+                     upgrade to a version newer than {} has this kit's size ({size} bytes) and \
+                     sha256 ({})",
+                    state.current_version,
+                    hex(&got)
+                )));
+            }
+        }
+    }
+    Ok(listed)
+}
+
+/// The kit: a FORMAT 2 kit read and verified as a kit of iuk, or (with `--legacy-tails-kit`)
+/// of Tails' own tooling; its `delete_files` entries lie strictly inside a monitored boot
+/// directory and name nothing protected.
+fn read_kit(
+    medium: &Medium,
+    state: &State,
+    kit_path: &Path,
+    opts: &ApplyOptions,
+    bad_kit: &dyn Fn(String) -> MediumError,
+    warnings: &mut Vec<String>,
+    progress: &dyn Progress,
+) -> Result<Proposal, MediumError> {
+    let kit_name = kit_path.display().to_string();
+    let any = Kit::open_any(kit_path).map_err(|e| {
+        let m = e.to_string();
+        if m.starts_with(&kit_name) {
+            refuse(m)
+        } else {
+            bad_kit(m)
+        }
+    })?;
+    let format = match &any {
+        AnyKit::Iuk(k) => &k.format,
+        AnyKit::Legacy(k) => &k.format,
+    };
+    if format != FORMAT {
+        return Err(bad_kit(format!(
+            "FORMAT {format:?} is not supported (this iuk-apply installs FORMAT 2 kits)"
+        )));
+    }
+    let c = match &any {
+        AnyKit::Iuk(kit) => iuk_proposal(kit, bad_kit, progress)?,
+        AnyKit::Legacy(kit) => {
+            if !opts.legacy_tails_kit {
+                return Err(bad_kit(
+                    "made by Tails' own tooling (control.yml holds only delete_files): it does \
+                     not say which release it was built against, so that cannot be checked; \
+                     pass --legacy-tails-kit to install it anyway"
+                        .into(),
+                ));
+            }
+            warnings.push(format!(
+                "{kit_name}: made by Tails' own tooling: the release it was built against cannot \
+                 be checked; it is installed as a cumulative upgrade of this medium's base {}",
+                state.base_version
+            ));
+            legacy_proposal(medium, state, kit, bad_kit, progress)?
+        }
+    };
+    for d in &c.delete_files {
+        let inside = MONITORED_DIRS
+            .iter()
+            .any(|m| d.starts_with(&format!("{m}/")));
+        // Protected files live directly in live/ or in live/iuk-staging/, which is protected
+        // itself: an entry strictly inside a monitored directory contains none of them.
+        let is_monitored = MONITORED_DIRS.iter().any(|m| m.eq_ignore_ascii_case(d));
+        if !safe_relative_path(d) || !inside || is_monitored || is_protected(d) {
+            return Err(bad_kit(format!("delete_files entry {d:?} is not allowed")));
+        }
+    }
+    Ok(c)
+}
+
+/// Listing, continued: the UDF lists the kit for the versions it upgrades between.
+fn check_listed_versions(
+    c: &Proposal,
+    verified_udf: Option<&VerifiedListing>,
+    listed: &[Listed],
+    bad_kit: &dyn Fn(String) -> MediumError,
+) -> Result<(), MediumError> {
+    if let Some((_, udf_name)) = verified_udf {
+        if !listed
+            .iter()
+            .any(|l| l.version == c.to_version && l.from_version == c.from_version)
+        {
+            let l = &listed[0];
+            return Err(bad_kit(format!(
+                "upgrades from {} to {}, but the signed upgrade description {udf_name} lists it \
+                 as the kit from {} to {}",
+                c.from_version, c.to_version, l.from_version, l.version
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Model: the kit is for this medium's product and build target, upgrades to a newer version,
+/// and stacks on its current tree (stacking) or replaces the layers on its base (cumulative);
+/// the stack stays within its bound; the medium still matches its state; the layer name is free.
+fn check_model(
+    medium: &Medium,
+    state: &State,
+    c: &Proposal,
+    opts: &ApplyOptions,
+    kit_name: &str,
+) -> Result<Model, MediumError> {
+    if c.product != state.product {
+        return Err(refuse(format!(
+            "{kit_name} is for {}, this medium holds {}",
+            c.product, state.product
+        )));
+    }
+    if let Some(t) = c
+        .build_target
+        .as_ref()
+        .filter(|t| **t != state.build_target)
+    {
+        return Err(refuse(format!(
+            "{kit_name} is for build target {t}, this medium is {}",
+            state.build_target
+        )));
+    }
+    if version::compare(&c.to_version, &state.current_version) != std::cmp::Ordering::Greater {
+        return Err(refuse(format!(
+            "{kit_name} upgrades to {}, but the medium already runs {} (no downgrade, no replay)",
+            c.to_version, state.current_version
+        )));
+    }
+    let model = match &c.old_tree_digest {
+        // A kit of Tails' own tooling: the base + its layer, whatever the medium stacks now.
+        None if state.layers.is_empty() => Model::Stacking,
+        None => Model::Cumulative,
+        Some(digest) if c.from_version == state.current_version => {
+            if *digest != state.current_tree_digest {
+                return Err(refuse(format!(
+                    "{kit_name} was built against another {} than the one on this medium (tree digests differ)",
+                    c.from_version
+                )));
+            }
+            Model::Stacking
+        }
+        Some(digest) if c.from_version == state.base_version => {
+            if *digest != state.base_tree_digest {
+                return Err(refuse(format!(
+                    "{kit_name} was built against another {} than this medium's base (tree digests differ)",
+                    c.from_version
+                )));
+            }
+            Model::Cumulative
+        }
+        Some(_) => {
+            return Err(refuse(format!(
+                "{kit_name} upgrades from {}, but the medium runs {} on a {} base: this kit does not apply",
+                c.from_version, state.current_version, state.base_version
+            )))
+        }
+    };
+    let max_layers = opts.max_layers.unwrap_or(state.max_layers);
+    if model == Model::Stacking && state.layers.len() as u64 + 1 > u64::from(max_layers) {
+        return Err(refuse(format!(
+            "{}: the medium already has {} diff layers (at most {max_layers}); apply a cumulative kit from {} or do a full upgrade",
+            medium.root.display(),
+            state.layers.len(),
+            state.base_version
+        )));
+    }
+
+    // The medium still matches its state; the layer name is free.
+    medium.check_consistent(state, false)?;
+    let layer_rel = format!("live/{}.squashfs", c.layer);
+    if medium.find(&layer_rel).is_some()
+        || state
+            .layers
+            .iter()
+            .any(|l| l.name.eq_ignore_ascii_case(&c.layer))
+    {
+        return Err(refuse(format!(
+            "{}: {layer_rel} already exists (kit already applied?)",
+            medium.root.display()
+        )));
+    }
+    Ok(model)
+}
+
+/// Boot writes: every file of the new boot tree either is on the medium already (same sha256 in
+/// the state) or in the kit, with the sha256 the boot tree records.
+fn boot_writes(
+    medium: &Medium,
+    state: &State,
+    c: &Proposal,
+    bad_kit: &dyn Fn(String) -> MediumError,
+) -> Result<Vec<BootWrite>, MediumError> {
+    let mut writes = Vec::new();
+    for e in &c.boot_tree {
+        let want = parse_hex(&e.sha256, &e.path)?;
+        let current = state
+            .boot_files
+            .iter()
+            .find(|f| f.path.eq_ignore_ascii_case(&e.path));
+        let on_medium_same = match current {
+            Some(f) => f.sha256 == e.sha256 && medium.find(&e.path).is_some(),
+            None => false,
+        };
+        if on_medium_same {
+            continue;
+        }
+        let (content, sha) = c.overlay.get(&e.path.to_ascii_lowercase()).ok_or_else(|| {
+            bad_kit(format!(
+                "boot file {} changes but the kit does not carry it",
+                e.path
+            ))
+        })?;
+        if *sha != want {
+            return Err(bad_kit(format!(
+                "boot file {} differs from its overlay copy",
+                e.path
+            )));
+        }
+        let existing = medium.find(&e.path);
+        let (old, old_size) = match &existing {
+            Some(p) if p.is_file() => (
+                Some(sha_of(p)?),
+                fs::metadata(p).map_err(|e| io_err(p, e))?.len(),
+            ),
+            _ => (None, 0),
+        };
+        let direct = existing.is_none() && direct_target(medium, &e.path).is_some();
+        writes.push(BootWrite {
+            path: e.path.clone(),
+            sha256: want,
+            content: content.clone(),
+            old,
+            old_size,
+            direct,
+        });
+    }
+    Ok(writes)
+}
+
+/// Deletes: the layers a cumulative kit supersedes, the boot files the new tree lacks (never
+/// one the apply writes), and `delete_files` (never a file of the new boot tree); each path once.
+fn plan_deletes(
+    medium: &Medium,
+    state: &State,
+    c: &Proposal,
+    model: Model,
+    writes: &[BootWrite],
+) -> Result<Vec<Delete>, MediumError> {
+    let written: HashSet<String> = writes.iter().map(|w| w.path.to_ascii_lowercase()).collect();
+    let mut deletes: Vec<Delete> = Vec::new();
+    if model == Model::Cumulative {
+        for l in &state.layers {
+            deletes.push(Delete {
+                path: format!("live/{}.squashfs", l.name),
+                old: Some(parse_hex(&l.sha256, &l.name)?),
+            });
+        }
+    }
+    for f in &state.boot_files {
+        if !c
+            .boot_tree
+            .iter()
+            .any(|e| e.path.eq_ignore_ascii_case(&f.path))
+            && !written.contains(&f.path.to_ascii_lowercase())
+        {
+            deletes.push(Delete {
+                path: f.path.clone(),
+                old: Some(parse_hex(&f.sha256, &f.path)?),
+            });
+        }
+    }
+    // delete_files never removes a file of the new boot tree (a file Tails would copy back).
+    let keep: HashSet<String> = c
+        .boot_tree
+        .iter()
+        .map(|e| e.path.to_ascii_lowercase())
+        .collect();
+    for d in &c.delete_files {
+        let Some(p) = medium.find(d) else { continue };
+        collect_deletes(medium, &p, &keep, &mut deletes)?;
+    }
+    let mut seen = HashSet::new();
+    deletes.retain(|d| seen.insert(d.path.to_ascii_lowercase()));
+    Ok(deletes)
+}
+
+/// Next state: the layer stacked (or replacing every diff layer), the new version, tree digest
+/// and boot tree, the writer format and bound given.
+fn next_state(state: &State, c: &Proposal, model: Model, opts: &ApplyOptions) -> State {
+    let layer = &c.layer_content;
+    let mut new_state = state.clone();
+    let new_layer = Layer {
+        name: c.layer.clone(),
+        size: layer.0.size,
+        sha256: hex(&layer.1),
+        version: c.to_version.clone(),
+    };
+    match model {
+        Model::Stacking => new_state.layers.push(new_layer),
+        Model::Cumulative => new_state.layers = vec![new_layer],
+    }
+    new_state.current_version = c.to_version.clone();
+    new_state.current_tree_digest = c.new_tree_digest.clone();
+    new_state.boot_files = c.boot_tree.clone();
+    if let Some(w) = c.writer_format {
+        new_state.writer_format = w;
+    }
+    if let Some(m) = opts.max_layers {
+        new_state.max_layers = m;
+    }
+    new_state
+}
+
+/// What the space check found (see [`Plan`]'s fields of the same names).
+struct Space {
+    written: u64,
+    allocated: u64,
+    needed: u64,
+    free: Option<u64>,
+}
+
+/// Space: everything the apply writes before anything is freed fits in the medium's free space
+/// (a warning where the filesystem does not report it); the journal it commits is one
+/// `recover` accepts.
+#[allow(clippy::too_many_arguments)]
+fn check_space(
+    medium: &Medium,
+    state: &State,
+    old_state_sha: [u8; 32],
+    c: &Proposal,
+    new_state: &State,
+    writes: &[BootWrite],
+    deletes: &[Delete],
+    bad_kit: &dyn Fn(String) -> MediumError,
+    warnings: &mut Vec<String>,
+) -> Result<Space, MediumError> {
+    let old_state_len = fs::metadata(medium.live_file(STATE_FILE))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    let old_module_len = medium
+        .find(&format!("live/{}", state.module_file))
+        .and_then(|p| fs::metadata(p).ok())
+        .map_or(0, |m| m.len());
+    let journal_len = plan_journal(old_state_sha, new_state, writes, deletes)
+        .encode()
+        .len();
+    if journal_len > MAX_JOURNAL {
+        return Err(bad_kit(format!(
+            "its journal would be {journal_len} bytes, more than the {MAX_JOURNAL} bytes \
+             `recover` accepts (too many boot files to write or entries to delete); do a full \
+             upgrade instead"
+        )));
+    }
+    let written_files = space_written(
+        &c.layer_content.0,
+        writes,
+        [
+            (
+                intent_text(&c.layer, &old_state_sha, writes).len() as u64,
+                0,
+            ),
+            (journal_len as u64, 0),
+            (new_state.to_yaml().len() as u64, old_state_len),
+            (new_state.module_text().len() as u64, old_module_len),
+        ],
+    );
+    let free = free_space(&medium.root)?;
+    let cluster = cluster_size(&medium.root);
+    let too_large = || {
+        bad_kit(
+            "the sizes of the files to write add up to more than 2^64 bytes (damaged kit)".into(),
+        )
+    };
+    let written = written_files.bytes().ok_or_else(too_large)?;
+    let allocated = written_files.allocated(cluster).ok_or_else(too_large)?;
+    let needed = written
+        .checked_add(SPACE_MARGIN)
+        .zip(allocated.checked_add(CLUSTER_MARGIN))
+        .map(|(a, b)| a.max(b))
+        .ok_or_else(too_large)?;
+    match free {
+        Some(f) if f < needed => {
+            return Err(refuse(format!(
+                "{}: {needed} bytes needed, {f} free; free some space or use a larger medium",
+                medium.root.display()
+            )))
+        }
+        None => warnings.push(format!(
+            "{}: the filesystem does not report its free space; not checked",
+            medium.root.display()
+        )),
+        _ => {}
+    }
+    Ok(Space {
+        written,
+        allocated,
+        needed,
+        free,
+    })
+}
+
+/// The size and sha256 of a file, read once.
+fn size_and_sha(path: &Path) -> Result<(u64, [u8; 32]), MediumError> {
+    let mut f = File::open(path).map_err(|e| io_err(path, e))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; CHUNK];
+    let mut size = 0u64;
+    loop {
+        let n = f.read(&mut buf).map_err(|e| io_err(path, e))?;
+        if n == 0 {
+            break;
+        }
+        size += n as u64;
+        h.update(&buf[..n]);
+    }
+    Ok((size, h.finalize().into()))
+}
+
+/// Adds the files (with their sha256) and directories below `path` to `deletes`, deepest first,
+/// leaving out protected names and files the apply writes.
+fn collect_deletes(
+    medium: &Medium,
+    path: &Path,
+    written: &HashSet<String>,
+    deletes: &mut Vec<Delete>,
+) -> Result<(), MediumError> {
+    let rel = path
+        .strip_prefix(&medium.root)
+        .unwrap_or(path)
+        .to_string_lossy()
+        .into_owned();
+    if is_protected(&rel) || written.contains(&rel.to_ascii_lowercase()) {
+        return Ok(());
+    }
+    let md = fs::symlink_metadata(path).map_err(|e| io_err(path, e))?;
+    if md.is_dir() {
+        let mut children: Vec<PathBuf> = fs::read_dir(path)
+            .map_err(|e| io_err(path, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        children.sort();
+        for ch in children {
+            collect_deletes(medium, &ch, written, deletes)?;
+        }
+        deletes.push(Delete {
+            path: rel,
+            old: None,
+        });
+    } else {
+        deletes.push(Delete {
+            path: rel,
+            old: Some(sha_of(path)?),
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,395 @@
+//! What a kit would install, read and verified from the kit alone (DESIGN.md, "Applying",
+//! step 1): for a kit of iuk, control.yml's parameters and every overlay file's size and sha256;
+//! for a kit of Tails' own tooling (`--legacy-tails-kit`), its one layer stacked on this medium's
+//! base, which gives the version it installs. [`plan`](super::plan) then checks the
+//! [`Proposal`] against the medium.
+
+use std::collections::{HashMap, HashSet};
+
+use super::journal::parse_sha256;
+use super::stack::{hash_tree, read_image_tree, stack_layer};
+use super::state::State;
+use super::{refuse, safe_relative_path, Medium, MediumError, BASE};
+use crate::boot::is_protected;
+use crate::diff::HashedTree;
+use crate::kit::{FileEntry, Kit, LegacyKit, GENERATOR};
+use crate::progress::Progress;
+use crate::release;
+use crate::squashfs::read::Archive;
+use crate::squashfs::write::WRITER_FORMAT_VERSION;
+use crate::tree::{hex, Content, InodeKind};
+use crate::version;
+
+/// What a kit would install, read and verified from the kit alone.
+pub struct Proposal {
+    pub product: String,
+    /// None: the kit does not say (kits of Tails' own tooling).
+    pub build_target: Option<String>,
+    pub from_version: String,
+    pub to_version: String,
+    pub layer: String,
+    /// None: the kit does not say (kits of Tails' own tooling).
+    pub old_tree_digest: Option<String>,
+    pub new_tree_digest: String,
+    /// The boot tree after the apply, sorted by path.
+    pub boot_tree: Vec<FileEntry>,
+    pub delete_files: Vec<String>,
+    /// None: the kit does not say (kits of Tails' own tooling).
+    pub writer_format: Option<u32>,
+    /// The layer's content and sha256.
+    pub layer_content: (Content, [u8; 32]),
+    /// Every overlay file by lower-case path: content and sha256.
+    pub overlay: HashMap<String, (Content, [u8; 32])>,
+    /// Bytes of every overlay file.
+    pub payload: u64,
+}
+
+/// Checks paths a kit names: relative, FAT-safe, never a protected name (the layer aside).
+fn check_kit_paths(
+    overlay: &[&str],
+    boot_tree: &[FileEntry],
+    layer_rel: &str,
+    bad_kit: &dyn Fn(String) -> MediumError,
+) -> Result<(), MediumError> {
+    for p in overlay
+        .iter()
+        .copied()
+        .chain(boot_tree.iter().map(|e| e.path.as_str()))
+    {
+        if !safe_relative_path(p) {
+            return Err(bad_kit(format!(
+                "path {p:?} is not a safe relative path on a FAT medium"
+            )));
+        }
+    }
+    for e in boot_tree {
+        if is_protected(&e.path) {
+            return Err(bad_kit(format!(
+                "boot file {:?} is a protected name",
+                e.path
+            )));
+        }
+    }
+    for p in overlay {
+        if is_protected(p) && !p.eq_ignore_ascii_case(layer_rel) {
+            return Err(bad_kit(format!("overlay file {p:?} is a protected name")));
+        }
+    }
+    Ok(())
+}
+
+/// A kit of iuk: control.yml's parameters checked, every overlay file's size and sha256
+/// against control.yml, nothing unlisted in `overlay/`.
+pub fn iuk_proposal(
+    kit: &Kit,
+    bad_kit: &dyn Fn(String) -> MediumError,
+    progress: &dyn Progress,
+) -> Result<Proposal, MediumError> {
+    let c = &kit.control;
+    if c.generator != GENERATOR {
+        return Err(bad_kit(format!(
+            "generator {:?}: not a kit made by iuk",
+            c.generator
+        )));
+    }
+    if c.writer_format > WRITER_FORMAT_VERSION {
+        return Err(bad_kit(format!(
+            "writer format {} is newer than this iuk-apply knows",
+            c.writer_format
+        )));
+    }
+    for (what, v) in [
+        ("product", &c.product),
+        ("from-version", &c.from_version),
+        ("to-version", &c.to_version),
+        ("layer", &c.layer),
+    ] {
+        if !version::is_safe_name(v) {
+            return Err(bad_kit(format!("{what} {v:?} is not a safe name")));
+        }
+    }
+    if c.layer.eq_ignore_ascii_case("filesystem") {
+        return Err(bad_kit(
+            "layer name \"filesystem\" would replace the base".into(),
+        ));
+    }
+    let layer_rel = format!("live/{}.squashfs", c.layer);
+    let overlay_paths: Vec<&str> = c.overlay.iter().map(|e| e.path.as_str()).collect();
+    check_kit_paths(&overlay_paths, &c.boot_tree, &layer_rel, bad_kit)?;
+
+    // Every overlay file is in the kit with the recorded size and sha256, and nothing else is.
+    let payload = checked_sum(c.overlay.iter().map(|e| e.size)).ok_or_else(|| {
+        bad_kit("control.yml: the overlay files' sizes add up to more than 2^64 bytes".into())
+    })?;
+    progress.phase("verifying kit", payload);
+    let done = std::cell::Cell::new(0u64);
+    let mut listed: HashSet<Vec<u8>> = HashSet::new();
+    let mut layer: Option<(Content, [u8; 32])> = None;
+    let mut overlay: HashMap<String, (Content, [u8; 32])> = HashMap::new();
+    for e in &c.overlay {
+        let kit_path_in = format!("overlay/{}", e.path);
+        listed.insert(kit_path_in.clone().into_bytes());
+        let node = kit
+            .tree
+            .lookup(kit_path_in.as_bytes())
+            .ok_or_else(|| bad_kit(format!("{kit_path_in} is missing")))?;
+        let InodeKind::File(content) = &kit.tree.node_inode(node).kind else {
+            return Err(bad_kit(format!("{kit_path_in} is not a regular file")));
+        };
+        if content.size != e.size {
+            return Err(bad_kit(format!(
+                "{kit_path_in} has {} bytes, control.yml says {}",
+                content.size, e.size
+            )));
+        }
+        let want = parse_hex(&e.sha256, &kit_path_in)?;
+        let got = content
+            .sha256_with(|n| {
+                done.set(done.get().saturating_add(n));
+                progress.position(done.get());
+            })
+            .map_err(|err| bad_kit(format!("{kit_path_in}: {err}")))?;
+        if got != want {
+            return Err(bad_kit(format!(
+                "{kit_path_in} does not have the sha256 control.yml records"
+            )));
+        }
+        if e.path.eq_ignore_ascii_case(&layer_rel) {
+            layer = Some((content.clone(), got));
+        }
+        overlay.insert(e.path.to_ascii_lowercase(), (content.clone(), got));
+    }
+    for id in kit.tree.walk() {
+        let p = kit.tree.path(id);
+        if p.starts_with(b"overlay/")
+            && !matches!(kit.tree.node_inode(id).kind, InodeKind::Dir)
+            && !listed.contains(&p)
+        {
+            return Err(bad_kit(format!(
+                "{} is not listed in control.yml",
+                String::from_utf8_lossy(&p)
+            )));
+        }
+    }
+    let layer_content = layer.ok_or_else(|| bad_kit(format!("overlay/{layer_rel} is missing")))?;
+    Ok(Proposal {
+        product: c.product.clone(),
+        build_target: Some(c.build_target.clone()),
+        from_version: c.from_version.clone(),
+        to_version: c.to_version.clone(),
+        layer: c.layer.clone(),
+        old_tree_digest: Some(c.old_tree_digest.clone()),
+        new_tree_digest: c.new_tree_digest.clone(),
+        boot_tree: c.boot_tree.clone(),
+        delete_files: c.delete_files.clone(),
+        writer_format: Some(c.writer_format),
+        layer_content,
+        overlay,
+        payload,
+    })
+}
+
+/// A kit of Tails' own tooling (`--legacy-tails-kit`), installed as Tails' installer does:
+/// the overlay copied onto the medium, `delete_files` deleted, the module file = the base + the
+/// kit's one diff layer. Nothing records what it was built against or its files' hashes, so:
+/// every overlay file must be a regular file with a safe path; exactly one
+/// `overlay/live/*.squashfs`; the new version and product come from `/etc/os-release` of this
+/// medium's base with that layer stacked, and the new tree digest from the same stack.
+pub fn legacy_proposal(
+    medium: &Medium,
+    state: &State,
+    kit: &LegacyKit,
+    bad_kit: &dyn Fn(String) -> MediumError,
+    progress: &dyn Progress,
+) -> Result<Proposal, MediumError> {
+    let (files, layer_rel) = legacy_overlay(kit, bad_kit)?;
+    let layer = layer_rel[5..layer_rel.len() - ".squashfs".len()].to_string();
+    if !version::is_safe_name(&layer) || layer.eq_ignore_ascii_case("filesystem") {
+        return Err(bad_kit(format!("layer name {layer:?} is not usable")));
+    }
+    let paths: Vec<&str> = files.iter().map(|(p, _)| p.as_str()).collect();
+    check_kit_paths(&paths, &[], &layer_rel, bad_kit)?;
+
+    // Hash every overlay file.
+    let payload = checked_sum(files.iter().map(|(_, c)| c.size))
+        .ok_or_else(|| bad_kit("the overlay files' sizes add up to more than 2^64 bytes".into()))?;
+    progress.phase("reading kit", payload);
+    let done = std::cell::Cell::new(0u64);
+    let mut overlay: HashMap<String, (Content, [u8; 32])> = HashMap::new();
+    let mut carried: Vec<FileEntry> = Vec::new();
+    for (rel, content) in &files {
+        let sha = content
+            .sha256_with(|n| {
+                done.set(done.get().saturating_add(n));
+                progress.position(done.get());
+            })
+            .map_err(|e| bad_kit(format!("overlay/{rel}: {e}")))?;
+        if overlay
+            .insert(rel.to_ascii_lowercase(), (content.clone(), sha))
+            .is_some()
+        {
+            return Err(bad_kit(format!(
+                "overlay/{rel} is there twice in different case (a FAT medium cannot hold both)"
+            )));
+        }
+        if *rel != layer_rel {
+            carried.push(FileEntry {
+                path: rel.clone(),
+                size: content.size,
+                sha256: hex(&sha),
+            });
+        }
+    }
+    let layer_content = overlay
+        .get(&layer_rel.to_ascii_lowercase())
+        .cloned()
+        .ok_or_else(|| bad_kit(format!("overlay/{layer_rel} is missing")))?;
+
+    // The new root: this medium's base with the kit's layer stacked.
+    let (new_root, to_version, product) = legacy_new_root(
+        medium,
+        state,
+        &layer_rel,
+        &layer_content.0,
+        bad_kit,
+        progress,
+    )?;
+
+    // The boot tree after: the current one without delete_files, with the overlay copied on.
+    let under = |p: &str, d: &str| {
+        p.eq_ignore_ascii_case(d)
+            || (p.len() > d.len()
+                && p.as_bytes()[d.len()] == b'/'
+                && p[..d.len()].eq_ignore_ascii_case(d))
+    };
+    let mut boot_tree: Vec<FileEntry> = state
+        .boot_files
+        .iter()
+        .filter(|f| !kit.control.delete_files.iter().any(|d| under(&f.path, d)))
+        .filter(|f| !carried.iter().any(|e| e.path.eq_ignore_ascii_case(&f.path)))
+        .cloned()
+        .collect();
+    boot_tree.extend(carried);
+    boot_tree.sort_by(|a, b| a.path.cmp(&b.path));
+    check_kit_paths(&[], &boot_tree, &layer_rel, bad_kit)?;
+    Ok(Proposal {
+        product,
+        build_target: None,
+        from_version: state.base_version.clone(),
+        to_version,
+        layer,
+        old_tree_digest: None,
+        new_tree_digest: hex(&new_root.digest()),
+        boot_tree,
+        delete_files: kit.control.delete_files.clone(),
+        writer_format: None,
+        layer_content,
+        overlay,
+        payload,
+    })
+}
+
+/// The files of a legacy kit's `overlay/` (each a regular file with a UTF-8 name) and the path
+/// of its one diff layer (`live/*.squashfs`).
+fn legacy_overlay(
+    kit: &LegacyKit,
+    bad_kit: &dyn Fn(String) -> MediumError,
+) -> Result<(Vec<(String, Content)>, String), MediumError> {
+    let mut files: Vec<(String, Content)> = Vec::new();
+    for id in kit.tree.walk() {
+        let p = kit.tree.path(id);
+        let Some(rel) = p.strip_prefix(b"overlay/") else {
+            continue;
+        };
+        let rel = String::from_utf8(rel.to_vec()).map_err(|_| {
+            bad_kit(format!(
+                "{} is not a UTF-8 name",
+                String::from_utf8_lossy(&p)
+            ))
+        })?;
+        match &kit.tree.node_inode(id).kind {
+            InodeKind::Dir => {}
+            InodeKind::File(content) => files.push((rel, content.clone())),
+            other => {
+                return Err(bad_kit(format!(
+                    "overlay/{rel} is a {}: a FAT medium holds only regular files",
+                    other.name()
+                )))
+            }
+        }
+    }
+    let layers: Vec<&str> = files
+        .iter()
+        .map(|(p, _)| p.as_str())
+        .filter(|p| {
+            p.get(..5).is_some_and(|d| d.eq_ignore_ascii_case("live/"))
+                && !p[5..].contains('/')
+                && p.to_ascii_lowercase().ends_with(".squashfs")
+        })
+        .collect();
+    let layer_rel = match layers.as_slice() {
+        [one] => one.to_string(),
+        [] => {
+            return Err(bad_kit(
+                "holds no diff layer (overlay/live/*.squashfs)".into(),
+            ))
+        }
+        more => {
+            return Err(bad_kit(format!(
+                "holds {} diff layers in overlay/live/, a kit of Tails' own tooling has one",
+                more.len()
+            )))
+        }
+    };
+    Ok((files, layer_rel))
+}
+
+/// The root a legacy kit makes: this medium's base with the kit's layer stacked; the version and
+/// product its `/etc/os-release` names.
+fn legacy_new_root(
+    medium: &Medium,
+    state: &State,
+    layer_rel: &str,
+    layer: &Content,
+    bad_kit: &dyn Fn(String) -> MediumError,
+    progress: &dyn Progress,
+) -> Result<(HashedTree, String, String), MediumError> {
+    let base_path = medium
+        .find(BASE)
+        .ok_or_else(|| refuse(format!("{}: no {BASE}", medium.root.display())))?;
+    let base = hash_tree(read_image_tree(&base_path)?, "hashing base", progress)?;
+    let layer_name = format!("overlay/{layer_rel}");
+    let image = layer
+        .source
+        .random_access()
+        .ok_or_else(|| bad_kit(format!("{layer_name} cannot be opened in place")))?;
+    // The reader's errors name the image.
+    let upper = Archive::from_image(image, layer_name.clone())
+        .and_then(|a| a.read_tree())
+        .map_err(|e| bad_kit(e.to_string()))?;
+    let upper = hash_tree(upper, "hashing layer", progress)?;
+    let new_root = stack_layer(&base, &upper, &layer_name)?;
+    let os = release::os_release(&new_root.tree).unwrap_or_default();
+    let to_version = os.version.ok_or_else(|| {
+        bad_kit(format!(
+            "no version in /etc/os-release of this medium's base with {layer_name} stacked"
+        ))
+    })?;
+    if !version::is_safe_name(&to_version) {
+        return Err(bad_kit(format!(
+            "version {to_version:?} in /etc/os-release is not a safe name"
+        )));
+    }
+    let product = os.product.unwrap_or_else(|| state.product.clone());
+    Ok((new_root, to_version, product))
+}
+
+/// Parses the sha256 `s` that `what` records; a refusal naming both when it is not one.
+pub fn parse_hex(s: &str, what: &str) -> Result<[u8; 32], MediumError> {
+    parse_sha256(s).ok_or_else(|| refuse(format!("{what}: {s:?} is not a sha256")))
+}
+
+/// The sum of `sizes`; None when it does not fit a u64 (sizes a hostile kit declares).
+fn checked_sum(sizes: impl IntoIterator<Item = u64>) -> Option<u64> {
+    sizes.into_iter().try_fold(0u64, u64::checked_add)
+}

@@ -1,0 +1,91 @@
+//! Reading the medium's stack of SquashFS layers in userspace (DESIGN.md, "The medium"): the
+//! tree of one image, the adapters around [`HashedTree`] that turn its errors into refusals, and
+//! [`verify_trees`], which checks the base's and the stacked tree digests against the state
+//! (`verify --deep`). `adopt`, `plan` and `verify` read layers through this module.
+
+use std::path::Path;
+
+use super::state::State;
+use super::{refuse, Medium, MediumError, BASE};
+use crate::diff::HashedTree;
+use crate::progress::Progress;
+use crate::squashfs::read::Archive;
+use crate::tree::{hex, Tree};
+
+/// The tree of the SquashFS image at `path` on the medium (the reader's errors name the image;
+/// the refusal says the medium is damaged).
+pub fn read_image_tree(path: &Path) -> Result<Tree, MediumError> {
+    read_raw(path).map_err(|e| {
+        refuse(format!(
+            "{e}; an image on the medium is unreadable (damaged medium?): reinstall the medium"
+        ))
+    })
+}
+
+/// The tree of the image at `path`, or the reader's own message (which names the image).
+fn read_raw(path: &Path) -> Result<Tree, String> {
+    Archive::open(path)
+        .and_then(|a| a.read_tree())
+        .map_err(|e| e.to_string())
+}
+
+/// Checks the trees the medium's layers stack to against the state, in userspace: the base's
+/// tree digest and that of the whole stack (`verify --deep`).
+pub fn verify_trees(
+    medium: &Medium,
+    state: &State,
+    progress: &dyn Progress,
+) -> Result<(), MediumError> {
+    let changed = |what: String| {
+        refuse(format!(
+            "{}: {what}; the medium was changed by something else than iuk-apply (run \
+             `iuk-apply adopt` to take it over again)",
+            medium.root.display()
+        ))
+    };
+    let open = |rel: &str| -> Result<HashedTree, MediumError> {
+        let p = medium
+            .find(rel)
+            .ok_or_else(|| changed(format!("{rel} is missing")))?;
+        let tree = read_raw(&p).map_err(changed)?;
+        hash_tree(tree, &format!("hashing {rel}"), progress)
+    };
+    let mut stack = open(BASE)?;
+    if hex(&stack.digest()) != state.base_tree_digest {
+        return Err(changed(format!(
+            "{BASE} does not hold the tree of {} the state records",
+            state.base_version
+        )));
+    }
+    for l in &state.layers {
+        let rel = format!("live/{}.squashfs", l.name);
+        stack = stack_layer(&stack, &open(&rel)?, &rel)?;
+    }
+    if hex(&stack.digest()) != state.current_tree_digest {
+        return Err(changed(format!(
+            "the layers do not stack to the tree of {} the state records",
+            state.current_version
+        )));
+    }
+    Ok(())
+}
+
+/// Hashes every file of `tree` as the progress phase `phase` (errors name the file).
+pub fn hash_tree(
+    tree: Tree,
+    phase: &str,
+    progress: &dyn Progress,
+) -> Result<HashedTree, MediumError> {
+    HashedTree::with_progress(tree, phase, progress).map_err(|e| refuse(e.to_string()))
+}
+
+/// `upper` stacked on `lower` as overlayfs would; errors name `what` (the upper layer).
+pub fn stack_layer(
+    lower: &HashedTree,
+    upper: &HashedTree,
+    what: &str,
+) -> Result<HashedTree, MediumError> {
+    lower
+        .stack(upper)
+        .map_err(|e| refuse(format!("{what}: {e}")))
+}
