@@ -324,7 +324,7 @@ mod tests {
                 .status()
                 .is_ok_and(|s| s.success());
             if !ok {
-                eprintln!("SKIP: gpg is not installed");
+                iuk_skip::skip("`gpg` is not installed");
                 return None;
             }
             let home = tempfile::Builder::new()
