@@ -19,8 +19,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::squashfs::archive::Archive;
 use crate::squashfs::compress::Compressor;
-use crate::squashfs::read::Archive;
 use crate::squashfs::sortfile::SortFile;
 use crate::squashfs::write::{DataCompression, WriterParams, WRITER_FORMAT_VERSION};
 use crate::squashfs::SqfsError;

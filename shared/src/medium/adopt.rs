@@ -22,7 +22,7 @@ use crate::diff::HashedTree;
 use crate::kit::FileEntry;
 use crate::progress::Progress;
 use crate::release;
-use crate::squashfs::read::Archive;
+use crate::squashfs::archive::Archive;
 use crate::tree::{hex, Tree};
 use crate::version;
 

@@ -9,9 +9,9 @@ use std::collections::HashSet;
 
 use serde::Serialize;
 
+use super::archive::Archive;
 use super::compress::id;
 use super::inode::{decode_dev, InodeBody, BLOCK_UNCOMPRESSED};
-use super::read::Archive;
 use super::superblock::{flags, Superblock};
 use super::{Le, Result, INVALID_U32};
 
@@ -443,7 +443,7 @@ pub fn listing(archive: &Archive) -> Result<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::squashfs::read::fixtures::*;
+    use crate::squashfs::testkit::*;
     use std::process::Command;
 
     #[test]

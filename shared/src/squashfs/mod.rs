@@ -3,18 +3,23 @@
 //! One module per on-disk structure, with its reader and writer side by side (as squashfs-tools-ng's
 //! libsquashfs): [`superblock`], [`meta`] (8 KiB metadata blocks and references), [`inode`], [`dir`],
 //! [`table`] (the fragment, id, export and xattr-id lookup tables), [`xattr`], [`compress`]. The
-//! [`write`] module lays out a whole image from a [`crate::tree::Tree`] and [`read`] opens one.
+//! [`write`] module lays out a whole image from a [`crate::tree::Tree`]; [`archive`] opens one,
+//! [`read_tree`] walks it into a tree and [`data`] reads file contents.
 //! Every byte written is a pure function of the tree and [`write::WriterParams`] (invariant 2).
 
+pub mod archive;
 pub mod compress;
+pub mod data;
 pub mod dir;
 pub mod inode;
 pub mod inspect;
 pub mod meta;
-pub mod read;
+pub mod read_tree;
 pub mod sortfile;
 pub mod superblock;
 pub mod table;
+#[cfg(test)]
+pub(crate) mod testkit;
 pub mod write;
 pub mod xattr;
 
