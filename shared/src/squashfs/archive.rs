@@ -73,17 +73,17 @@ pub(super) fn lossy(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-/// Number of metadata blocks holding `count` entries of `size` bytes.
-fn table_blocks(count: u64, size: u64) -> u64 {
-    count.saturating_mul(size).div_ceil(META_SIZE as u64)
-}
-
-/// End of a lookup list of `blocks` u64 entries starting at `at`.
-fn lookup_end(what: &str, at: u64, blocks: u64) -> Result<u64> {
-    blocks
-        .checked_mul(8)
+/// End of the lookup list starting at `at` of a table of `count` entries of `size` bytes (one u64
+/// per metadata block of entries).
+fn lookup_end(what: &str, at: u64, count: u64, size: u64) -> Result<u64> {
+    count
+        .checked_mul(size)
+        .map(|bytes| bytes.div_ceil(META_SIZE as u64))
+        .and_then(|blocks| blocks.checked_mul(8))
         .and_then(|b| at.checked_add(b))
-        .ok_or_else(|| corrupt!("{what} lookup list overflows"))
+        .ok_or_else(|| {
+            corrupt!("{what} lookup list at {at} for {count} entries overflows the image offsets")
+        })
 }
 
 impl Archive {
@@ -330,7 +330,10 @@ impl Archive {
         let e = FragmentEntry::decode(&t.entry(meta, "fragment", i as u64)?)?;
         let stored = e.size & !BLOCK_UNCOMPRESSED;
         if stored == 0 || stored > self.sb.block_size {
-            return Err(corrupt!("fragment {i} has stored size {stored}"));
+            return Err(corrupt!(
+                "fragment {i} has stored size {stored}, not in 1..={} (the block size)",
+                self.sb.block_size
+            ));
         }
         if e.start < self.data_start
             || e.start
@@ -405,11 +408,13 @@ impl TablesFromEnd {
         }
         let x = XattrReader::open(image, sb.xattr_id_table_start, sb.bytes_used)
             .map_err(|e| wrap(e, "xattr table"))?;
-        let header_end = sb
-            .xattr_id_table_start
-            .checked_add(16)
-            .ok_or_else(|| corrupt!("xattr table header overflows"))?;
-        let end = lookup_end("xattr id table", header_end, table_blocks(x.count(), 16))?;
+        let header_end = sb.xattr_id_table_start.checked_add(16).ok_or_else(|| {
+            corrupt!(
+                "xattr table header at {} overflows",
+                sb.xattr_id_table_start
+            )
+        })?;
+        let end = lookup_end("xattr id table", header_end, x.count(), 16)?;
         self.extents.push(TableExtent {
             name: "xattr table",
             start: x.kv_start(),
@@ -427,10 +432,12 @@ impl TablesFromEnd {
         sb: &Superblock,
     ) -> Result<Vec<u32>> {
         let id_count = sb.id_count as u64;
-        let end = lookup_end("id table", sb.id_table_start, table_blocks(id_count, 4))?;
+        let end = lookup_end("id table", sb.id_table_start, id_count, 4)?;
         if end > self.next {
             return Err(corrupt!(
-                "id table overlaps the xattr table that follows it"
+                "id table (lookup list {}..{end}) overlaps the xattr table that follows it at {}",
+                sb.id_table_start,
+                self.next
             ));
         }
         let id_table = Table::open(
@@ -448,7 +455,7 @@ impl TablesFromEnd {
         }
         let first = id_table
             .first_block()
-            .ok_or_else(|| corrupt!("id table has no blocks"))?;
+            .ok_or_else(|| corrupt!("id table of {id_count} entries has no blocks"))?;
         self.extents.push(TableExtent {
             name: "id table",
             start: first,
@@ -464,10 +471,11 @@ impl TablesFromEnd {
             return Ok(());
         }
         let at = sb.export_table_start;
-        let end = lookup_end("export table", at, table_blocks(sb.inode_count as u64, 8))?;
+        let end = lookup_end("export table", at, sb.inode_count as u64, 8)?;
         if end > self.next {
             return Err(corrupt!(
-                "export table overlaps the id table that follows it"
+                "export table (lookup list {at}..{end}) overlaps the id table that follows it at {}",
+                self.next
             ));
         }
         let mut b = [0u8; 8];
@@ -476,7 +484,10 @@ impl TablesFromEnd {
             .map_err(|e| SqfsError::io("export table", e))?;
         let first = u64::from_le_bytes(b);
         if first >= at || first < data_start {
-            return Err(corrupt!("export table block at {first} outside its table"));
+            return Err(corrupt!(
+                "export table block at {first} lies outside {data_start}..{at}, between the data \
+                 and its lookup list"
+            ));
         }
         self.extents.push(TableExtent {
             name: "export table",
@@ -494,16 +505,17 @@ impl TablesFromEnd {
         }
         let at = sb.fragment_table_start;
         let count = sb.fragment_count as u64;
-        let end = lookup_end("fragment table", at, table_blocks(count, 16))?;
+        let end = lookup_end("fragment table", at, count, 16)?;
         if end > self.next {
             return Err(corrupt!(
-                "fragment table overlaps the table that follows it"
+                "fragment table (lookup list {at}..{end}) overlaps the table that follows it at {}",
+                self.next
             ));
         }
         let t = Table::open(image, "fragment table", at, count, 16, at)?;
         let first = t
             .first_block()
-            .ok_or_else(|| corrupt!("fragment table has no blocks"))?;
+            .ok_or_else(|| corrupt!("fragment table of {count} entries has no blocks"))?;
         self.extents.push(TableExtent {
             name: "fragment table",
             start: first,
@@ -524,7 +536,10 @@ impl TablesFromEnd {
             ));
         }
         if sb.inode_table_start < data_start {
-            return Err(corrupt!("inode table overlaps the compressor options"));
+            return Err(corrupt!(
+                "inode table starts at {}, inside the compressor options that end at {data_start}",
+                sb.inode_table_start
+            ));
         }
         self.extents.push(TableExtent {
             name: "data",

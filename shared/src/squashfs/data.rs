@@ -244,7 +244,10 @@ impl FileReader {
                 Some(data) => Chunk::Owned(data, 0),
                 None => Chunk::Zeros(block_len(l.size, l.block_size, i).unwrap_or(0)),
             };
-            self.disk_pos = at + (s & !BLOCK_UNCOMPRESSED) as u64;
+            // file_layout checked that the blocks' stored sizes add up without overflow.
+            self.disk_pos = at
+                .checked_add((s & !BLOCK_UNCOMPRESSED) as u64)
+                .ok_or_else(|| corrupt!("data block {i} at {at} overflows the image offsets"))?;
             return Ok(true);
         }
         if !self.tail_done {
@@ -279,10 +282,15 @@ fn decode_block(
         return Ok(None);
     }
     if stored > l.block_size {
-        return Err(corrupt!("block {i} has stored size {stored}"));
+        return Err(corrupt!(
+            "data block {i} at {at} has stored size {stored}, more than the block size {}",
+            l.block_size
+        ));
     }
     if at.checked_add(stored).is_none() {
-        return Err(corrupt!("block {i} lies past the end of the image"));
+        return Err(corrupt!(
+            "data block {i} at {at} ({stored} bytes) lies past the end of the image offsets"
+        ));
     }
     raw.clear();
     raw.resize(stored as usize, 0);
@@ -347,6 +355,7 @@ impl ArchiveFileImage {
             .iter()
             .map(|s| {
                 let here = at;
+                // Cannot saturate: file_layout checked that the stored sizes add up.
                 at = at.saturating_add((s & !BLOCK_UNCOMPRESSED) as u64);
                 here
             })
@@ -423,13 +432,18 @@ impl ReadAt for ArchiveFileImage {
                     ))
                 })?;
                 let (b, start, end) = tail_bytes(&self.archive, t).map_err(fail)?;
-                let src = b.get(start + within..end).unwrap_or_default();
+                let src = start
+                    .checked_add(within)
+                    .and_then(|from| b.get(from..end))
+                    .unwrap_or_default();
                 let n = src.len().min(buf.len() - done);
                 buf[done..done + n].copy_from_slice(&src[..n]);
                 n
             };
             if n == 0 {
-                return Err(fail(corrupt!("no bytes at offset {pos}")));
+                return Err(fail(corrupt!(
+                    "no bytes at offset {pos}: its block or tail is shorter than the file size says"
+                )));
             }
             done += n;
         }

@@ -349,7 +349,7 @@ impl DiskInode {
         };
         let body = match (basic, ext) {
             (kind::DIR, false) => decode_dir(&mut fixed)?,
-            (kind::DIR, true) => decode_ext_dir(&mut fixed)?,
+            (kind::DIR, true) => decode_ext_dir(&mut fixed, number)?,
             (kind::FILE, _) => decode_file(&mut fixed, ext, number, block_size)?,
             (kind::SYMLINK, _) => decode_symlink(&mut fixed, ext, number)?,
             (kind::BLKDEV | kind::CHRDEV, _) => {
@@ -401,7 +401,7 @@ fn decode_header(hb: &[u8]) -> Result<InodeHeader> {
     };
     if header.perm > 0o7777 {
         return Err(corrupt!(
-            "inode {} has permission bits {:o}",
+            "inode {} has permission bits {:o} (above 7777)",
             header.number,
             header.perm
         ));
@@ -432,6 +432,7 @@ fn decode_dir(fixed: &mut impl FnMut(usize, &'static str) -> Result<Vec<u8>>) ->
 /// Decodes the body of an extended directory inode and its index.
 fn decode_ext_dir(
     fixed: &mut impl FnMut(usize, &'static str) -> Result<Vec<u8>>,
+    number: u32,
 ) -> Result<InodeBody> {
     let b = fixed(24, "extended directory inode")?;
     let mut r = Le::new(&b, "extended directory inode");
@@ -448,14 +449,17 @@ fn decode_ext_dir(
         let mut r = Le::new(&ib, "directory index");
         let idx = r.u32()?;
         let start = r.u32()?;
-        let len = r.u32()? as usize + 1;
+        // Widened before adding: a stored length of u32::MAX cannot wrap.
+        let len = u64::from(r.u32()?) + 1;
         if len > 256 {
-            return Err(corrupt!("directory index name of {len} bytes"));
+            return Err(corrupt!(
+                "extended directory inode {number}: index name of {len} bytes (at most 256)"
+            ));
         }
         index.push(DirIndex {
             index: idx,
             start,
-            name: fixed(len, "directory index name")?,
+            name: fixed(len as usize, "directory index name")?,
         });
     }
     Ok(InodeBody::Dir {
@@ -498,6 +502,9 @@ fn decode_file(
         (start, size, 0, 1, frag, off, INVALID_U32)
     };
     let bs = block_size as u64;
+    if bs == 0 {
+        return Err(corrupt!("file inode {number}: block size 0"));
+    }
     let count = if frag == INVALID_U32 {
         size.div_ceil(bs)
     } else {
