@@ -63,6 +63,7 @@ impl Archive {
                 set
             }
         };
+        // A set decodes to at most xattr::MAX_SET_BYTES: this sum cannot overflow.
         let bytes: usize = set.iter().map(|x| x.name.len() + x.value.len()).sum();
         xattrs.bytes = xattrs.bytes.saturating_add(bytes as u64);
         if xattrs.bytes > MAX_TREE_XATTR_BYTES {
@@ -738,16 +739,35 @@ mod tests {
             .superblock()
             .bytes_used as usize;
         exercise(img.clone()).unwrap();
+        let (mut ok, mut refused, mut patched) = (0, 0, 0);
         for cut in (0..200).chain((200..img.len()).step_by(97)) {
             let r = exercise(img[..cut].to_vec());
             assert_eq!(r.is_ok(), cut >= used, "cut at {cut}: {r:?}");
+            if r.is_ok() {
+                ok += 1;
+            } else {
+                refused += 1;
+            }
             if cut < used && cut >= superblock::SIZE {
                 // The superblock made to claim the truncated length: deeper structures fail.
                 let mut m = img[..cut].to_vec();
                 m[40..48].copy_from_slice(&(cut as u64).to_le_bytes());
                 assert!(exercise(m).is_err(), "cut at {cut} with bytes_used patched");
+                patched += 1;
             }
         }
+        eprintln!(
+            "truncations: {ok} cuts read, {refused} refused, {patched} refused with bytes_used \
+             patched ({} bytes, {used} used)",
+            img.len()
+        );
+        // Measured with mksquashfs 4.5.1 (20480-byte image, 16447 used): 42 cuts read, 368
+        // refused, 272 refused with bytes_used patched. The bounds leave room for another
+        // mksquashfs's layout, not for a reader that refuses (or accepts) every cut.
+        assert!(
+            ok >= 35 && refused >= 350 && patched >= 255,
+            "{ok} read, {refused} refused, {patched} refused with bytes_used patched"
+        );
     }
 
     struct XorShift(u64);
@@ -822,6 +842,18 @@ mod tests {
             "byte flips: {ok_raw}/2000 uncompressed-metadata and {ok_packed}/1000 zstd images \
              still read; slowest iterations {slow_raw:?} and {slow_packed:?}"
         );
+        // Measured with mksquashfs 4.5.1 and these seeds: 504 of 2000 and 71 of 1000 read, the
+        // rest refused. The bounds leave room for another mksquashfs's layout, not for a reader
+        // that refuses (or accepts) far more.
+        let (refused_raw, refused_packed) = (2000 - ok_raw, 1000 - ok_packed);
+        assert!(
+            ok_raw >= 480 && refused_raw >= 1420,
+            "uncompressed metadata: {ok_raw} read, {refused_raw} refused"
+        );
+        assert!(
+            ok_packed >= 60 && refused_packed >= 880,
+            "zstd: {ok_packed} read, {refused_packed} refused"
+        );
     }
 
     fn proptest_image() -> Option<&'static Vec<u8>> {
@@ -836,32 +868,49 @@ mod tests {
         .as_ref()
     }
 
-    proptest::proptest! {
-        #![proptest_config(proptest::test_runner::Config {
+    /// Property test with a fixed seed (so the counts of read and refused images are fixed too):
+    /// 300 images with 1 to 5 bytes changed never panic the reader.
+    #[test]
+    fn mutated_images_never_panic() {
+        use proptest::test_runner::{Config, RngSeed, TestRunner};
+        let Some(base) = proptest_image() else { return };
+        let a = Archive::from_image(Arc::new(base.clone()), "p".into()).unwrap();
+        let start = a.superblock().inode_table_start as usize;
+        let used = a.superblock().bytes_used as usize;
+        let mut runner = TestRunner::new(Config {
             cases: 300,
             failure_persistence: None,
-            ..proptest::test_runner::Config::default()
-        })]
-        #[test]
-        fn mutated_images_never_panic(
-            muts in proptest::collection::vec((proptest::num::usize::ANY, 1u8..=255), 1..6),
-            tail in 0u8..4,
-        ) {
-            let Some(base) = proptest_image() else { return Ok(()) };
-            let a = Archive::from_image(Arc::new(base.clone()), "p".into()).unwrap();
-            let start = a.superblock().inode_table_start as usize;
-            let used = a.superblock().bytes_used as usize;
-            let mut m = base.clone();
-            for (i, (at, x)) in muts.iter().enumerate() {
-                // Mostly metadata, sometimes the superblock or the data area.
-                let at = match (i + tail as usize) % 4 {
-                    0 => at % superblock::SIZE,
-                    1 => at % used,
-                    _ => start + at % (used - start),
-                };
-                m[at] ^= x;
-            }
-            let _ = exercise(m);
-        }
+            rng_seed: RngSeed::Fixed(0x51_7EAD),
+            ..Config::default()
+        });
+        let muts = (
+            proptest::collection::vec((proptest::num::usize::ANY, 1u8..=255), 1..6),
+            0u8..4,
+        );
+        let (ok, refused) = (std::cell::Cell::new(0), std::cell::Cell::new(0));
+        runner
+            .run(&muts, |(muts, tail)| {
+                let mut m = base.clone();
+                for (i, (at, x)) in muts.iter().enumerate() {
+                    // Mostly metadata, sometimes the superblock or the data area.
+                    let at = match (i + tail as usize) % 4 {
+                        0 => at % superblock::SIZE,
+                        1 => at % used,
+                        _ => start + at % (used - start),
+                    };
+                    m[at] ^= x;
+                }
+                match exercise(m) {
+                    Ok(()) => ok.set(ok.get() + 1),
+                    Err(_) => refused.set(refused.get() + 1),
+                }
+                Ok(())
+            })
+            .unwrap();
+        let (ok, refused) = (ok.get(), refused.get());
+        eprintln!("mutations: {ok} images read, {refused} refused");
+        // Measured with mksquashfs 4.5.1 and this seed: 58 read, 242 refused. The bounds leave room
+        // for another mksquashfs's layout, not for a reader that refuses (or accepts) far more.
+        assert!(ok >= 50 && refused >= 225, "{ok} read, {refused} refused");
     }
 }
