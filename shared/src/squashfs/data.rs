@@ -86,9 +86,12 @@ impl Archive {
                     ));
                 }
             }
-            end = end
-                .checked_add(stored as u64)
-                .ok_or_else(|| corrupt!("file inode {n}: data blocks overflow"))?;
+            end = end.checked_add(stored as u64).ok_or_else(|| {
+                corrupt!(
+                    "file inode {n}: data blocks from {blocks_start} overflow the image \
+                         offsets at block {i}"
+                )
+            })?;
         }
         if end > *blocks_start
             && (*blocks_start < self.data_start || end > self.sb.inode_table_start)

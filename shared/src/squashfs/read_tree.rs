@@ -277,11 +277,11 @@ impl Archive {
             }
             let t = tree
                 .as_mut()
-                .ok_or_else(|| corrupt!("entry met before the root"))?;
+                .ok_or_else(|| corrupt!("entry met before the root directory"))?;
             parents.truncate(e.depth);
             let parent = *parents
                 .last()
-                .ok_or_else(|| corrupt!("entry without a parent directory"))?;
+                .ok_or_else(|| corrupt!("entry at depth {} without a parent directory", e.depth))?;
             let tree_err = |err: crate::tree::TreeError| corrupt!("{err}");
             let node = if e.first_link {
                 let kind = self.kind_in(&meta, e)?;
@@ -293,9 +293,9 @@ impl Archive {
                 inodes.insert(number, t.node(node).inode);
                 node
             } else {
-                let id = *inodes
-                    .get(&number)
-                    .ok_or_else(|| corrupt!("hard link to unknown inode {number}"))?;
+                let id = *inodes.get(&number).ok_or_else(|| {
+                    corrupt!("hard link to inode {number}, which no earlier entry named")
+                })?;
                 t.link(parent, e.name, id).map_err(tree_err)?
             };
             if matches!(e.inode.body, InodeBody::Dir { .. }) {
@@ -303,7 +303,7 @@ impl Archive {
             }
             Ok(())
         })?;
-        tree.ok_or_else(|| corrupt!("no root directory"))
+        tree.ok_or_else(|| corrupt!("the walk met no root directory"))
     }
 
     fn kind_in(self: &Arc<Self>, meta: &MetaReader<'_>, e: &WalkEntry<'_>) -> Result<InodeKind> {
