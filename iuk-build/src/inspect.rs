@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
+use iuk::squashfs::archive::Archive;
 use iuk::squashfs::inspect::{self, Report};
-use iuk::squashfs::read::Archive;
 
 /// Show a SquashFS image's superblock, compressor settings, counts and table layout.
 ///

@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use iuk::hostdir::{self, HostDirOptions};
 use iuk::output::write_new_file;
-use iuk::squashfs::read::Archive;
+use iuk::squashfs::archive::Archive;
 use iuk::squashfs::write::{write_image, WriterParams};
 use iuk::tree::Tree;
 

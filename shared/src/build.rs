@@ -27,7 +27,7 @@ use crate::kit::{self, Control, FileEntry, KitError, LayerParams, OverlayFile, G
 use crate::output::{write_new_file, OutputError};
 use crate::progress::Progress;
 use crate::release::{self, hex_opt, Release, ReleaseError};
-use crate::squashfs::read::Archive;
+use crate::squashfs::archive::Archive;
 use crate::squashfs::write::{write_image, WriterParams, WRITER_FORMAT_VERSION};
 use crate::squashfs::SqfsError;
 use crate::tree::{hex, Tree, TreeError};

@@ -24,7 +24,7 @@ use crate::compare::{self, CompareError, Comparison};
 use crate::kit::{self, Control, KitError, GENERATOR, MAX_CONTROL};
 use crate::progress::Progress;
 use crate::release::{Release, ReleaseError};
-use crate::squashfs::read::Archive;
+use crate::squashfs::archive::Archive;
 use crate::squashfs::write::WRITER_FORMAT_VERSION;
 use crate::tree::hex;
 

@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 
 use crate::io::{FileImage, ReadAt, SubImage};
 use crate::iso::{Iso, IsoError, IsoKind};
-use crate::squashfs::read::Archive;
+use crate::squashfs::archive::Archive;
 use crate::squashfs::SqfsError;
 use crate::tree::{Content, ContentSource, HostFile, InodeKind, NodeId, Tree};
 

@@ -26,8 +26,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use iuk::kit::{container_params, container_tree, Control, FileEntry, Kit, OverlayFile};
+use iuk::squashfs::archive::Archive;
 use iuk::squashfs::inode::InodeBody;
-use iuk::squashfs::read::Archive;
 use iuk::squashfs::write::write_image;
 use iuk::tree::{Content, InodeKind};
 use iuk_e2e::{

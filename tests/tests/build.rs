@@ -528,7 +528,7 @@ fn library_root_of_release(path: &Path) -> (Tree, [u8; 32]) {
 }
 
 fn library_root_of_image(path: &Path) -> (Tree, [u8; 32]) {
-    let a = iuk::squashfs::read::Archive::open(path)
+    let a = iuk::squashfs::archive::Archive::open(path)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     library_root(
         a.read_tree()

@@ -16,9 +16,9 @@ use std::sync::Arc;
 
 use iuk::io::{ReadAt, SubImage};
 use iuk::kit::{container_tree, Control, Kit, OverlayFile};
+use iuk::squashfs::archive::Archive;
 use iuk::squashfs::compress::Compressor;
 use iuk::squashfs::inode::InodeBody;
-use iuk::squashfs::read::Archive;
 use iuk::squashfs::write::{write_image, WriterParams};
 use iuk::tree::InodeKind;
 use iuk_e2e::{

@@ -15,7 +15,7 @@ use crate::diff::HashedTree;
 use crate::kit::{FileEntry, Kit, LegacyKit, GENERATOR};
 use crate::progress::Progress;
 use crate::release;
-use crate::squashfs::read::Archive;
+use crate::squashfs::archive::Archive;
 use crate::squashfs::write::WRITER_FORMAT_VERSION;
 use crate::tree::{hex, Content, InodeKind};
 use crate::version;

@@ -9,7 +9,7 @@ use super::state::State;
 use super::{refuse, Medium, MediumError, BASE};
 use crate::diff::HashedTree;
 use crate::progress::Progress;
-use crate::squashfs::read::Archive;
+use crate::squashfs::archive::Archive;
 use crate::tree::{hex, Tree};
 
 /// The tree of the SquashFS image at `path` on the medium (the reader's errors name the image;

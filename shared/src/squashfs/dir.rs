@@ -110,9 +110,14 @@ pub fn read_listing(bytes: &[u8]) -> Result<Vec<DirEntry>> {
     let mut r = Le::new(bytes, "directory listing");
     let mut out = Vec::new();
     while r.pos() < bytes.len() {
-        let count = r.u32()? as usize + 1;
-        if count > MAX_RUN {
-            return Err(corrupt!("directory header with {count} entries"));
+        let at = r.pos();
+        // Widened before adding: a stored count of u32::MAX cannot wrap.
+        let count = u64::from(r.u32()?) + 1;
+        if count > MAX_RUN as u64 {
+            return Err(corrupt!(
+                "directory header at byte {at} of the listing claims {count} entries (at most \
+                 {MAX_RUN})"
+            ));
         }
         let block = r.u32()? as u64;
         let base = r.u32()?;
@@ -122,16 +127,27 @@ pub fn read_listing(bytes: &[u8]) -> Result<Vec<DirEntry>> {
             let kind = r.u16()?;
             let len = r.u16()? as usize + 1;
             if len > 256 {
-                return Err(corrupt!("directory entry name of {len} bytes"));
+                return Err(corrupt!(
+                    "directory entry name of {len} bytes in the run at byte {at} (at most 256)"
+                ));
             }
             let name = r.bytes(len)?.to_vec();
             let number = base as i64 + delta as i64;
-            if !(1..=u32::MAX as i64).contains(&number)
-                || !(1..=7).contains(&kind)
-                || offset as usize >= super::META_SIZE
-            {
+            let bad = if !(1..=u32::MAX as i64).contains(&number) {
+                Some(format!("inode number {base} + {delta} = {number}"))
+            } else if !(1..=7).contains(&kind) {
+                Some(format!("type {kind}, not in 1..=7"))
+            } else if offset as usize >= super::META_SIZE {
+                Some(format!(
+                    "inode offset {offset}, not below {}",
+                    super::META_SIZE
+                ))
+            } else {
+                None
+            };
+            if let Some(bad) = bad {
                 return Err(corrupt!(
-                    "bad directory entry {:?}",
+                    "bad directory entry {:?}: {bad}",
                     String::from_utf8_lossy(&name)
                 ));
             }

@@ -336,160 +336,22 @@ impl DiskInode {
         mut read: impl FnMut(usize) -> Result<Vec<u8>>,
         block_size: u32,
     ) -> Result<DiskInode> {
-        let hb = read(16)?;
-        let mut r = Le::new(&hb, "inode header");
-        let header = InodeHeader {
-            kind: r.u16()?,
-            perm: r.u16()?,
-            uid_idx: r.u16()?,
-            gid_idx: r.u16()?,
-            mtime: r.u32()?,
-            number: r.u32()?,
-        };
-        if header.perm > 0o7777 {
-            return Err(corrupt!(
-                "inode {} has permission bits {:o}",
-                header.number,
-                header.perm
-            ));
-        }
+        let header = decode_header(&read(16)?)?;
         let ext = header.kind > kind::EXTENDED;
         let basic = if ext {
             header.kind - kind::EXTENDED
         } else {
             header.kind
         };
+        let number = header.number;
         let mut fixed = |n: usize, what: &'static str| -> Result<Vec<u8>> {
-            read(n).map_err(|e| corrupt!("{what} of inode {}: {e}", header.number))
+            read(n).map_err(|e| corrupt!("{what} of inode {number}: {e}"))
         };
         let body = match (basic, ext) {
-            (kind::DIR, false) => {
-                let b = fixed(16, "directory inode")?;
-                let mut r = Le::new(&b, "directory inode");
-                let block_start = r.u32()?;
-                let nlink = r.u32()?;
-                let size = r.u16()? as u32;
-                let offset = r.u16()?;
-                let parent = r.u32()?;
-                InodeBody::Dir {
-                    block_start,
-                    nlink,
-                    size,
-                    offset,
-                    parent,
-                    index: Vec::new(),
-                    xattr: INVALID_U32,
-                }
-            }
-            (kind::DIR, true) => {
-                let b = fixed(24, "extended directory inode")?;
-                let mut r = Le::new(&b, "extended directory inode");
-                let nlink = r.u32()?;
-                let size = r.u32()?;
-                let block_start = r.u32()?;
-                let parent = r.u32()?;
-                let count = r.u16()?;
-                let offset = r.u16()?;
-                let xattr = r.u32()?;
-                let mut index = Vec::new();
-                for _ in 0..count {
-                    let ib = fixed(12, "directory index")?;
-                    let mut r = Le::new(&ib, "directory index");
-                    let idx = r.u32()?;
-                    let start = r.u32()?;
-                    let len = r.u32()? as usize + 1;
-                    if len > 256 {
-                        return Err(corrupt!("directory index name of {len} bytes"));
-                    }
-                    index.push(DirIndex {
-                        index: idx,
-                        start,
-                        name: fixed(len, "directory index name")?,
-                    });
-                }
-                InodeBody::Dir {
-                    block_start,
-                    nlink,
-                    size,
-                    offset,
-                    parent,
-                    index,
-                    xattr,
-                }
-            }
-            (kind::FILE, _) => {
-                let (blocks_start, size, sparse, nlink, frag, frag_offset, xattr) = if ext {
-                    let b = fixed(40, "extended file inode")?;
-                    let mut r = Le::new(&b, "extended file inode");
-                    (
-                        r.u64()?,
-                        r.u64()?,
-                        r.u64()?,
-                        r.u32()?,
-                        r.u32()?,
-                        r.u32()?,
-                        r.u32()?,
-                    )
-                } else {
-                    let b = fixed(16, "file inode")?;
-                    let mut r = Le::new(&b, "file inode");
-                    let start = r.u32()? as u64;
-                    let frag = r.u32()?;
-                    let off = r.u32()?;
-                    let size = r.u32()? as u64;
-                    (start, size, 0, 1, frag, off, INVALID_U32)
-                };
-                let bs = block_size as u64;
-                let count = if frag == INVALID_U32 {
-                    size.div_ceil(bs)
-                } else {
-                    size / bs
-                };
-                // The list lives in the inode table: reading it fails as soon as the table runs out,
-                // and `read` grows its buffer only as real bytes arrive.
-                let bytes = usize::try_from(count)
-                    .ok()
-                    .and_then(|c| c.checked_mul(4))
-                    .ok_or_else(|| corrupt!("file inode {} has size {size}", header.number))?;
-                let list = fixed(bytes, "block list")?;
-                let block_sizes = list
-                    .chunks_exact(4)
-                    .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect();
-                InodeBody::File {
-                    blocks_start,
-                    size,
-                    sparse,
-                    nlink,
-                    frag,
-                    frag_offset,
-                    xattr,
-                    block_sizes,
-                }
-            }
-            (kind::SYMLINK, _) => {
-                let b = fixed(8, "symlink inode")?;
-                let mut r = Le::new(&b, "symlink inode");
-                let nlink = r.u32()?;
-                let len = r.u32()? as usize;
-                if len > MAX_SYMLINK {
-                    return Err(corrupt!(
-                        "symlink inode {} has a {len}-byte target",
-                        header.number
-                    ));
-                }
-                let target = fixed(len, "symlink target")?;
-                let xattr = if ext {
-                    Le::new(&fixed(4, "symlink xattr")?, "symlink").u32()?
-                } else {
-                    INVALID_U32
-                };
-                InodeBody::Symlink {
-                    nlink,
-                    target,
-                    xattr,
-                }
-            }
+            (kind::DIR, false) => decode_dir(&mut fixed)?,
+            (kind::DIR, true) => decode_ext_dir(&mut fixed, number)?,
+            (kind::FILE, _) => decode_file(&mut fixed, ext, number, block_size)?,
+            (kind::SYMLINK, _) => decode_symlink(&mut fixed, ext, number)?,
             (kind::BLKDEV | kind::CHRDEV, _) => {
                 let b = fixed(if ext { 12 } else { 8 }, "device inode")?;
                 let mut r = Le::new(&b, "device inode");
@@ -524,6 +386,177 @@ impl DiskInode {
         };
         Ok(DiskInode { header, body })
     }
+}
+
+/// Decodes and checks the 16-byte header of an inode.
+fn decode_header(hb: &[u8]) -> Result<InodeHeader> {
+    let mut r = Le::new(hb, "inode header");
+    let header = InodeHeader {
+        kind: r.u16()?,
+        perm: r.u16()?,
+        uid_idx: r.u16()?,
+        gid_idx: r.u16()?,
+        mtime: r.u32()?,
+        number: r.u32()?,
+    };
+    if header.perm > 0o7777 {
+        return Err(corrupt!(
+            "inode {} has permission bits {:o} (above 7777)",
+            header.number,
+            header.perm
+        ));
+    }
+    Ok(header)
+}
+
+/// Decodes the body of a basic directory inode; `fixed(n, what)` reads the next `n` bytes.
+fn decode_dir(fixed: &mut impl FnMut(usize, &'static str) -> Result<Vec<u8>>) -> Result<InodeBody> {
+    let b = fixed(16, "directory inode")?;
+    let mut r = Le::new(&b, "directory inode");
+    let block_start = r.u32()?;
+    let nlink = r.u32()?;
+    let size = r.u16()? as u32;
+    let offset = r.u16()?;
+    let parent = r.u32()?;
+    Ok(InodeBody::Dir {
+        block_start,
+        nlink,
+        size,
+        offset,
+        parent,
+        index: Vec::new(),
+        xattr: INVALID_U32,
+    })
+}
+
+/// Decodes the body of an extended directory inode and its index.
+fn decode_ext_dir(
+    fixed: &mut impl FnMut(usize, &'static str) -> Result<Vec<u8>>,
+    number: u32,
+) -> Result<InodeBody> {
+    let b = fixed(24, "extended directory inode")?;
+    let mut r = Le::new(&b, "extended directory inode");
+    let nlink = r.u32()?;
+    let size = r.u32()?;
+    let block_start = r.u32()?;
+    let parent = r.u32()?;
+    let count = r.u16()?;
+    let offset = r.u16()?;
+    let xattr = r.u32()?;
+    let mut index = Vec::new();
+    for _ in 0..count {
+        let ib = fixed(12, "directory index")?;
+        let mut r = Le::new(&ib, "directory index");
+        let idx = r.u32()?;
+        let start = r.u32()?;
+        // Widened before adding: a stored length of u32::MAX cannot wrap.
+        let len = u64::from(r.u32()?) + 1;
+        if len > 256 {
+            return Err(corrupt!(
+                "extended directory inode {number}: index name of {len} bytes (at most 256)"
+            ));
+        }
+        index.push(DirIndex {
+            index: idx,
+            start,
+            name: fixed(len as usize, "directory index name")?,
+        });
+    }
+    Ok(InodeBody::Dir {
+        block_start,
+        nlink,
+        size,
+        offset,
+        parent,
+        index,
+        xattr,
+    })
+}
+
+/// Decodes the body of a (basic or extended) file inode of inode `number` and its block list.
+fn decode_file(
+    fixed: &mut impl FnMut(usize, &'static str) -> Result<Vec<u8>>,
+    ext: bool,
+    number: u32,
+    block_size: u32,
+) -> Result<InodeBody> {
+    let (blocks_start, size, sparse, nlink, frag, frag_offset, xattr) = if ext {
+        let b = fixed(40, "extended file inode")?;
+        let mut r = Le::new(&b, "extended file inode");
+        (
+            r.u64()?,
+            r.u64()?,
+            r.u64()?,
+            r.u32()?,
+            r.u32()?,
+            r.u32()?,
+            r.u32()?,
+        )
+    } else {
+        let b = fixed(16, "file inode")?;
+        let mut r = Le::new(&b, "file inode");
+        let start = r.u32()? as u64;
+        let frag = r.u32()?;
+        let off = r.u32()?;
+        let size = r.u32()? as u64;
+        (start, size, 0, 1, frag, off, INVALID_U32)
+    };
+    let bs = block_size as u64;
+    if bs == 0 {
+        return Err(corrupt!("file inode {number}: block size 0"));
+    }
+    let count = if frag == INVALID_U32 {
+        size.div_ceil(bs)
+    } else {
+        size / bs
+    };
+    // The list lives in the inode table: reading it fails as soon as the table runs out,
+    // and `read` grows its buffer only as real bytes arrive.
+    let bytes = usize::try_from(count)
+        .ok()
+        .and_then(|c| c.checked_mul(4))
+        .ok_or_else(|| corrupt!("file inode {number} has size {size}"))?;
+    let list = fixed(bytes, "block list")?;
+    let block_sizes = list
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    Ok(InodeBody::File {
+        blocks_start,
+        size,
+        sparse,
+        nlink,
+        frag,
+        frag_offset,
+        xattr,
+        block_sizes,
+    })
+}
+
+/// Decodes the body of a (basic or extended) symlink inode of inode `number`.
+fn decode_symlink(
+    fixed: &mut impl FnMut(usize, &'static str) -> Result<Vec<u8>>,
+    ext: bool,
+    number: u32,
+) -> Result<InodeBody> {
+    let b = fixed(8, "symlink inode")?;
+    let mut r = Le::new(&b, "symlink inode");
+    let nlink = r.u32()?;
+    let len = r.u32()? as usize;
+    if len > MAX_SYMLINK {
+        return Err(corrupt!("symlink inode {number} has a {len}-byte target"));
+    }
+    let target = fixed(len, "symlink target")?;
+    let xattr = if ext {
+        Le::new(&fixed(4, "symlink xattr")?, "symlink").u32()?
+    } else {
+        INVALID_U32
+    };
+    Ok(InodeBody::Symlink {
+        nlink,
+        target,
+        xattr,
+    })
 }
 
 #[cfg(test)]

@@ -9,9 +9,9 @@ use std::collections::HashSet;
 
 use serde::Serialize;
 
+use super::archive::Archive;
 use super::compress::id;
 use super::inode::{decode_dev, InodeBody, BLOCK_UNCOMPRESSED};
-use super::read::Archive;
 use super::superblock::{flags, Superblock};
 use super::{Le, Result, INVALID_U32};
 
@@ -265,7 +265,13 @@ pub fn report(archive: &Archive) -> Result<Report> {
                 ..
             } => {
                 c.files += 1;
-                c.file_bytes = c.file_bytes.saturating_add(*size);
+                c.file_bytes = c.file_bytes.checked_add(*size).ok_or_else(|| {
+                    crate::corrupt!(
+                        "file inode {}: the sizes of the files add up past 2^64 bytes",
+                        e.inode.header.number
+                    )
+                })?;
+                // Each block counted has 4 bytes in the inode table: these sums stay below the image size.
                 c.data_blocks += block_sizes.len() as u64;
                 c.sparse_blocks += block_sizes.iter().filter(|s| **s == 0).count() as u64;
                 c.uncompressed_blocks += block_sizes
@@ -395,7 +401,13 @@ pub fn listing(archive: &Archive) -> Result<Vec<String>> {
                 .ids()
                 .get(idx as usize)
                 .map(|v| v.to_string())
-                .ok_or_else(|| crate::corrupt!("id index {idx} outside the id table"))
+                .ok_or_else(|| {
+                    crate::corrupt!(
+                        "inode {}: id index {idx} outside the id table ({} entries)",
+                        h.number,
+                        archive.ids().len()
+                    )
+                })
         };
         let (uid, gid) = (id(h.uid_idx)?, id(h.gid_idx)?);
         let pad = 25usize.saturating_sub(uid.len() + gid.len());
@@ -443,7 +455,7 @@ pub fn listing(archive: &Archive) -> Result<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::squashfs::read::fixtures::*;
+    use crate::squashfs::testkit::*;
     use std::process::Command;
 
     #[test]

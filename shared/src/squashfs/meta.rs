@@ -135,20 +135,22 @@ impl<'a> MetaReader<'a> {
     /// Decodes the block whose header is at absolute offset `pos`, which must lie below `end`.
     /// Returns the payload and the absolute offset of the next block.
     pub fn block(&self, pos: u64, end: u64) -> Result<(Arc<Vec<u8>>, u64)> {
-        if let Some((b, next)) = self
-            .cache
-            .lock()
-            .map_err(|_| corrupt!("poisoned cache"))?
-            .get(&pos)
-        {
+        if let Some((b, next)) = self.lock_cache()?.get(&pos) {
             if *next <= end {
                 return Ok((b.clone(), *next));
             }
         }
         let header = u16::from_le_bytes(self.header(pos, end)?);
         let size = (header & !UNCOMPRESSED) as u64;
-        if size == 0 || size > META_SIZE as u64 || pos + 2 + size > end {
-            return Err(corrupt!("metadata block at {pos} has bad size {size}"));
+        // `header` checked that pos + 2 <= end; size <= 8192, so only a huge `end` could overflow.
+        let next = pos
+            .checked_add(2 + size)
+            .ok_or_else(|| corrupt!("metadata block at {pos} overflows"))?;
+        if size == 0 || size > META_SIZE as u64 || next > end {
+            return Err(corrupt!(
+                "metadata block at {pos} has stored size {size}: not in 1..={META_SIZE} or past \
+                 the end of its table at {end}"
+            ));
         }
         let mut raw = vec![0u8; size as usize];
         self.image
@@ -162,12 +164,19 @@ impl<'a> MetaReader<'a> {
                 .map_err(|e| corrupt!("metadata block at {pos}: {e}"))?
         };
         let data = Arc::new(data);
-        let mut cache = self.cache.lock().map_err(|_| corrupt!("poisoned cache"))?;
+        let mut cache = self.lock_cache()?;
         if cache.len() >= CACHE_LIMIT {
             cache.clear();
         }
-        cache.insert(pos, (data.clone(), pos + 2 + size));
-        Ok((data, pos + 2 + size))
+        cache.insert(pos, (data.clone(), next));
+        Ok((data, next))
+    }
+
+    /// The decoded-block cache.
+    fn lock_cache(&self) -> Result<std::sync::MutexGuard<'_, HashMap<u64, CachedBlock>>> {
+        self.cache.lock().map_err(|_| {
+            corrupt!("metadata block cache poisoned: another thread panicked while reading it")
+        })
     }
 
     fn header(&self, pos: u64, end: u64) -> Result<[u8; 2]> {
@@ -194,31 +203,44 @@ impl<'a> MetaReader<'a> {
         let mut out = Vec::with_capacity(len.min(1 << 20));
         let mut cur = at;
         loop {
-            let pos = table
-                .checked_add(cur.block)
-                .ok_or_else(|| corrupt!("metadata reference overflows"))?;
+            let pos = table.checked_add(cur.block).ok_or_else(|| {
+                corrupt!(
+                    "metadata reference to block {} of the table at {table} overflows",
+                    cur.block
+                )
+            })?;
             let (data, next) = self.block(pos, end)?;
             let off = cur.offset as usize;
             if off > data.len() || (off == data.len() && out.len() < len) {
-                return Err(corrupt!("metadata reference offset {off} past its block"));
+                return Err(corrupt!(
+                    "metadata reference offset {off} lies past the end of the {}-byte block at {pos}",
+                    data.len()
+                ));
             }
+            // `block` returned next > pos >= table.
+            let next_block = next
+                .checked_sub(table)
+                .ok_or_else(|| corrupt!("metadata block at {pos} ends before its table"))?;
             let take = (len - out.len()).min(data.len() - off);
             out.extend_from_slice(&data[off..off + take]);
             if out.len() == len {
                 let mut after = MetaRef {
                     block: cur.block,
-                    offset: (off + take) as u16,
+                    // Blocks decode to at most META_SIZE (8192) bytes.
+                    offset: u16::try_from(off + take).map_err(|_| {
+                        corrupt!("metadata block at {pos} holds more than {META_SIZE} bytes")
+                    })?,
                 };
                 if off + take == data.len() && data.len() == META_SIZE {
                     after = MetaRef {
-                        block: next - table,
+                        block: next_block,
                         offset: 0,
                     };
                 }
                 return Ok((out, after));
             }
             cur = MetaRef {
-                block: next - table,
+                block: next_block,
                 offset: 0,
             };
         }

@@ -4,19 +4,24 @@
 //! libsquashfs): [`superblock`], [`meta`] (8 KiB metadata blocks and references), [`inode`], [`dir`],
 //! [`table`] (the fragment, id, export and xattr-id lookup tables), [`xattr`], [`compress`]. The
 //! [`write`] module lays out a whole image from a [`crate::tree::Tree`] (inodes and tables) with
-//! [`blocks`] as its data path, and [`read`] opens one.
+//! [`blocks`] as its data path; [`archive`] opens one, [`read_tree`] walks it into a tree and
+//! [`data`] reads file contents.
 //! Every byte written is a pure function of the tree and [`write::WriterParams`] (invariant 2).
 
+pub mod archive;
 pub mod blocks;
 pub mod compress;
+pub mod data;
 pub mod dir;
 pub mod inode;
 pub mod inspect;
 pub mod meta;
-pub mod read;
+pub mod read_tree;
 pub mod sortfile;
 pub mod superblock;
 pub mod table;
+#[cfg(test)]
+pub(crate) mod testkit;
 pub mod write;
 pub mod xattr;
 

@@ -72,16 +72,20 @@ impl Table {
         entry_size: usize,
         end: u64,
     ) -> Result<Table> {
-        let blocks = (count * entry_size as u64).div_ceil(META_SIZE as u64);
-        let bytes = blocks
-            .checked_mul(8)
-            .ok_or_else(|| corrupt!("{what} too large"))?;
+        let too_large = || corrupt!("{what} of {count} entries of {entry_size} bytes is too large");
+        let blocks = count
+            .checked_mul(entry_size as u64)
+            .ok_or_else(too_large)?
+            .div_ceil(META_SIZE as u64);
+        let bytes = blocks.checked_mul(8).ok_or_else(too_large)?;
         if lookup_at.checked_add(bytes).is_none_or(|e| e > image.len()) {
             return Err(corrupt!(
-                "{what} of {count} entries does not fit in the image"
+                "{what} of {count} entries: its lookup list of {bytes} bytes at {lookup_at} \
+                 does not fit in the image of {} bytes",
+                image.len()
             ));
         }
-        let mut raw = vec![0u8; bytes as usize];
+        let mut raw = vec![0u8; usize::try_from(bytes).map_err(|_| too_large())?];
         image
             .read_exact_at(&mut raw, lookup_at)
             .map_err(|e| SqfsError::io(what, e))?;
@@ -89,13 +93,21 @@ impl Table {
             .chunks_exact(8)
             .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
             .collect();
-        for pair in starts.windows(2) {
+        for (i, pair) in starts.windows(2).enumerate() {
             if pair[1] <= pair[0] {
-                return Err(corrupt!("{what} blocks out of order"));
+                return Err(corrupt!(
+                    "{what}: block {} at {} does not follow block {i} at {} (lookup list at \
+                     {lookup_at})",
+                    i + 1,
+                    pair[1],
+                    pair[0]
+                ));
             }
         }
-        if starts.iter().any(|s| *s >= end) {
-            return Err(corrupt!("{what} block outside the image"));
+        if let Some((i, s)) = starts.iter().enumerate().find(|(_, s)| **s >= end) {
+            return Err(corrupt!(
+                "{what}: block {i} at {s} lies past the end of the table's blocks at {end}"
+            ));
         }
         Ok(Table {
             starts,
@@ -123,17 +135,28 @@ impl Table {
                 self.count
             ));
         }
-        let byte = i * self.entry_size as u64;
-        let block = (byte / META_SIZE as u64) as usize;
+        // i < count, and count * entry_size was checked when the table was opened.
+        let byte = i
+            .checked_mul(self.entry_size as u64)
+            .ok_or_else(|| corrupt!("{what} index {i} overflows"))?;
+        let block = usize::try_from(byte / META_SIZE as u64)
+            .map_err(|_| corrupt!("{what} index {i} overflows"))?;
         let offset = (byte % META_SIZE as u64) as usize;
-        let start = *self
-            .starts
-            .get(block)
-            .ok_or_else(|| corrupt!("{what} index {i} out of range"))?;
+        let start = *self.starts.get(block).ok_or_else(|| {
+            corrupt!(
+                "{what} index {i} lies in block {block}, past the {} blocks of the lookup list",
+                self.starts.len()
+            )
+        })?;
         let (data, _) = meta.block(start, self.end)?;
         data.get(offset..offset + self.entry_size)
             .map(|s| s.to_vec())
-            .ok_or_else(|| corrupt!("{what} block too short for entry {i}"))
+            .ok_or_else(|| {
+                corrupt!(
+                    "{what} entry {i} lies past the end of the {}-byte block at {start}",
+                    data.len()
+                )
+            })
     }
 }
 

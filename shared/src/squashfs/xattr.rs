@@ -190,9 +190,14 @@ pub struct XattrReader {
 impl XattrReader {
     /// Opens the tables whose header is at `header_at`; metadata must lie before `end`.
     pub fn open(image: &dyn crate::io::ReadAt, header_at: u64, end: u64) -> Result<XattrReader> {
-        if header_at.checked_add(16).is_none_or(|e| e > end) {
-            return Err(corrupt!("xattr table header outside the image"));
-        }
+        let header_end = header_at
+            .checked_add(16)
+            .filter(|e| *e <= end)
+            .ok_or_else(|| {
+                corrupt!(
+                    "xattr table header at {header_at} lies past the end of the image at {end}"
+                )
+            })?;
         let mut h = [0u8; 16];
         image
             .read_exact_at(&mut h, header_at)
@@ -201,12 +206,14 @@ impl XattrReader {
         let kv_start = r.u64()?;
         let count = r.u32()?;
         if kv_start >= header_at {
-            return Err(corrupt!("xattr key/value table starts after its header"));
+            return Err(corrupt!(
+                "xattr key/value table starts at {kv_start}, not before its header at {header_at}"
+            ));
         }
         let ids = Table::open(
             image,
             "xattr id table",
-            header_at + 16,
+            header_end,
             count as u64,
             16,
             header_at,
@@ -231,7 +238,9 @@ impl XattrReader {
         let at = MetaRef::unpack(r.u64()?);
         let count = r.u32()?;
         if count > MAX_COUNT {
-            return Err(corrupt!("xattr id {idx} claims {count} attributes"));
+            return Err(corrupt!(
+                "xattr id {idx} claims {count} attributes (at most {MAX_COUNT})"
+            ));
         }
         let mut out = Vec::with_capacity(count.min(64) as usize);
         let mut pos = at;
@@ -251,23 +260,34 @@ impl XattrReader {
                 .iter()
                 .find(|(_, pt)| *pt == t & !VALUE_OOL)
                 .map(|(p, _)| *p)
-                .ok_or_else(|| corrupt!("xattr with unknown type {t:#x}"))?;
+                .ok_or_else(|| {
+                    corrupt!(
+                        "xattr id {idx}: attribute of unknown type {t:#x} (0 user, 1 trusted, \
+                         2 security)"
+                    )
+                })?;
             let vsize = Le::new(&read(&mut pos, 4)?, "xattr value").u32()?;
             let value = if t & VALUE_OOL != 0 {
                 if vsize != 8 {
-                    return Err(corrupt!("out-of-line xattr reference of {vsize} bytes"));
+                    return Err(corrupt!(
+                        "xattr id {idx}: out-of-line value reference of {vsize} bytes, expected 8"
+                    ));
                 }
                 let target =
                     MetaRef::unpack(Le::new(&read(&mut pos, 8)?, "xattr reference").u64()?);
                 let (sb, after) = meta.read(self.kv_start, kv_end, target, 4)?;
                 let real = Le::new(&sb, "xattr value").u32()?;
                 if real > MAX_VALUE {
-                    return Err(corrupt!("xattr value of {real} bytes"));
+                    return Err(corrupt!(
+                        "xattr id {idx}: value of {real} bytes (at most {MAX_VALUE})"
+                    ));
                 }
                 meta.read(self.kv_start, kv_end, after, real as usize)?.0
             } else {
                 if vsize > MAX_VALUE {
-                    return Err(corrupt!("xattr value of {vsize} bytes"));
+                    return Err(corrupt!(
+                        "xattr id {idx}: value of {vsize} bytes (at most {MAX_VALUE})"
+                    ));
                 }
                 read(&mut pos, vsize as usize)?
             };
