@@ -20,8 +20,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::io::read_capped_from;
-use crate::squashfs::compress::Compressor;
 use crate::squashfs::archive::Archive;
+use crate::squashfs::compress::Compressor;
 use crate::squashfs::sortfile::SortFile;
 use crate::squashfs::write::{DataCompression, WriterParams, WRITER_FORMAT_VERSION};
 use crate::squashfs::SqfsError;

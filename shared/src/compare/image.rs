@@ -10,9 +10,9 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 
 use crate::io::{FileImage, ReadAt, SubImage};
+use crate::squashfs::archive::Archive;
 use crate::squashfs::inode::{InodeBody, BLOCK_UNCOMPRESSED};
 use crate::squashfs::inspect::{compressor_report, flag_names, utc};
-use crate::squashfs::archive::Archive;
 use crate::squashfs::{superblock, SqfsError, INVALID_U32, INVALID_U64};
 use crate::tree::{InodeKind, NodeId, Tree};
 
