@@ -20,10 +20,7 @@ pub fn have(tool: &str) -> bool {
     if Command::new(tool).arg("--help").output().is_ok() {
         return true;
     }
-    if std::env::var("IUK_REQUIRE_KERNEL").as_deref() == Ok("1") {
-        panic!("{tool} is not installed and IUK_REQUIRE_KERNEL=1");
-    }
-    eprintln!("skipping: {tool} is not installed");
+    iuk_skip::skip(&format!("`{tool}` is not installed"));
     false
 }
 
