@@ -185,7 +185,7 @@ pub fn rebuildable_control(kit_path: &Path) -> Result<Control, RebuildError> {
             kit::FORMAT
         )));
     }
-    let v: Value = serde_yaml_ng::from_str(&k.control_text)
+    let v: Value = crate::yaml::parse(&k.control_text)
         .map_err(|e| refuse(format!("{name}: control.yml: {e}")))?;
     match v.get("generator") {
         None => {

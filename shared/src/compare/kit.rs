@@ -58,7 +58,7 @@ pub(super) fn kit_sections(sa: &Side, ta: &Tree, sb: &Side, tb: &Tree, out: &mut
         if let Some(c) = c {
             return Some(c.layer_path());
         }
-        let v: Value = serde_yaml_ng::from_slice(r.as_ref().ok()?).ok()?;
+        let v: Value = crate::yaml::parse(std::str::from_utf8(r.as_ref().ok()?).ok()?).ok()?;
         Some(format!("live/{}.squashfs", v.get("layer")?.as_str()?))
     };
     let (la, lb) = (layer_of(&cta, &ca), layer_of(&ctb, &cb));
@@ -268,8 +268,11 @@ fn overlay_files(tree: &Tree) -> BTreeMap<String, NodeId> {
 /// The control.yml keys that differ (parsed as YAML), or where the texts differ when they do
 /// not parse.
 fn control_diff(a: &[u8], b: &[u8], s: &mut Section) {
-    let va = serde_yaml_ng::from_slice::<Value>(a);
-    let vb = serde_yaml_ng::from_slice::<Value>(b);
+    let parse = |t: &[u8]| -> Result<Value, String> {
+        let text = std::str::from_utf8(t).map_err(|e| e.to_string())?;
+        crate::yaml::parse(text).map_err(|e| e.to_string())
+    };
+    let (va, vb) = (parse(a), parse(b));
     match (va, vb) {
         (Ok(va), Ok(vb)) => {
             yaml_diff("", &va, &vb, s);

@@ -266,7 +266,7 @@ impl Udf {
         if text.trim().is_empty() {
             return Err(invalid("empty"));
         }
-        let raw: RawUdf = serde_yaml_ng::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        let raw: RawUdf = crate::yaml::parse(text).map_err(|e| invalid(e.to_string()))?;
         let mut upgrades = Vec::new();
         for (i, u) in bounded(raw.upgrades.unwrap_or_default(), "upgrades")?
             .into_iter()
