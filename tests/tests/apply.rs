@@ -2119,3 +2119,45 @@ fn refused_init_leaves_a_missing_medium_missing() {
         m.display()
     );
 }
+
+/// A kit that would leave a medium unable to boot is refused before any write: an empty boot
+/// tree, one without the initrd its boot-loader configuration names, and one whose configuration
+/// (carried in the kit) names a kernel the tree lacks.
+#[test]
+fn refuses_a_kit_that_would_leave_an_unbootable_medium() {
+    if !require_root_or_skip() {
+        return;
+    }
+    let work = tmpdir();
+    let w = work.path();
+    let k1 = build_kit("6.9", "6.10");
+    let m = w.join("medium");
+    init_medium(&m, "6.9");
+    let mut refusals = Refusals::new(&m);
+    let bad = w.join("bad.iuk");
+
+    rebuild_kit(&k1, &bad, None, |c, _| c.boot_tree.clear());
+    refusals.check(&bad, &[], "empty boot tree", "boot tree is empty");
+
+    rebuild_kit(&k1, &bad, None, |c, _| {
+        c.boot_tree.retain(|e| e.path != "live/initrd.img")
+    });
+    refusals.check(&bad, &[], "no initrd", "initrd /live/initrd.img");
+
+    rebuild_kit(&k1, &bad, None, |c, files| {
+        let menu = files
+            .iter_mut()
+            .find(|f| f.path == "syslinux/menu.cfg")
+            .expect("the kit carries syslinux/ whole");
+        let text = String::from_utf8(menu.content.read_all().unwrap()).unwrap();
+        let text = text.replace("/live/vmlinuz", "/live/vmlinuz-gone");
+        menu.content = Content::from_bytes(text.clone().into_bytes());
+        let entry = entry_of("syslinux/menu.cfg", text.as_bytes());
+        for list in [&mut c.overlay, &mut c.boot_tree] {
+            for e in list.iter_mut().filter(|e| e.path == entry.path) {
+                *e = entry.clone();
+            }
+        }
+    });
+    refusals.check(&bad, &[], "kernel gone", "kernel /live/vmlinuz-gone");
+}
