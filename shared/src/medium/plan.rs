@@ -495,10 +495,12 @@ fn kit_leaves_a_bootable_medium(
     let paths: Vec<&str> = c.boot_tree.iter().map(|e| e.path.as_str()).collect();
     check_bootable(&paths, |path| {
         let bytes = match c.overlay.get(&path.to_ascii_lowercase()) {
-            Some((content, _)) if content.size > MAX_LOADER_CONFIG => return Err(format!(
+            Some((content, _)) if content.size > MAX_LOADER_CONFIG => {
+                return Err(format!(
                 "{} bytes, more than a boot-loader configuration may have ({MAX_LOADER_CONFIG})",
                 content.size
-            )),
+            ))
+            }
             Some((content, _)) => content.read_all().map_err(|e| e.to_string())?,
             None => {
                 let on_medium = medium
