@@ -110,15 +110,7 @@ impl BootTree {
     pub fn check_bootable(&self, release: &str) -> Result<(), BootError> {
         let paths: Vec<&str> = self.files.iter().map(|f| f.path.as_str()).collect();
         check_bootable(&paths, |path| {
-            let f = self.get(path).ok_or("not in the boot tree")?;
-            if f.content.size > MAX_LOADER_CONFIG {
-                return Err(format!(
-                    "{} bytes, more than the {MAX_LOADER_CONFIG} a boot-loader configuration may have",
-                    f.content.size
-                ));
-            }
-            let bytes = f.content.read_all().map_err(|e| e.to_string())?;
-            Ok(String::from_utf8_lossy(&bytes).into_owned())
+            loader_config_text(&self.get(path).ok_or("not in the boot tree")?.content)
         })
         .map_err(|problem| BootError::Unbootable {
             release: release.to_string(),
@@ -367,6 +359,19 @@ pub fn loader_references(text: &str) -> (Vec<String>, Vec<String>) {
         }
     }
     (kernels, initrds)
+}
+
+/// The text of a boot-loader configuration file, read only when it is at most
+/// [`MAX_LOADER_CONFIG`] bytes (for [`check_bootable`]'s `read`).
+pub fn loader_config_text(content: &Content) -> Result<String, String> {
+    if content.size > MAX_LOADER_CONFIG {
+        return Err(format!(
+            "{} bytes, more than the {MAX_LOADER_CONFIG} a boot-loader configuration may have",
+            content.size
+        ));
+    }
+    let bytes = content.read_all().map_err(|e| e.to_string())?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 /// The kernel and initrd of Tails' layout, required when no boot-loader configuration names

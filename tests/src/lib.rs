@@ -804,6 +804,18 @@ extern "C" fn remove_kit_dir() {
     }
 }
 
+/// [`fixture_kit`] built with `--source-date-epoch=EPOCH` before `args` (how most tests name
+/// their kits).
+pub fn fixture_kit_at(from: &str, to: &str, epoch: u32, args: &[&str]) -> PathBuf {
+    let mut all = vec![format!("--source-date-epoch={epoch}")];
+    all.extend(args.iter().map(|a| a.to_string()));
+    fixture_kit(
+        from,
+        to,
+        &all.iter().map(String::as_str).collect::<Vec<_>>(),
+    )
+}
+
 /// The kit `iuk-build build --old Tails-FROM.iso --new Tails-TO.iso --out OUT ARGS` of the
 /// fixture ISOs (SOURCE_DATE_EPOCH removed, so pass `--source-date-epoch=…` in `args`), built
 /// once per test process and shared by every test that asks for the same (from, to, args):

@@ -31,7 +31,7 @@ use iuk::squashfs::inode::InodeBody;
 use iuk::squashfs::write::write_image;
 use iuk::tree::{Content, InodeKind};
 use iuk_e2e::{
-    assert_same_tree, copy_tree, diff_snapshots, fixture_kit, iso, iuk_command, kernel_or_skip,
+    assert_same_tree, copy_tree, diff_snapshots, fixture_kit_at, iso, iuk_command, kernel_or_skip,
     kill_points, layer_name, mount_fusefat, mount_overlay, mount_squashfs, mount_tmpfs, read_files,
     replace_all, require_root_or_skip, run, run_ok, sha256_file, sha256_hex, snapshot,
     tools_or_skip, trace_clean_run, Entry, Run,
@@ -61,7 +61,7 @@ fn kernel_tests_or_skip() -> bool {
 /// The kit `from` → `to` of the fixture ISOs, built once per run and shared
 /// ([`iuk_e2e::fixture_kit`]): read it, never change it.
 fn build_kit(from: &str, to: &str) -> PathBuf {
-    fixture_kit(from, to, &[&format!("--source-date-epoch={EPOCH}")])
+    fixture_kit_at(from, to, EPOCH, &[])
 }
 
 /// `iuk-apply SUB --medium MEDIUM`.

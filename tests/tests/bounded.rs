@@ -16,7 +16,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use iuk_e2e::{fixture_kit, iso, iuk_command, require_root_or_skip, run_ok};
+use iuk_e2e::{fixture_kit_at, iso, iuk_command, require_root_or_skip, run_ok};
 use tempfile::TempDir;
 
 const EPOCH: u32 = 1_700_000_000;
@@ -223,7 +223,7 @@ fn huge_udf_is_refused_in_bounded_memory() {
     sparse(&udf, GIB);
     let sig = t.path().join("udf.sig");
     fs::write(&sig, b"not a signature\n").unwrap();
-    let kit = fixture_kit("6.9", "6.10", &[&format!("--source-date-epoch={EPOCH}")]);
+    let kit = fixture_kit_at("6.9", "6.10", EPOCH, &[]);
     let r = measure(
         t.path(),
         ia("select", &m)

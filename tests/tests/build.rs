@@ -24,7 +24,7 @@ use iuk::squashfs::write::WRITER_FORMAT_VERSION;
 use iuk::tree::{content_hashes, hex, tree_digest, Tree};
 use iuk_e2e::{
     assert_same_outputs, assert_same_tree, build_cmd, diff_snapshots, dir_names, fixture,
-    fixture_kit, iso, iuk_command, kernel_or_skip, layer_name, mkfs_time, mount_overlay,
+    fixture_kit_at, iso, iuk_command, kernel_or_skip, layer_name, mkfs_time, mount_overlay,
     mount_squashfs, read_files, require_root_or_skip, run, run_ok, sha256_file, sha256_hex,
     show_path, snapshot, tools_or_skip, Entry, Kind, Run,
 };
@@ -63,13 +63,7 @@ fn build_kit(old: &Path, new: &Path, out: &Path, args: &[&str]) -> Run {
 /// The kit of a fixture pair with the declared epoch and `args`, built once per run and shared
 /// ([`iuk_e2e::fixture_kit`]): read it, never change it.
 fn build_pair(from: &str, to: &str, args: &[&str]) -> PathBuf {
-    let mut all = vec![format!("--source-date-epoch={EPOCH}")];
-    all.extend(args.iter().map(|a| a.to_string()));
-    fixture_kit(
-        from,
-        to,
-        &all.iter().map(String::as_str).collect::<Vec<_>>(),
-    )
+    fixture_kit_at(from, to, EPOCH, args)
 }
 
 /// One file of a SquashFS image, read by `unsquashfs -cat`.

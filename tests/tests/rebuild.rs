@@ -22,7 +22,7 @@ use iuk::squashfs::inode::InodeBody;
 use iuk::squashfs::write::{write_image, WriterParams};
 use iuk::tree::InodeKind;
 use iuk_e2e::{
-    build_cmd, dir_names, fixture_kit, iso, iuk_command, pack, run, run_ok, sha256_file,
+    build_cmd, dir_names, fixture_kit_at, iso, iuk_command, pack, run, run_ok, sha256_file,
     tool_or_skip, Run,
 };
 use tempfile::TempDir;
@@ -50,7 +50,7 @@ fn build(old: &Path, new: &Path, out: &Path, args: &[&str], env: &[(&str, &str)]
 /// run and shared, [`iuk_e2e::fixture_kit`]).
 fn default_kit(dir: &Path, name: &str) -> PathBuf {
     let out = dir.join(name);
-    let shared = fixture_kit("6.9", "6.10", &[&format!("--source-date-epoch={EPOCH}")]);
+    let shared = fixture_kit_at("6.9", "6.10", EPOCH, &[]);
     fs::copy(&shared, &out).unwrap_or_else(|e| panic!("{}: {e}", out.display()));
     out
 }

@@ -17,7 +17,7 @@ use std::process::Command;
 use iuk::kit::Kit;
 use iuk::sign::verify_detached;
 use iuk::udf::{select_path, Device, Model, PathType, Selection, Udf};
-use iuk_e2e::{fixture, fixture_kit, iuk_command, pack, run, run_ok, sha256_file, Gpg, Run};
+use iuk_e2e::{fixture, fixture_kit_at, iuk_command, pack, run, run_ok, sha256_file, Gpg, Run};
 use tempfile::TempDir;
 
 const EPOCH: u32 = 1_700_000_000;
@@ -32,13 +32,7 @@ fn tmpdir() -> TempDir {
 /// The kit `from` → `to` of the fixture ISOs with extra `build` arguments, built once per run
 /// and shared ([`iuk_e2e::fixture_kit`]): read it, never change it.
 fn kit(from: &str, to: &str, args: &[&str]) -> PathBuf {
-    let mut all = vec![format!("--source-date-epoch={EPOCH}")];
-    all.extend(args.iter().map(|a| a.to_string()));
-    fixture_kit(
-        from,
-        to,
-        &all.iter().map(String::as_str).collect::<Vec<_>>(),
-    )
+    fixture_kit_at(from, to, EPOCH, args)
 }
 
 fn url(kit: &Path) -> String {

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use iuk_e2e::{
-    assert_same_tree, copy_tree, fixture, fixture_kit, iuk_command, kernel_or_skip, kill_points,
+    assert_same_tree, copy_tree, fixture, fixture_kit_at, iuk_command, kernel_or_skip, kill_points,
     mount_overlay, mount_squashfs, require_root_or_skip, run, run_ok, sha256_file, sha256_hex,
     snapshot, tools_or_skip, trace_clean_run, Gpg, Run,
 };
@@ -44,7 +44,7 @@ fn put(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
 /// The kit `from` → `to` of the fixture ISOs, built once per run and shared
 /// ([`iuk_e2e::fixture_kit`]): read it, never change it.
 fn kit(from: &str, to: &str) -> PathBuf {
-    fixture_kit(from, to, &[&format!("--source-date-epoch={EPOCH}")])
+    fixture_kit_at(from, to, EPOCH, &[])
 }
 
 fn url(file: &Path) -> String {

@@ -20,7 +20,9 @@ use super::state::{Layer, State};
 use super::{
     find_child, io_err, refuse, safe_relative_path, sha_of, Medium, MediumError, STATE_FILE,
 };
-use crate::boot::{check_bootable, is_protected, MAX_LOADER_CONFIG, MONITORED_DIRS};
+use crate::boot::{
+    check_bootable, is_protected, loader_config_text, MAX_LOADER_CONFIG, MONITORED_DIRS,
+};
 use crate::kit::{AnyKit, Kit, FORMAT};
 use crate::progress::Progress;
 use crate::tree::{hex, Content};
@@ -494,22 +496,14 @@ fn kit_leaves_a_bootable_medium(
 ) -> Result<(), MediumError> {
     let paths: Vec<&str> = c.boot_tree.iter().map(|e| e.path.as_str()).collect();
     check_bootable(&paths, |path| {
-        let bytes = match c.overlay.get(&path.to_ascii_lowercase()) {
-            Some((content, _)) if content.size > MAX_LOADER_CONFIG => {
-                return Err(format!(
-                "{} bytes, more than a boot-loader configuration may have ({MAX_LOADER_CONFIG})",
-                content.size
-            ))
-            }
-            Some((content, _)) => content.read_all().map_err(|e| e.to_string())?,
-            None => {
-                let on_medium = medium
-                    .find(path)
-                    .ok_or("neither in the kit nor on the medium")?;
-                crate::io::read_capped(&on_medium, MAX_LOADER_CONFIG)
-                    .map_err(|e| format!("{}: {e}", on_medium.display()))?
-            }
-        };
+        if let Some((content, _)) = c.overlay.get(&path.to_ascii_lowercase()) {
+            return loader_config_text(content);
+        }
+        let on_medium = medium
+            .find(path)
+            .ok_or("neither in the kit nor on the medium")?;
+        let bytes = crate::io::read_capped(&on_medium, MAX_LOADER_CONFIG)
+            .map_err(|e| format!("{}: {e}", on_medium.display()))?;
         Ok(String::from_utf8_lossy(&bytes).into_owned())
     })
     .map_err(|e| bad_kit(format!("its boot tree: {e}")))
