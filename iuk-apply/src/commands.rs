@@ -298,11 +298,13 @@ fn signed_udf(udf: &Option<PathBuf>, signature: &Option<PathBuf>) -> Result<Opti
 
 /// Whether an interrupted apply or trust awaits `recover`: a journal, staged files, or a
 /// keyring file the state does not name.
-fn pending_recovery(m: &Medium) -> bool {
-    m.journal_pending()
-        || m.staging_pending()
-        || m.read_state()
-            .is_ok_and(|(s, _, _)| !keyring::stray_keyrings(m, &s).is_empty())
+fn pending_recovery(m: &Medium) -> Result<bool, MediumError> {
+    Ok(m.journal_pending()?
+        || m.staging_pending()?
+        || match m.read_state() {
+            Ok((s, _, _)) => !keyring::stray_keyrings(m, &s)?.is_empty(),
+            Err(_) => false,
+        })
 }
 
 fn init_cmd(a: InitArgs) -> Result<()> {
@@ -315,7 +317,7 @@ fn init_cmd(a: InitArgs) -> Result<()> {
         max_layers: a.max_layers,
         keyring: keyring_input(&a.keyring)?,
     };
-    let r = init::init(&m, &a.iso, &opts, &mut RealFs::new())?;
+    let r = init::init(&m, &a.iso, &opts, &mut RealFs::new(&m.root))?;
     for s in &r.skipped_symlinks {
         eprintln!(
             "iuk-apply: warning: {}: symlink {s} not installed (FAT has no symlinks)",
@@ -343,7 +345,7 @@ fn init_cmd(a: InitArgs) -> Result<()> {
 fn adopt_cmd(a: AdoptArgs) -> Result<()> {
     let keyring = keyring_input(&a.keyring)?;
     let m = Medium::new(&a.medium);
-    let _lock = if m.live_file(iuk::medium::LOCK_FILE).exists() {
+    let _lock = if m.kind(&m.live_file(iuk::medium::LOCK_FILE))?.is_some() {
         Some(m.lock()?)
     } else {
         None
@@ -355,7 +357,7 @@ fn adopt_cmd(a: AdoptArgs) -> Result<()> {
         max_layers: a.max_layers,
         keyring,
     };
-    let r = iuk::medium::adopt::adopt(&m, &opts, &mut RealFs::new())?;
+    let r = iuk::medium::adopt::adopt(&m, &opts, &mut RealFs::new(&m.root))?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {
@@ -443,7 +445,7 @@ fn check_cmd(a: KitArgs) -> Result<()> {
 }
 
 fn recover_first(m: &Medium) -> Result<Recovery> {
-    let r = recover::recover(m, &mut RealFs::new())?;
+    let r = recover::recover(m, &mut RealFs::new(&m.root))?;
     match r {
         Recovery::Completed => {
             eprintln!("iuk-apply: completed an interrupted apply (or trust) first")
@@ -467,7 +469,7 @@ fn apply_cmd(a: KitArgs) -> Result<()> {
     for w in &plan.warnings {
         eprintln!("iuk-apply: warning: {w}");
     }
-    let r = apply::execute(&m, &plan, &mut RealFs::new(), &bar)
+    let r = apply::execute(&m, &plan, &mut RealFs::new(&m.root), &bar)
         .with_context(|| format!("{}: applying {}", a.medium.display(), a.kit.display()))?;
     drop(bar);
     if a.json {
@@ -502,7 +504,7 @@ fn select_cmd(a: SelectArgs) -> Result<()> {
         signature: read_input(&a.signature, MAX_SIGNATURE, "signature")?,
     };
     let m = Medium::new(&a.medium);
-    let pending = pending_recovery(&m);
+    let pending = pending_recovery(&m)?;
     if pending {
         eprintln!(
             "iuk-apply: warning: {}: an interrupted apply or trust is pending (run `iuk-apply \
@@ -582,7 +584,7 @@ fn trust_cmd(a: TrustArgs) -> Result<()> {
         &new,
         &a.signature.display().to_string(),
         &sig,
-        &mut RealFs::new(),
+        &mut RealFs::new(&m.root),
     )?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
@@ -613,7 +615,7 @@ fn trust_cmd(a: TrustArgs) -> Result<()> {
 fn recover_cmd(a: MediumArgs) -> Result<()> {
     let m = Medium::new(&a.medium);
     let _lock = m.lock()?;
-    let r = recover::recover(&m, &mut RealFs::new())?;
+    let r = recover::recover(&m, &mut RealFs::new(&m.root))?;
     println!(
         "{}: {}",
         a.medium.display(),
@@ -630,7 +632,7 @@ fn recover_cmd(a: MediumArgs) -> Result<()> {
 fn status_cmd(a: StatusArgs) -> Result<()> {
     let m = Medium::new(&a.medium);
     let (s, _, _) = m.read_state()?;
-    let pending = pending_recovery(&m);
+    let pending = pending_recovery(&m)?;
     let free = plan::free_space(&a.medium)?;
     if a.json {
         let v = serde_json::json!({
@@ -687,7 +689,7 @@ fn status_cmd(a: StatusArgs) -> Result<()> {
 
 fn verify_cmd(a: VerifyArgs) -> Result<()> {
     let m = Medium::new(&a.medium);
-    if pending_recovery(&m) {
+    if pending_recovery(&m)? {
         return Err(MediumError::PendingRecovery(a.medium.clone()).into());
     }
     let (s, _, _) = m.read_state()?;

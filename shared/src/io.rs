@@ -122,7 +122,11 @@ impl ReadAt for SubImage {
 /// known, is still bounded): a damaged or hostile file costs at most `limit` bytes of memory.
 /// A file over the cap fails with [`io::ErrorKind::FileTooLarge`] and a message giving both sizes.
 pub fn read_capped(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
-    let file = File::open(path)?;
+    read_capped_file(File::open(path)?, limit)
+}
+
+/// [`read_capped`] of a file already open (opened, say, without following links).
+pub fn read_capped_file(file: File, limit: u64) -> io::Result<Vec<u8>> {
     let len = file.metadata()?.len();
     if len > limit {
         return Err(too_large(len, limit));

@@ -46,7 +46,7 @@ const MAX_KILLS: usize = 60;
 // ------------------------------------------------------------------------------------------------
 // Fixtures, kits and commands
 
-fn tmpdir() -> TempDir {
+pub(crate) fn tmpdir() -> TempDir {
     tempfile::Builder::new()
         .prefix("iuk-e2e-apply-")
         .tempdir()
@@ -60,18 +60,18 @@ fn kernel_tests_or_skip() -> bool {
 
 /// The kit `from` → `to` of the fixture ISOs, built once per run and shared
 /// ([`iuk_e2e::fixture_kit`]): read it, never change it.
-fn build_kit(from: &str, to: &str) -> PathBuf {
+pub(crate) fn build_kit(from: &str, to: &str) -> PathBuf {
     fixture_kit_at(from, to, EPOCH, &[])
 }
 
 /// `iuk-apply SUB --medium MEDIUM`.
-fn ia(sub: &str, medium: &Path) -> Command {
+pub(crate) fn ia(sub: &str, medium: &Path) -> Command {
     let mut c = iuk_command("iuk-apply");
     c.arg(sub).arg("--medium").arg(medium);
     c
 }
 
-fn init_medium(medium: &Path, version: &str) -> Run {
+pub(crate) fn init_medium(medium: &Path, version: &str) -> Run {
     run_ok(ia("init", medium).arg("--iso").arg(iso(version)))
 }
 
@@ -88,7 +88,7 @@ fn status_json(medium: &Path) -> serde_json::Value {
 
 /// Asserts a refusal: exit status 1, stderr one line starting `iuk-apply: error:` that contains
 /// `needle`, no panic.
-fn assert_one_line_error(r: &Run, what: &str, needle: &str) {
+pub(crate) fn assert_one_line_error(r: &Run, what: &str, needle: &str) {
     if let Some(p) = one_line_error_problem(r, what, needle) {
         panic!("{p}");
     }
@@ -1249,7 +1249,7 @@ fn refuses_kits_that_do_not_apply_to_the_medium() {
 
 /// Rebuilds the kit `src` into `out` with its control.yml and overlay files edited by `edit`
 /// (and, when `format` is given, another FORMAT file), with the library's own container writer.
-fn rebuild_kit(
+pub(crate) fn rebuild_kit(
     src: &Path,
     out: &Path,
     format: Option<&[u8]>,
@@ -1565,7 +1565,7 @@ fn the_free_space_check_is_enough_and_within_the_goal() {
             iuk::medium::apply::execute(
                 &medium,
                 &plan,
-                &mut iuk::medium::fsops::RealFs::new(),
+                &mut iuk::medium::fsops::RealFs::new(&medium.root),
                 &iuk::progress::NoProgress,
             )
             .unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -1664,7 +1664,7 @@ fn kill_test(w: &Path, case: &KillCase) {
             "openat",
         ],
     );
-    for kind in ["write", "unlink", "fsync", "openat"]
+    for kind in ["write", "unlinkat", "fsync", "openat"]
         .iter()
         .chain(required)
     {
@@ -1713,7 +1713,7 @@ fn kill_test(w: &Path, case: &KillCase) {
         );
         // Recover, itself killed first at a few of its own mutating calls (it must be
         // restartable from any point), then to the end.
-        for rk in ["unlink", "write", "ftruncate", "fsync"] {
+        for rk in ["unlinkat", "write", "ftruncate", "fsync"] {
             run(Command::new("strace")
                 .args(["-f", "-qq", "-o", "/dev/null", "-e"])
                 .arg(format!("inject={rk}:signal=SIGKILL:when={}", 1 + k % 3))
@@ -1891,7 +1891,7 @@ fn killed_apply_creating_a_directory_recovers_to_old_or_new() {
             old: &old,
             new: &new,
             max_kills: MAX_KILLS / 4,
-            required: &["mkdir"],
+            required: &["mkdirat"],
         },
     );
 }

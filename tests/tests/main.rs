@@ -6,6 +6,7 @@ mod apply;
 mod bounded;
 mod build;
 mod docs;
+mod hostile;
 mod pack;
 mod rebuild;
 mod tails_interop;

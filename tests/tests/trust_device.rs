@@ -930,7 +930,7 @@ fn killed_trust_recovers_to_the_old_or_the_new_keyring() {
         ],
     );
     // (No ftruncate is required: std's `set_len` skips it when the size is right already.)
-    for kind in ["write", "unlink", "fsync", "openat"] {
+    for kind in ["write", "unlinkat", "fsync", "openat"] {
         assert!(
             per_kind.contains_key(kind),
             "the clean trust made no {kind} call: {per_kind:?}"
@@ -960,7 +960,7 @@ fn killed_trust_recovers_to_the_old_or_the_new_keyring() {
         // Recover, itself killed once first at one of its own calls, then to the end.
         let mut cmd = Command::new("strace");
         cmd.args(["-f", "-qq", "-o", "/dev/null", "-e"])
-            .arg(format!("inject=unlink:signal=SIGKILL:when={}", 1 + k % 2))
+            .arg(format!("inject=unlinkat:signal=SIGKILL:when={}", 1 + k % 2))
             .arg(iuk_e2e::bin("iuk-apply"))
             .args(["recover", "--medium"])
             .arg(&m);

@@ -7,9 +7,9 @@
 //! An inconsistent medium is refused before anything is written. The trusted keys are those
 //! given (`--keyring`), else those the old state names (which must still be intact).
 
-use std::fs;
 use std::path::{Path, PathBuf};
 
+use super::beneath::Kind;
 use super::fsops::{write_file, MediumFs};
 use super::keyring::{
     keyring_files, prepare_keyring, stray_keyrings, trusted_keyring, KeyringInput, NewKeyring,
@@ -17,8 +17,8 @@ use super::keyring::{
 use super::stack::{hash_tree, read_image_tree, stack_layer};
 use super::state::{Layer, State, STATE_FORMAT};
 use super::{
-    io_err, read_module_text, refuse, sha_of, Medium, MediumError, BASE, DEFAULT_MAX_LAYERS,
-    JOURNAL_FILE, LOCK_FILE, STAGING_DIR, STATE_FILE,
+    io_err, read_module_text, refuse, Medium, MediumError, BASE, DEFAULT_MAX_LAYERS, LOCK_FILE,
+    STAGING_DIR, STATE_FILE,
 };
 use crate::boot::is_protected;
 use crate::kit::FileEntry;
@@ -72,16 +72,16 @@ pub fn adopt(
     fs: &mut dyn MediumFs,
 ) -> Result<AdoptReport, MediumError> {
     let root = medium.root.display().to_string();
-    if medium.live_file(JOURNAL_FILE).exists() {
+    if medium.journal_pending()? {
         return Err(MediumError::PendingRecovery(medium.root.clone()));
     }
     // The trusted keys: the keyring given, else those of a readable state.
     let given = opts.keyring.as_ref().map(prepare_keyring).transpose()?;
     let keys = adopted_keys(medium, given.as_ref(), &root)?;
     let base_path = medium
-        .find(BASE)
+        .find(BASE)?
         .ok_or_else(|| refuse(format!("{root}: no {BASE}: not an installed live system")))?;
-    let base_tree = read_image_tree(&base_path)?;
+    let base_tree = read_image_tree(medium, &base_path)?;
     let base_os = release::os_release(&base_tree).unwrap_or_default();
     let product = opts
         .product
@@ -153,7 +153,7 @@ fn adopted_keys(
                 trusted_keyring(medium, &old)?.map(|t| (t.file_name, t.keyring.fingerprints()))
             }
             Err(_) => {
-                let found = keyring_files(medium, None);
+                let found = keyring_files(medium, None)?;
                 if let Some(p) = found.first() {
                     return Err(refuse(format!(
                         "{root}: {} holds trusted keys but no readable state names them: pass \
@@ -175,27 +175,26 @@ fn read_module(
     product: &str,
     root: &str,
 ) -> Result<(String, PathBuf, String), MediumError> {
-    let (module_name, module_path) = [
+    let mut found = None;
+    for n in [
         format!("filesystem.{product}.module"),
         format!("{product}.module"),
-    ]
-    .into_iter()
-    .find_map(|n| {
-        medium.find(&format!("live/{n}")).map(|p| {
-            (
-                p.file_name()
-                    .map(|f| f.to_string_lossy().into_owned())
-                    .unwrap_or(n),
-                p,
-            )
-        })
-    })
-    .ok_or_else(|| {
+    ] {
+        if let Some(p) = medium.find(&format!("live/{n}"))? {
+            let name = p
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or(n);
+            found = Some((name, p));
+            break;
+        }
+    }
+    let (module_name, module_path) = found.ok_or_else(|| {
         refuse(format!(
             "{root}: no live/filesystem.{product}.module or live/{product}.module"
         ))
     })?;
-    let text = read_module_text(&module_path)?;
+    let text = read_module_text(medium, &module_path)?;
     Ok((module_name, module_path, text))
 }
 
@@ -254,13 +253,13 @@ fn stack_module(
             )));
         }
         let rel = format!("live/{line}");
-        let p = medium.find(&rel).ok_or_else(|| {
+        let p = medium.find(&rel)?.ok_or_else(|| {
             refuse(format!(
                 "{root}: the module file lists {rel}, which is missing"
             ))
         })?;
         let what = p.display().to_string();
-        let layer = hash_tree(read_image_tree(&p)?, "", &NoProgress)?;
+        let layer = hash_tree(read_image_tree(medium, &p)?, "", &NoProgress)?;
         merged = stack_layer(&merged, &layer, &what)?;
         let v = release::os_release(&merged.tree)
             .unwrap_or_default()
@@ -270,11 +269,11 @@ fn stack_module(
                     "{root}: no version in /etc/os-release with {line} stacked"
                 ))
             })?;
-        let size = fs::metadata(&p).map_err(|e| io_err(&p, e))?.len();
+        let size = medium.file_len(&p)?;
         layers.push(Layer {
             name: name.to_string(),
             size,
-            sha256: hex(&sha_of(&p)?),
+            sha256: hex(&medium.sha_of(&p)?),
             version: v.clone(),
         });
         current_version = v;
@@ -298,11 +297,11 @@ fn write_adopted(
 ) -> Result<(), MediumError> {
     let live = medium.live();
     let lock = live.join(LOCK_FILE);
-    if !lock.exists() {
+    if medium.kind(&lock)?.is_none() {
         write_file(fs, &lock, b"").map_err(|e| io_err(&lock, e))?;
     }
     let staging = live.join(STAGING_DIR);
-    if !staging.is_dir() {
+    if !medium.is_dir(&staging)? {
         fs.mkdir(&staging).map_err(|e| io_err(&staging, e))?;
     }
     if let Some(k) = given {
@@ -313,7 +312,7 @@ fn write_adopted(
         .map_err(|e| io_err(&live, e))?;
     fs.fsync_dir(&live).map_err(|e| io_err(&live, e))?;
     // Keyrings trusted no more (an interrupted adopt leaves them to `recover`).
-    let strays = stray_keyrings(medium, state);
+    let strays = stray_keyrings(medium, state)?;
     for p in &strays {
         fs.unlink(p).map_err(|e| io_err(p, e))?;
     }
@@ -324,32 +323,28 @@ fn write_adopted(
 }
 
 fn collect(medium: &Medium, dir: &Path, out: &mut Vec<FileEntry>) -> Result<(), MediumError> {
-    let mut entries: Vec<_> = fs::read_dir(dir)
-        .map_err(|e| io_err(dir, e))?
-        .filter_map(|e| e.ok())
-        .collect();
-    entries.sort_by_key(|e| e.file_name());
-    for e in entries {
-        let p = e.path();
+    for (name, kind) in medium.read_dir(dir)? {
+        let p = dir.join(&name);
         let rel = p
             .strip_prefix(&medium.root)
             .unwrap_or(&p)
             .to_string_lossy()
             .into_owned();
-        let md = fs::symlink_metadata(&p).map_err(|e| io_err(&p, e))?;
-        if md.is_dir() {
-            if !is_protected(&rel) {
-                collect(medium, &p, out)?;
+        match kind {
+            // Adopt reads every file of the medium: a link anywhere is refused.
+            Kind::Symlink => return Err(MediumError::Symlink(p)),
+            Kind::Dir if !is_protected(&rel) => collect(medium, &p, out)?,
+            Kind::File
+                if !is_protected(&rel)
+                    && !INSTALLER_FILES.iter().any(|f| f.eq_ignore_ascii_case(&rel)) =>
+            {
+                out.push(FileEntry {
+                    path: rel,
+                    size: medium.file_len(&p)?,
+                    sha256: hex(&medium.sha_of(&p)?),
+                });
             }
-        } else if md.is_file()
-            && !is_protected(&rel)
-            && !INSTALLER_FILES.iter().any(|f| f.eq_ignore_ascii_case(&rel))
-        {
-            out.push(FileEntry {
-                path: rel,
-                size: md.len(),
-                sha256: hex(&sha_of(&p)?),
-            });
+            _ => {}
         }
     }
     Ok(())

@@ -21,9 +21,9 @@
 use std::path::Path;
 
 use super::commit::{copy_in, finish, sync_dirs};
-use super::fsops::{drop_cache, parent_of, write_file, MediumFs};
+use super::fsops::{parent_of, write_file, MediumFs};
 use super::plan::{direct_target, intent_text, plan_journal, Model, Plan};
-use super::{io_err, refuse, sha_of, Medium, MediumError, INTENT_FILE, JOURNAL_FILE};
+use super::{io_err, refuse, Medium, MediumError, INTENT_FILE, JOURNAL_FILE};
 use crate::progress::Progress;
 
 /// What an apply did.
@@ -60,10 +60,16 @@ fn sum_sizes(sizes: impl IntoIterator<Item = u64>) -> Result<u64, MediumError> {
         .ok_or_else(|| refuse("the sizes of the files to write add up to more than 2^64 bytes"))
 }
 
-/// Re-reads a file from the device (page cache dropped first) and checks its sha256.
-fn verify_written(path: &Path, want: &[u8; 32]) -> Result<(), MediumError> {
-    drop_cache(path);
-    if sha_of(path)? != *want {
+/// Re-reads a file from the device (page cache dropped first) and checks its size and sha256:
+/// the state records exactly what the medium holds.
+fn verify_written(
+    medium: &Medium,
+    path: &Path,
+    want: &[u8; 32],
+    size: u64,
+) -> Result<(), MediumError> {
+    medium.drop_cache(path);
+    if medium.file_len(path)? != size || medium.sha_of(path)? != *want {
         return Err(refuse(format!(
             "{}: read back with another sha256 than written (failing medium?); nothing was \
              committed: `iuk-apply recover` discards what was written; try again, or use \
@@ -88,7 +94,7 @@ pub fn execute(
     let bytes_written = sum_sizes(std::iter::once(total).chain(staged.map(|w| w.content.size)))?;
     let live = medium.live();
     let staging = medium.staging();
-    if !staging.is_dir() {
+    if !medium.is_dir(&staging)? {
         fs.mkdir(&staging).map_err(|e| io_err(&staging, e))?;
         fs.fsync_dir(&live).map_err(|e| io_err(&live, e))?;
     }
@@ -102,9 +108,9 @@ pub fn execute(
     progress.phase("staging", total);
     let mut done = 0u64;
     let layer_path = medium.root.join(&plan.layer_rel);
-    let sha = copy_in(fs, &layer_path, &plan.layer.0, progress, &mut done)?;
+    let (sha, size) = copy_in(fs, &layer_path, &plan.layer.0, progress, &mut done)?;
     fs.fsync_dir(&live).map_err(|e| io_err(&live, e))?;
-    if sha != plan.layer.1 {
+    if sha != plan.layer.1 || size != plan.layer.0.size {
         return Err(refuse(format!(
             "{}: {changed}",
             plan.layer_rel,
@@ -121,7 +127,7 @@ pub fn execute(
     let mut touched = Vec::new();
     for (w, jw) in plan.writes.iter().zip(&journal.writes) {
         let p = if w.direct {
-            let p = direct_target(medium, &w.path).ok_or_else(|| {
+            let p = direct_target(medium, &w.path)?.ok_or_else(|| {
                 refuse(format!(
                     "{}: {} appeared while the kit was being applied; nothing was committed: \
                      run the command again (it discards what this one wrote first)",
@@ -135,8 +141,8 @@ pub fn execute(
             touched.push(staging.clone());
             staging.join(&jw.staged)
         };
-        let sha = copy_in(fs, &p, &w.content, progress, &mut done)?;
-        if sha != w.sha256 {
+        let (sha, size) = copy_in(fs, &p, &w.content, progress, &mut done)?;
+        if sha != w.sha256 || size != w.content.size {
             return Err(refuse(format!(
                 "{}: {changed}",
                 w.path,
@@ -145,11 +151,11 @@ pub fn execute(
         }
         written.push(p);
     }
-    sync_dirs(fs, &mut touched)?;
+    sync_dirs(medium, fs, &mut touched)?;
     progress.phase("verifying", total);
-    verify_written(&written[0], &plan.layer.1)?;
+    verify_written(medium, &written[0], &plan.layer.1, plan.layer.0.size)?;
     for (p, w) in written[1..].iter().zip(&plan.writes) {
-        verify_written(p, &w.sha256)?;
+        verify_written(medium, p, &w.sha256, w.content.size)?;
     }
 
     // Step 3: the commit point.

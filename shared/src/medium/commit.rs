@@ -14,12 +14,13 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+use super::beneath::Kind;
 use super::fsops::{parent_of, rewrite_file, MediumFs};
 use super::journal::Journal;
 use super::state::State;
 use super::{
-    find_child, io_err, is_keyring_name, sha_of, Medium, MediumError, BASE, INTENT_FILE,
-    JOURNAL_FILE, LOCK_FILE, STAGING_DIR, STATE_FILE,
+    io_err, is_keyring_name, Medium, MediumError, BASE, INTENT_FILE, JOURNAL_FILE, LOCK_FILE,
+    STAGING_DIR, STATE_FILE,
 };
 use crate::progress::Progress;
 use crate::tree::Content;
@@ -28,14 +29,14 @@ use crate::tree::Content;
 pub const CHUNK: usize = 1 << 20;
 
 /// Copies `content` into a new file at `path` through `fs`, fsyncs and closes it; returns the
-/// sha256 of what was written.
+/// sha256 and the number of bytes of what was written (measured, never the declared size).
 pub fn copy_in(
     fs: &mut dyn MediumFs,
     path: &Path,
     content: &Content,
     progress: &dyn Progress,
     done: &mut u64,
-) -> Result<[u8; 32], MediumError> {
+) -> Result<([u8; 32], u64), MediumError> {
     let h = fs.create(path).map_err(|e| io_err(path, e))?;
     let mut r = content.source.open().map_err(|e| io_err(path, e))?;
     let mut buf = vec![0u8; CHUNK];
@@ -55,24 +56,20 @@ pub fn copy_in(
     }
     fs.fsync(h).map_err(|e| io_err(path, e))?;
     fs.close(h).map_err(|e| io_err(path, e))?;
-    Ok(sha.finalize().into())
+    Ok((sha.finalize().into(), off))
 }
 
 /// Removes a file or a directory tree through `fs`; notes the parent directories touched.
+/// A link in the tree is refused (plan refuses it before any write).
 fn remove_tree(
+    medium: &Medium,
     fs: &mut dyn MediumFs,
     path: &Path,
     touched: &mut Vec<PathBuf>,
 ) -> Result<(), MediumError> {
-    let md = std::fs::symlink_metadata(path).map_err(|e| io_err(path, e))?;
-    if md.is_dir() {
-        let mut children: Vec<PathBuf> = std::fs::read_dir(path)
-            .map_err(|e| io_err(path, e))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .collect();
-        children.sort();
-        for c in children {
-            remove_tree(fs, &c, touched)?;
+    if medium.is_dir(path)? {
+        for (name, _) in medium.read_dir(path)? {
+            remove_tree(medium, fs, &path.join(name), touched)?;
         }
         fs.rmdir(path).map_err(|e| io_err(path, e))?;
     } else {
@@ -94,19 +91,20 @@ fn prepare_parent(
     let mut cur = medium.root.clone();
     for (i, comp) in comps.iter().enumerate() {
         let last = i + 1 == comps.len();
-        let existing = find_child(&cur, comp);
+        let existing = medium.find_child(&cur, comp)?;
         let path = existing.clone().unwrap_or_else(|| cur.join(comp));
-        let md = existing
-            .as_ref()
-            .and_then(|p| std::fs::symlink_metadata(p).ok());
+        let kind = match &existing {
+            Some(p) => medium.kind(p)?,
+            None => None,
+        };
         if last {
-            if md.as_ref().is_some_and(|m| m.is_dir()) {
-                remove_tree(fs, &path, touched)?;
+            if kind == Some(Kind::Dir) {
+                remove_tree(medium, fs, &path, touched)?;
             }
             return Ok(path);
         }
-        match md {
-            Some(m) if m.is_dir() => {}
+        match kind {
+            Some(Kind::Dir) => {}
             Some(_) => {
                 fs.unlink(&path).map_err(|e| io_err(&path, e))?;
                 fs.mkdir(&path).map_err(|e| io_err(&path, e))?;
@@ -123,11 +121,15 @@ fn prepare_parent(
 }
 
 /// Fsyncs each directory of `dirs` that still exists, once, and empties the list.
-pub fn sync_dirs(fs: &mut dyn MediumFs, dirs: &mut Vec<PathBuf>) -> Result<(), MediumError> {
+pub fn sync_dirs(
+    medium: &Medium,
+    fs: &mut dyn MediumFs,
+    dirs: &mut Vec<PathBuf>,
+) -> Result<(), MediumError> {
     dirs.sort();
     dirs.dedup();
     for d in dirs.drain(..) {
-        if d.is_dir() {
+        if medium.is_dir(&d)? {
             fs.fsync_dir(&d).map_err(|e| io_err(&d, e))?;
         }
     }
@@ -140,22 +142,33 @@ pub fn sync_dirs(fs: &mut dyn MediumFs, dirs: &mut Vec<PathBuf>) -> Result<(), M
 pub fn finish(medium: &Medium, j: &Journal, fs: &mut dyn MediumFs) -> Result<usize, MediumError> {
     let staging = medium.staging();
     let mut touched: Vec<PathBuf> = Vec::new();
+    // Every path the journal names, resolved before the first write: a link on the way is
+    // refused, naming it, with nothing written.
+    for rel in j
+        .writes
+        .iter()
+        .map(|w| &w.path)
+        .chain(j.deletes.iter().map(|d| &d.path))
+    {
+        medium.find(rel)?;
+    }
+    medium.refuse_links_in(&staging)?;
     // Step 4: boot files in place from their staged copies.
     for w in &j.writes {
         let target = prepare_parent(medium, &w.path, fs, &mut touched)?;
-        let exists = target.is_file();
-        if exists && sha_of(&target)? == w.new {
+        let exists = medium.is_file(&target)?;
+        if exists && medium.sha_of(&target)? == w.new {
             continue;
         }
         let staged = staging.join(&w.staged);
-        if !staged.is_file() || sha_of(&staged)? != w.new {
+        if !medium.is_file(&staged)? || medium.sha_of(&staged)? != w.new {
             return Err(MediumError::Refused(format!(
                 "{}: cannot complete the upgrade: the staged copy of {} is missing or damaged; run `iuk-apply adopt`",
                 medium.root.display(),
                 w.path
             )));
         }
-        let mut src = File::open(&staged).map_err(|e| io_err(&staged, e))?;
+        let mut src = medium.open(&staged)?;
         let h = if exists {
             fs.open_write(&target).map_err(|e| io_err(&target, e))?
         } else {
@@ -177,16 +190,18 @@ pub fn finish(medium: &Medium, j: &Journal, fs: &mut dyn MediumFs) -> Result<usi
         fs.fsync(h).map_err(|e| io_err(&target, e))?;
         fs.close(h).map_err(|e| io_err(&target, e))?;
     }
-    sync_dirs(fs, &mut touched)?;
+    sync_dirs(medium, fs, &mut touched)?;
 
     // Step 5: module file, then state, in place.
     let module = medium.live().join(&j.module_file);
-    let module = find_child(&medium.live(), &j.module_file).unwrap_or(module);
-    if !holds(&module, j.module_text.as_bytes()) {
+    let module = medium
+        .find_child(&medium.live(), &j.module_file)?
+        .unwrap_or(module);
+    if !holds(medium, &module, j.module_text.as_bytes()) {
         rewrite_file(fs, &module, j.module_text.as_bytes()).map_err(|e| io_err(&module, e))?;
     }
     let state = medium.live_file(STATE_FILE);
-    if !holds(&state, j.state_text.as_bytes()) {
+    if !holds(medium, &state, j.state_text.as_bytes()) {
         rewrite_file(fs, &state, j.state_text.as_bytes()).map_err(|e| io_err(&state, e))?;
     }
 
@@ -214,23 +229,19 @@ pub fn finish(medium: &Medium, j: &Journal, fs: &mut dyn MediumFs) -> Result<usi
         {
             continue;
         }
-        let Some(p) = medium.find(&d.path) else {
+        let Some(p) = medium.find(&d.path)? else {
             continue;
         };
         match d.old {
             Some(old) => {
-                if p.is_file() && sha_of(&p)? == old {
+                if medium.is_file(&p)? && medium.sha_of(&p)? == old {
                     fs.unlink(&p).map_err(|e| io_err(&p, e))?;
                     touched.push(parent_of(&p));
                     deleted += 1;
                 }
             }
             None => {
-                if p.is_dir()
-                    && std::fs::read_dir(&p)
-                        .map(|mut r| r.next().is_none())
-                        .unwrap_or(false)
-                {
+                if medium.is_dir(&p)? && medium.read_dir(&p)?.is_empty() {
                     fs.rmdir(&p).map_err(|e| io_err(&p, e))?;
                     touched.push(parent_of(&p));
                     deleted += 1;
@@ -238,24 +249,23 @@ pub fn finish(medium: &Medium, j: &Journal, fs: &mut dyn MediumFs) -> Result<usi
             }
         }
     }
-    if let Ok(entries) = std::fs::read_dir(&staging) {
-        let mut names: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
-        names.sort();
-        for p in names {
-            if p.file_name().is_some_and(|n| n != INTENT_FILE) {
+    if medium.is_dir(&staging)? {
+        for (name, _) in medium.read_dir(&staging)? {
+            if name != INTENT_FILE {
+                let p = staging.join(name);
                 fs.unlink(&p).map_err(|e| io_err(&p, e))?;
             }
         }
         let intent = staging.join(INTENT_FILE);
-        if intent.exists() {
+        if medium.kind(&intent)?.is_some() {
             fs.unlink(&intent).map_err(|e| io_err(&intent, e))?;
         }
         touched.push(staging.clone());
     }
-    sync_dirs(fs, &mut touched)?;
+    sync_dirs(medium, fs, &mut touched)?;
 
     // Step 7: zero the journal, fsync it, unlink it, fsync live/.
-    if medium.journal_pending() {
+    if medium.journal_pending()? {
         discard_journal(medium, fs)?;
     }
     Ok(deleted)
@@ -270,10 +280,8 @@ pub const ZERO_CHUNK: usize = 64 << 10;
 /// a chunk that already reads as zeros, and a hole of a sparse file, are not written again.
 pub fn discard_journal(medium: &Medium, fs: &mut dyn MediumFs) -> Result<(), MediumError> {
     let jpath = medium.live_file(JOURNAL_FILE);
-    let len = std::fs::metadata(&jpath)
-        .map_err(|e| io_err(&jpath, e))?
-        .len();
-    let src = File::open(&jpath).map_err(|e| io_err(&jpath, e))?;
+    let len = medium.file_len(&jpath)?;
+    let src = medium.open(&jpath)?;
     let h = fs.open_write(&jpath).map_err(|e| io_err(&jpath, e))?;
     let zeros = vec![0u8; ZERO_CHUNK];
     let mut buf = vec![0u8; ZERO_CHUNK];
@@ -322,8 +330,10 @@ fn next_data(file: &File, off: u64) -> Option<Option<u64>> {
 
 /// True when the file at `path` holds exactly `want` (read with `want`'s length as the cap, so
 /// a file of any size costs at most that much memory).
-fn holds(path: &Path, want: &[u8]) -> bool {
-    crate::io::read_capped(path, want.len() as u64).is_ok_and(|b| b == want)
+fn holds(medium: &Medium, path: &Path, want: &[u8]) -> bool {
+    medium
+        .read_capped(path, want.len() as u64)
+        .is_ok_and(|b| b == want)
 }
 
 /// Names a deletion must never touch: the base, module files, our own files.

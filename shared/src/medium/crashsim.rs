@@ -180,7 +180,7 @@ impl SimFs {
             .collect();
         SimFs {
             root: root.to_path_buf(),
-            real: RealFs::new(),
+            real: RealFs::new(root),
             ops: Vec::new(),
             handles: HashMap::new(),
             inos,
@@ -451,12 +451,12 @@ mod tests {
             &m,
             &fixture("Tails-6.9.iso"),
             &InitOptions::default(),
-            &mut RealFs::new(),
+            &mut RealFs::new(&m.root),
         )
         .unwrap();
         for k in kits {
             let p = plan(&m, k, &ApplyOptions::default(), &NoProgress).unwrap();
-            execute(&m, &p, &mut RealFs::new(), &NoProgress).unwrap();
+            execute(&m, &p, &mut RealFs::new(&m.root), &NoProgress).unwrap();
         }
         m
     }
@@ -483,7 +483,7 @@ mod tests {
                 let dir = t.path().join(format!("c-{prefix}-{i}"));
                 state.materialize(&dir).unwrap();
                 let cm = Medium::new(&dir);
-                recover(&cm, &mut RealFs::new())
+                recover(&cm, &mut RealFs::new(&cm.root))
                     .unwrap_or_else(|e| panic!("prefix {prefix} case {i}: recover failed: {e}"));
                 let after = Model::read(&dir).unwrap().view();
                 if after == old_v {

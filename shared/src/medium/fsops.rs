@@ -6,12 +6,14 @@
 //!
 //! Nothing here needs chmod, chown, symlink, link or rename, so every operation works on a FAT
 //! medium (Linux vfat, fusefat): files are created with the process's default mode and written
-//! plainly.
+//! plainly. [`RealFs`] resolves every path below the medium's root without following a link
+//! ([`Beneath`]): a link on the way fails the operation, naming the link.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Seek, SeekFrom, Write};
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+
+use super::beneath::Beneath;
 
 /// A handle to a file opened for writing through a [`MediumFs`].
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
@@ -41,16 +43,19 @@ pub trait MediumFs {
     fn fsync_dir(&mut self, path: &Path) -> io::Result<()>;
 }
 
-/// The real filesystem.
-#[derive(Default)]
+/// The real filesystem below a medium's root.
 pub struct RealFs {
+    beneath: Beneath,
     files: Vec<Option<File>>,
 }
 
 impl RealFs {
-    /// A fresh instance with no open files.
-    pub fn new() -> RealFs {
-        RealFs::default()
+    /// A fresh instance with no open files, for the medium at `root`.
+    pub fn new(root: &Path) -> RealFs {
+        RealFs {
+            beneath: Beneath::new(root),
+            files: Vec::new(),
+        }
     }
 
     fn file(&mut self, h: Handle) -> io::Result<&mut File> {
@@ -68,11 +73,7 @@ impl RealFs {
 
 impl MediumFs for RealFs {
     fn create(&mut self, path: &Path) -> io::Result<Handle> {
-        let f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(path)?;
+        let f = self.beneath.open_write(path, true, true)?;
         // fusefat ignores O_TRUNC on an existing file: shrink it explicitly.
         if f.metadata()?.len() != 0 {
             f.set_len(0)?;
@@ -80,7 +81,7 @@ impl MediumFs for RealFs {
         Ok(self.keep(f))
     }
     fn open_write(&mut self, path: &Path) -> io::Result<Handle> {
-        let f = OpenOptions::new().write(true).open(path)?;
+        let f = self.beneath.open_write(path, false, false)?;
         Ok(self.keep(f))
     }
     fn write_at(&mut self, h: Handle, offset: u64, data: &[u8]) -> io::Result<()> {
@@ -109,27 +110,16 @@ impl MediumFs for RealFs {
         }
     }
     fn unlink(&mut self, path: &Path) -> io::Result<()> {
-        fs::remove_file(path)
+        self.beneath.unlink(path)
     }
     fn mkdir(&mut self, path: &Path) -> io::Result<()> {
-        fs::create_dir(path)
+        self.beneath.mkdir(path)
     }
     fn rmdir(&mut self, path: &Path) -> io::Result<()> {
-        fs::remove_dir(path)
+        self.beneath.rmdir(path)
     }
     fn fsync_dir(&mut self, path: &Path) -> io::Result<()> {
-        File::open(path)?.sync_all()
-    }
-}
-
-/// Drops a file's pages from the page cache so that the next read comes from the device
-/// (used before re-reading staged files to check them).
-pub fn drop_cache(path: &Path) {
-    if let Ok(f) = File::open(path) {
-        // SAFETY: a valid open descriptor; the call only gives the kernel advice.
-        unsafe {
-            libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED);
-        }
+        self.beneath.fsync_dir(path)
     }
 }
 

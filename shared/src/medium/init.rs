@@ -58,11 +58,11 @@ pub struct InitReport {
     pub key_fingerprints: Vec<String>,
 }
 
-fn mkdirs(fs: &mut dyn MediumFs, root: &Path, rel: &str) -> Result<(), MediumError> {
-    let mut cur = root.to_path_buf();
+fn mkdirs(medium: &Medium, fs: &mut dyn MediumFs, rel: &str) -> Result<(), MediumError> {
+    let mut cur = medium.root.clone();
     for comp in rel.split('/').filter(|c| !c.is_empty()) {
         cur.push(comp);
-        if !cur.is_dir() {
+        if !medium.is_dir(&cur)? {
             fs.mkdir(&cur).map_err(|e| io_err(&cur, e))?;
         }
     }
@@ -139,18 +139,27 @@ pub fn init(
         fs::create_dir_all(&medium.root).map_err(|e| io_err(&medium.root, e))?;
     }
     let mut bytes = 0u64;
-    mkdirs(fs, &medium.root, "live")?;
+    mkdirs(medium, fs, "live")?;
     for f in &bt.files {
         if let Some((dir, _)) = f.path.rsplit_once('/') {
-            mkdirs(fs, &medium.root, dir)?;
+            mkdirs(medium, fs, dir)?;
         }
-        copy_in(
+        let (sha, size) = copy_in(
             fs,
             &medium.root.join(&f.path),
             &f.content,
             &NoProgress,
             &mut 0,
         )?;
+        // The state records what was written: the release's record must match it.
+        if sha != f.sha256 || size != f.size {
+            return Err(refuse(format!(
+                "{}: {} changed while it was read ({size} bytes written, {} recorded; or                  another sha256); the medium is incomplete: run `iuk-apply init` again on an                  empty medium",
+                iso.display(),
+                f.path,
+                f.size
+            )));
+        }
         bytes = add_size(bytes, f.size, iso)?;
     }
     let base = release.content(ROOTFS.as_bytes()).map_err(rel_err)?;

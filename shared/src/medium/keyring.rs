@@ -11,17 +11,17 @@
 //!   (step 6) and drops the journal (step 7). Without a journal, `recover` deletes a keyring file
 //!   the state does not name ([`stray_keyrings`]), which an interrupted rotation (or adopt) left.
 
-use std::fs;
 use std::path::PathBuf;
 
 use sha2::{Digest, Sha256};
 
+use super::beneath::Kind;
 use super::commit::finish;
-use super::fsops::{drop_cache, write_file, MediumFs};
+use super::fsops::{write_file, MediumFs};
 use super::journal::{Delete, Journal};
 use super::state::State;
 use super::{
-    io_err, is_keyring_name, refuse, sha_of, Medium, MediumError, JOURNAL_FILE, KEYRING_PREFIX,
+    io_err, is_keyring_name, refuse, Medium, MediumError, JOURNAL_FILE, KEYRING_PREFIX,
     KEYRING_SUFFIX, MAX_MODULE,
 };
 use crate::sign::{Keyring, MAX_KEYRING};
@@ -109,10 +109,15 @@ pub fn trusted_keyring(medium: &Medium, state: &State) -> Result<Option<Trusted>
         return Err(damaged("has no keyring file name".into()));
     }
     let path = medium
-        .find(&format!("live/{name}"))
+        .find(&format!("live/{name}"))?
         .ok_or_else(|| damaged("is missing".into()))?;
-    let bytes = crate::io::read_capped(&path, MAX_KEYRING as u64)
-        .map_err(|e| damaged(format!("is unreadable: {e}")))?;
+    let bytes =
+        medium
+            .read_capped(&path, MAX_KEYRING as u64)
+            .map_err(|e| match io_err(&path, e) {
+                MediumError::Io { error, .. } => damaged(format!("is unreadable: {error}")),
+                other => other,
+            })?;
     if !keyring_name(&bytes).eq_ignore_ascii_case(name) {
         return Err(damaged("does not have the sha256 its name says".into()));
     }
@@ -134,27 +139,30 @@ pub fn trusted_keyring(medium: &Medium, state: &State) -> Result<Option<Trusted>
 
 /// Keyring files in `live/` that the state does not name (left by an interrupted `trust` or
 /// `adopt`), sorted. Never the state's own keyring.
-pub fn stray_keyrings(medium: &Medium, state: &State) -> Vec<PathBuf> {
+pub fn stray_keyrings(medium: &Medium, state: &State) -> Result<Vec<PathBuf>, MediumError> {
     keyring_files(medium, state.keyring.as_deref())
 }
 
-/// The keyring files in `live/` other than `except` (compared case-insensitively), sorted.
-pub fn keyring_files(medium: &Medium, except: Option<&str>) -> Vec<PathBuf> {
-    let mut out: Vec<PathBuf> = fs::read_dir(medium.live())
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .filter(|e| {
-                    let n = e.file_name().to_string_lossy().into_owned();
-                    is_keyring_name(&n)
-                        && !except.is_some_and(|k| k.eq_ignore_ascii_case(&n))
-                        && e.file_type().is_ok_and(|t| t.is_file())
-                })
-                .map(|e| e.path())
-                .collect()
-        })
-        .unwrap_or_default();
-    out.sort();
-    out
+/// The keyring files in `live/` other than `except` (compared case-insensitively), sorted; a
+/// link named like a keyring is refused, naming it.
+pub fn keyring_files(medium: &Medium, except: Option<&str>) -> Result<Vec<PathBuf>, MediumError> {
+    let live = medium.live();
+    if !medium.is_dir(&live)? {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    for (name, kind) in medium.read_dir(&live)? {
+        let n = name.to_string_lossy();
+        if !is_keyring_name(&n) || except.is_some_and(|k| k.eq_ignore_ascii_case(&n)) {
+            continue;
+        }
+        match kind {
+            Kind::File => out.push(live.join(&name)),
+            Kind::Symlink => return Err(MediumError::Symlink(live.join(&name))),
+            _ => {}
+        }
+    }
+    Ok(out)
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -192,7 +200,7 @@ pub fn rotate(
     signature: &[u8],
     fs: &mut dyn MediumFs,
 ) -> Result<TrustReport, MediumError> {
-    if medium.journal_pending() || medium.staging_pending() {
+    if medium.journal_pending()? || medium.staging_pending()? {
         return Err(MediumError::PendingRecovery(medium.root.clone()));
     }
     let (state, _, old_state_sha) = medium.read_state()?;
@@ -238,8 +246,8 @@ pub fn rotate(
     new_state.key_fingerprints = fresh.fingerprints.clone();
     // The module file stays byte for byte what it is (finish leaves an equal file alone).
     let module_text = medium
-        .find(&format!("live/{}", state.module_file))
-        .and_then(|p| crate::io::read_capped(&p, MAX_MODULE).ok())
+        .find(&format!("live/{}", state.module_file))?
+        .and_then(|p| medium.read_capped(&p, MAX_MODULE).ok())
         .and_then(|b| String::from_utf8(b).ok())
         .unwrap_or_else(|| state.module_text());
 
@@ -248,9 +256,9 @@ pub fn rotate(
     let new_path = live.join(&fresh.file_name);
     write_file(fs, &new_path, &fresh.bytes).map_err(|e| io_err(&new_path, e))?;
     fs.fsync_dir(&live).map_err(|e| io_err(&live, e))?;
-    drop_cache(&new_path);
+    medium.drop_cache(&new_path);
     let want: [u8; 32] = Sha256::digest(&fresh.bytes).into();
-    if sha_of(&new_path)? != want {
+    if medium.sha_of(&new_path)? != want {
         return Err(refuse(format!(
             "{}: read back with another sha256 than written (failing medium?)",
             new_path.display()
@@ -297,6 +305,7 @@ mod tests {
     use crate::medium::init::{init, InitOptions};
     use crate::medium::recover::recover;
     use std::collections::BTreeMap;
+    use std::fs;
     use std::path::Path;
     use std::process::{Command, Stdio};
 
@@ -422,7 +431,13 @@ mod tests {
             keyring: Some(input("keys.asc", keyring)),
             ..InitOptions::default()
         };
-        init(&m, &fixture("Tails-6.9.iso"), &opts, &mut RealFs::new()).unwrap();
+        init(
+            &m,
+            &fixture("Tails-6.9.iso"),
+            &opts,
+            &mut RealFs::new(&m.root),
+        )
+        .unwrap();
         m
     }
 
@@ -529,36 +544,39 @@ mod tests {
                 &r.new,
                 "sig",
                 &r.sig[..r.sig.len() / 2],
-                &mut RealFs::new(),
+                &mut RealFs::new(&m.root),
             ),
             "new.asc",
         );
         let mut other = r.new.clone();
         other.bytes.extend_from_slice(b"\n");
         refused(
-            rotate(m, &other, "sig", &r.sig, &mut RealFs::new()),
+            rotate(m, &other, "sig", &r.sig, &mut RealFs::new(&m.root)),
             "does not match the data",
         );
         assert_eq!(Model::read(&m.root).unwrap().view(), before);
 
-        let rep = rotate(m, &r.new, "sig", &r.sig, &mut RealFs::new()).unwrap();
+        let rep = rotate(m, &r.new, "sig", &r.sig, &mut RealFs::new(&m.root)).unwrap();
         assert!(rep.changed);
         assert_eq!(rep.old_keyring, r.old_name);
         assert_eq!(state_keyring(m), keyring_name(&r.new.bytes));
-        assert_eq!(keyring_files(m, None), vec![m.live_file(&rep.new_keyring)]);
-        assert!(!m.journal_pending());
+        assert_eq!(
+            keyring_files(m, None).unwrap(),
+            vec![m.live_file(&rep.new_keyring)]
+        );
+        assert!(!m.journal_pending().unwrap());
         let (s, _, _) = m.read_state().unwrap();
         assert_eq!(s.key_fingerprints, rep.fingerprints);
         assert!(trusted_keyring(m, &s).unwrap().is_some());
         m.check_consistent(&s, true).unwrap();
         // A is no longer trusted; the keyring trusted already, signed by B, changes nothing.
         refused(
-            rotate(m, &r.new, "sig", &r.sig, &mut RealFs::new()),
+            rotate(m, &r.new, "sig", &r.sig, &mut RealFs::new(&m.root)),
             "unknown key",
         );
         let by_b = r.g.sign(&r.b, &r.new.bytes);
         let after = Model::read(&m.root).unwrap().view();
-        let rep = rotate(m, &r.new, "sig", &by_b, &mut RealFs::new()).unwrap();
+        let rep = rotate(m, &r.new, "sig", &by_b, &mut RealFs::new(&m.root)).unwrap();
         assert!(!rep.changed);
         assert_eq!(Model::read(&m.root).unwrap().view(), after);
     }
@@ -585,7 +603,7 @@ mod tests {
                 old: Some(Sha256::digest(&bytes).into()),
             }],
         };
-        finish(m, &j, &mut RealFs::new()).unwrap();
+        finish(m, &j, &mut RealFs::new(&m.root)).unwrap();
         assert_eq!(fs::read(&path).unwrap(), bytes);
     }
 
@@ -597,14 +615,14 @@ mod tests {
         let stray = m.live_file(&keyring_name(&r.new.bytes));
         fs::write(&stray, &r.new.bytes).unwrap();
         let (s, _, _) = m.read_state().unwrap();
-        assert_eq!(stray_keyrings(m, &s), vec![stray.clone()]);
+        assert_eq!(stray_keyrings(m, &s).unwrap(), vec![stray.clone()]);
         assert_eq!(
-            recover(m, &mut RealFs::new()).unwrap(),
+            recover(m, &mut RealFs::new(&m.root)).unwrap(),
             crate::medium::recover::Recovery::Discarded
         );
         assert!(!stray.exists() && named.exists());
         assert_eq!(
-            recover(m, &mut RealFs::new()).unwrap(),
+            recover(m, &mut RealFs::new(&m.root)).unwrap(),
             crate::medium::recover::Recovery::Clean
         );
         // An unreadable state: nothing is deleted.
@@ -612,7 +630,7 @@ mod tests {
         let state = m.live_file(super::super::STATE_FILE);
         let text = fs::read(&state).unwrap();
         fs::write(&state, b"garbage: [").unwrap();
-        recover(m, &mut RealFs::new()).unwrap();
+        recover(m, &mut RealFs::new(&m.root)).unwrap();
         assert!(stray.exists() && named.exists());
         fs::write(&state, text).unwrap();
     }
@@ -639,7 +657,7 @@ mod tests {
                 let dir = work.path().join(format!("c-{prefix}-{i}"));
                 state.materialize(&dir).unwrap();
                 let cm = Medium::new(&dir);
-                recover(&cm, &mut RealFs::new())
+                recover(&cm, &mut RealFs::new(&cm.root))
                     .unwrap_or_else(|e| panic!("prefix {prefix} case {i}: recover: {e}"));
                 let after: BTreeMap<_, _> = Model::read(&dir).unwrap().view();
                 if after == old_v {

@@ -8,10 +8,12 @@
 //! the trusted keys, [`signed_udf`] checks signed upgrade descriptions, [`recover`] completes or
 //! discards an interrupted apply. The mutating commands share one journal commit ([`commit`]);
 //! [`stack`] reads the layers. No module here imports one that imports it back: `commit`,
-//! `stack`, `journal`, `state` and `fsops` sit below the commands that use them.
+//! `stack`, `journal`, `state` and `fsops` sit below the commands that use them, and [`beneath`]
+//! below everything: every path on the medium is resolved through it, never following a link.
 
 pub mod adopt;
 pub mod apply;
+pub mod beneath;
 pub mod commit;
 #[cfg(test)]
 pub mod crashsim;
@@ -26,10 +28,12 @@ pub mod signed_udf;
 pub mod stack;
 pub mod state;
 
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::{self, Read};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+
+use beneath::{Beneath, Kind};
 
 use sha2::{Digest, Sha256};
 
@@ -56,6 +60,9 @@ pub const MAX_MODULE: u64 = 1 << 20;
 /// Largest intent file accepted: it names the layer, the state and the boot files written at
 /// their final names, which the journal lists too, so it is smaller than any journal.
 pub const MAX_INTENT: u64 = journal::MAX_JOURNAL as u64;
+/// The largest file a FAT filesystem holds (4 GiB − 1): no file a kit puts on a medium may be
+/// larger, whatever it declares.
+pub const MAX_MEDIUM_FILE: u64 = (1 << 32) - 1;
 /// Default bound on the number of diff layers.
 pub const DEFAULT_MAX_LAYERS: u32 = 8;
 
@@ -88,6 +95,10 @@ pub enum MediumError {
         .0.display()
     )]
     Locked(PathBuf),
+    /// A symbolic link on the medium where a command must read, write or delete: refused, nothing
+    /// was written (the path is the link's).
+    #[error("{}: a symbolic link on the medium; iuk-apply never follows links on a medium (a FAT medium has none), and nothing was written: remove the link, then run the command again", .0.display())]
+    Symlink(PathBuf),
     /// An interrupted apply must be recovered first.
     #[error("{}: an interrupted apply is pending; run `iuk-apply recover --medium {}` first", .0.display(), .0.display())]
     PendingRecovery(PathBuf),
@@ -109,8 +120,12 @@ pub fn is_keyring_name(name: &str) -> bool {
         && !n.contains('/')
 }
 
-/// Shorthand for an I/O error on a path.
+/// Shorthand for an I/O error on a path; a link met on the way becomes [`MediumError::Symlink`]
+/// naming the link.
 pub fn io_err(path: &Path, error: io::Error) -> MediumError {
+    if let Some(link) = beneath::symlink_of(&error) {
+        return MediumError::Symlink(link.to_path_buf());
+    }
     MediumError::Io {
         path: path.to_path_buf(),
         error,
@@ -152,25 +167,142 @@ impl Medium {
         self.live_file(STAGING_DIR)
     }
 
+    /// Path resolution below the root that never follows a link: every access to the medium
+    /// goes through it.
+    pub fn beneath(&self) -> Beneath {
+        Beneath::new(&self.root)
+    }
+
     /// Finds an existing path under the root, each component compared case-insensitively (an
-    /// exact match wins). Returns the path as it exists.
-    pub fn find(&self, rel: &str) -> Option<PathBuf> {
+    /// exact match wins). Returns the path as it exists; a link on the way (or there) is refused,
+    /// naming it.
+    pub fn find(&self, rel: &str) -> Result<Option<PathBuf>, MediumError> {
         let mut cur = self.root.clone();
         for comp in rel.split('/').filter(|c| !c.is_empty()) {
-            cur = find_child(&cur, comp)?;
+            match self.find_child(&cur, comp)? {
+                Some(p) => cur = p,
+                None => return Ok(None),
+            }
         }
-        Some(cur)
+        self.kind(&cur)?;
+        Ok(Some(cur))
+    }
+
+    /// The existing child of directory `dir` named `name`, compared case-insensitively (an
+    /// exact match wins); `None` when `dir` is no directory or has no such child. A link named
+    /// so is refused.
+    pub fn find_child(&self, dir: &Path, name: &str) -> Result<Option<PathBuf>, MediumError> {
+        let exact = dir.join(name);
+        if self.kind(&exact)?.is_some() {
+            return Ok(Some(exact));
+        }
+        if self.kind(dir)? != Some(Kind::Dir) {
+            return Ok(None);
+        }
+        let lower = name.to_lowercase();
+        for (n, kind) in self.read_dir(dir)? {
+            if n.to_str().is_some_and(|n| n.to_lowercase() == lower) {
+                let p = dir.join(&n);
+                if kind == Kind::Symlink {
+                    return Err(MediumError::Symlink(p));
+                }
+                return Ok(Some(p));
+            }
+        }
+        Ok(None)
+    }
+
+    /// What `path` is (`None`: missing); a link on the way or there is refused, naming it.
+    pub fn kind(&self, path: &Path) -> Result<Option<Kind>, MediumError> {
+        self.beneath().kind(path).map_err(|e| io_err(path, e))
+    }
+
+    /// True when `path` is a regular file; a link on the way is refused.
+    pub fn is_file(&self, path: &Path) -> Result<bool, MediumError> {
+        Ok(self.kind(path)? == Some(Kind::File))
+    }
+
+    /// True when `path` is a directory; a link on the way is refused.
+    pub fn is_dir(&self, path: &Path) -> Result<bool, MediumError> {
+        Ok(self.kind(path)? == Some(Kind::Dir))
+    }
+
+    /// The size of the file `path`; a link on the way is refused.
+    pub fn file_len(&self, path: &Path) -> Result<u64, MediumError> {
+        self.beneath()
+            .metadata(path)
+            .map(|m| m.len())
+            .map_err(|e| io_err(path, e))
+    }
+
+    /// Opens `path` for reading; a link on the way is refused.
+    pub fn open(&self, path: &Path) -> Result<File, MediumError> {
+        self.beneath().open(path).map_err(|e| io_err(path, e))
+    }
+
+    /// The names in directory `path` and what each is, sorted.
+    pub fn read_dir(&self, path: &Path) -> Result<Vec<(std::ffi::OsString, Kind)>, MediumError> {
+        self.beneath().read_dir(path).map_err(|e| io_err(path, e))
+    }
+
+    /// Reads the file `path` whole, at most `limit` bytes (checked before allocating); a link on
+    /// the way fails with [`beneath::SymlinkError`].
+    pub fn read_capped(&self, path: &Path, limit: u64) -> io::Result<Vec<u8>> {
+        crate::io::read_capped_file(self.beneath().open(path)?, limit)
+    }
+
+    /// The sha256 of the file `path` on the medium.
+    pub fn sha_of(&self, path: &Path) -> Result<[u8; 32], MediumError> {
+        sha_of_file(self.open(path)?, path)
+    }
+
+    /// [`Medium::sha_of`] in lower-case hex.
+    pub fn hex_sha_of(&self, path: &Path) -> Result<String, MediumError> {
+        Ok(crate::tree::hex(&self.sha_of(path)?))
+    }
+
+    /// Drops a file's pages from the page cache so that the next read comes from the device
+    /// (used before re-reading written files to check them); a file that cannot be opened is
+    /// left alone (the read that follows reports it).
+    pub fn drop_cache(&self, path: &Path) {
+        if let Ok(f) = self.beneath().open(path) {
+            // SAFETY: a valid open descriptor; the call only gives the kernel advice.
+            unsafe {
+                libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED);
+            }
+        }
+    }
+
+    /// Refuses, naming it, a link as the directory `dir` or as any entry in it (a missing `dir`
+    /// is fine): for directories a command reads and may delete in, such as `live/` for
+    /// `recover`.
+    pub fn refuse_links_in(&self, dir: &Path) -> Result<(), MediumError> {
+        if self.kind(dir)? != Some(Kind::Dir) {
+            return Ok(());
+        }
+        for (name, kind) in self.read_dir(dir)? {
+            if kind == Kind::Symlink {
+                return Err(MediumError::Symlink(dir.join(name)));
+            }
+        }
+        Ok(())
     }
 
     /// Takes the exclusive lock on `live/iuk.lock` (which init and adopt create).
     pub fn lock(&self) -> Result<Lock, MediumError> {
         let path = self.live_file(LOCK_FILE);
-        let file = File::open(&path).map_err(|e| MediumError::State {
-            path: self.root.clone(),
-            problem: format!(
+        let file = self
+            .beneath()
+            .open(&path)
+            .map_err(|e| match io_err(&path, e) {
+                MediumError::Io { error: e, .. } => MediumError::State {
+                    path: self.root.clone(),
+                    problem: format!(
                 "no {LOCK_FILE} ({e}); is this a medium made by `iuk-apply init` or `adopt`?"
             ),
-        })?;
+                },
+                other => other,
+            })?;
         // SAFETY: a valid descriptor; flock only takes an advisory lock.
         let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
         if r != 0 {
@@ -182,22 +314,27 @@ impl Medium {
     /// Reads the state, returning it with its text and the sha256 of its bytes.
     pub fn read_state(&self) -> Result<(State, String, [u8; 32]), MediumError> {
         let path = self.live_file(STATE_FILE);
-        let bytes = crate::io::read_capped(&path, state::MAX_STATE as u64).map_err(|e| {
-            MediumError::State {
-                path: self.root.clone(),
-                problem: match e.kind() {
-                    io::ErrorKind::NotFound => format!(
+        let bytes = self
+            .read_capped(&path, state::MAX_STATE as u64)
+            .map_err(|e| {
+                if let Some(link) = beneath::symlink_of(&e) {
+                    return MediumError::Symlink(link.to_path_buf());
+                }
+                MediumError::State {
+                    path: self.root.clone(),
+                    problem: match e.kind() {
+                        io::ErrorKind::NotFound => format!(
                         "no live/{STATE_FILE}: not a medium of iuk-apply (use `iuk-apply init` or \
                          `adopt`)"
                     ),
-                    io::ErrorKind::FileTooLarge => format!(
+                        io::ErrorKind::FileTooLarge => format!(
                         "live/{STATE_FILE}: {e}: not a state iuk-apply wrote (damaged medium?); \
                          run `iuk-apply adopt` to write it anew"
                     ),
-                    _ => format!("live/{STATE_FILE}: {e}"),
-                },
-            }
-        })?;
+                        _ => format!("live/{STATE_FILE}: {e}"),
+                    },
+                }
+            })?;
         let sha: [u8; 32] = Sha256::digest(&bytes).into();
         let text = String::from_utf8(bytes).map_err(|_| MediumError::State {
             path: self.root.clone(),
@@ -210,20 +347,23 @@ impl Medium {
         Ok((state, text, sha))
     }
 
-    /// True when a journal file exists (an apply may need recovery).
-    pub fn journal_pending(&self) -> bool {
-        self.live_file(JOURNAL_FILE).exists()
+    /// True when a journal file exists (an apply may need recovery); a link there is refused.
+    pub fn journal_pending(&self) -> Result<bool, MediumError> {
+        Ok(self.kind(&self.live_file(JOURNAL_FILE))?.is_some())
     }
 
-    /// True when the staging directory holds anything (an interrupted apply left work).
-    pub fn staging_pending(&self) -> bool {
-        fs::read_dir(self.staging())
-            .map(|mut d| d.next().is_some())
-            .unwrap_or(false)
+    /// True when the staging directory holds anything (an interrupted apply left work); a link
+    /// there is refused.
+    pub fn staging_pending(&self) -> Result<bool, MediumError> {
+        if !self.is_dir(&self.staging())? {
+            return Ok(false);
+        }
+        Ok(!self.read_dir(&self.staging())?.is_empty())
     }
 
     /// Checks that the medium still matches its state: module file content, base present, every
-    /// layer present with its recorded size. `deep` also hashes every layer and boot file.
+    /// layer and boot file present with its recorded size. `deep` also hashes every layer and
+    /// boot file.
     pub fn check_consistent(&self, state: &State, deep: bool) -> Result<(), MediumError> {
         let changed = |what: String| {
             MediumError::Refused(format!(
@@ -232,10 +372,16 @@ impl Medium {
             ))
         };
         let module = self
-            .find(&format!("live/{}", state.module_file))
+            .find(&format!("live/{}", state.module_file))?
             .ok_or_else(|| changed(format!("live/{} is missing", state.module_file)))?;
-        let text = crate::io::read_capped(&module, MAX_MODULE)
-            .map_err(|e| changed(format!("live/{}: {e}", state.module_file)))?;
+        let text = self
+            .read_capped(&module, MAX_MODULE)
+            .map_err(|e| match io_err(&module, e) {
+                MediumError::Io { error, .. } => {
+                    changed(format!("live/{}: {error}", state.module_file))
+                }
+                other => other,
+            })?;
         let lines = |t: &str| -> Vec<String> {
             t.lines()
                 .map(|l| l.trim().to_lowercase())
@@ -248,48 +394,51 @@ impl Medium {
                 state.module_file
             )));
         }
-        if self.find(BASE).is_none() {
+        if self.find(BASE)?.is_none() {
             return Err(changed(format!("{BASE} is missing")));
         }
         for l in &state.layers {
             let rel = format!("live/{}.squashfs", l.name);
             let p = self
-                .find(&rel)
+                .find(&rel)?
                 .ok_or_else(|| changed(format!("{rel} is missing")))?;
-            let size = fs::metadata(&p)
-                .map(|m| m.len())
-                .map_err(|e| io_err(&p, e))?;
+            let size = self.file_len(&p)?;
             if size != l.size {
                 return Err(changed(format!(
                     "{rel} has {size} bytes, the state says {}",
                     l.size
                 )));
             }
-            if deep && hex_sha_of(&p)? != l.sha256 {
+            if deep && self.hex_sha_of(&p)? != l.sha256 {
                 return Err(changed(format!("{rel} does not have the recorded sha256")));
             }
         }
-        if deep {
-            for f in &state.boot_files {
-                let p = self
-                    .find(&f.path)
-                    .ok_or_else(|| changed(format!("boot file {} is missing", f.path)))?;
-                if hex_sha_of(&p)? != f.sha256 {
-                    return Err(changed(format!(
-                        "boot file {} does not have the recorded sha256",
-                        f.path
-                    )));
-                }
+        for f in &state.boot_files {
+            let p = self
+                .find(&f.path)?
+                .ok_or_else(|| changed(format!("boot file {} is missing", f.path)))?;
+            let size = self.file_len(&p)?;
+            if size != f.size {
+                return Err(changed(format!(
+                    "boot file {} has {size} bytes, the state says {}",
+                    f.path, f.size
+                )));
+            }
+            if deep && self.hex_sha_of(&p)? != f.sha256 {
+                return Err(changed(format!(
+                    "boot file {} does not have the recorded sha256",
+                    f.path
+                )));
             }
         }
         Ok(())
     }
 }
 
-/// Reads a module file (one layer file name per line) whole: at most [`MAX_MODULE`] bytes,
-/// checked before anything is allocated, and UTF-8 text.
-pub fn read_module_text(path: &Path) -> Result<String, MediumError> {
-    crate::io::read_capped_string(path, MAX_MODULE).map_err(|e| {
+/// Reads a module file (one layer file name per line) of `medium` whole: at most
+/// [`MAX_MODULE`] bytes, checked before anything is allocated, and UTF-8 text.
+pub fn read_module_text(medium: &Medium, path: &Path) -> Result<String, MediumError> {
+    let bytes = medium.read_capped(path, MAX_MODULE).map_err(|e| {
         if e.kind() == io::ErrorKind::FileTooLarge {
             refuse(format!(
                 "{}: {e}: not a module file of live-boot (damaged medium?); restore it (one \
@@ -299,30 +448,17 @@ pub fn read_module_text(path: &Path) -> Result<String, MediumError> {
         } else {
             io_err(path, e)
         }
+    })?;
+    String::from_utf8(bytes).map_err(|_| {
+        io_err(
+            path,
+            io::Error::new(io::ErrorKind::InvalidData, "not UTF-8 text"),
+        )
     })
 }
 
-/// The existing child of `dir` named `name`, compared case-insensitively (an exact match wins).
-pub fn find_child(dir: &Path, name: &str) -> Option<PathBuf> {
-    let exact = dir.join(name);
-    if fs::symlink_metadata(&exact).is_ok() {
-        return Some(exact);
-    }
-    let lower = name.to_lowercase();
-    fs::read_dir(dir)
-        .ok()?
-        .filter_map(|e| e.ok())
-        .find(|e| {
-            e.file_name()
-                .to_str()
-                .is_some_and(|n| n.to_lowercase() == lower)
-        })
-        .map(|e| e.path())
-}
-
-/// The sha256 of a file on the medium.
-pub fn sha_of(path: &Path) -> Result<[u8; 32], MediumError> {
-    let mut f = File::open(path).map_err(|e| io_err(path, e))?;
+/// The sha256 of an open file (`path` names it in errors).
+pub fn sha_of_file(mut f: File, path: &Path) -> Result<[u8; 32], MediumError> {
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
@@ -333,11 +469,6 @@ pub fn sha_of(path: &Path) -> Result<[u8; 32], MediumError> {
         h.update(&buf[..n]);
     }
     Ok(h.finalize().into())
-}
-
-/// [`sha_of`] in lower-case hex.
-pub fn hex_sha_of(path: &Path) -> Result<String, MediumError> {
-    Ok(crate::tree::hex(&sha_of(path)?))
 }
 
 /// True when a name can be created on a FAT filesystem (no control characters, none of
@@ -362,6 +493,7 @@ pub fn safe_relative_path(path: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     #[test]
     fn path_rules() {
@@ -382,9 +514,10 @@ mod tests {
         fs::write(d.path().join("EFI/Boot/GRUB.cfg"), b"x").unwrap();
         let m = Medium::new(d.path());
         assert_eq!(
-            m.find("efi/boot/grub.cfg"),
+            m.find("efi/boot/grub.cfg").unwrap(),
             Some(d.path().join("EFI/Boot/GRUB.cfg"))
         );
-        assert_eq!(m.find("efi/boot/none"), None);
+        assert_eq!(m.find("efi/boot/none").unwrap(), None);
+        assert_eq!(m.find("efi/boot/grub.cfg/x").unwrap(), None);
     }
 }

@@ -17,9 +17,7 @@ use super::journal::{Delete, Journal, Write, MAX_JOURNAL};
 use super::proposal::{iuk_proposal, legacy_proposal, parse_hex, Proposal};
 use super::signed_udf::{self, Listed, SignedUdf, VerifiedUdf};
 use super::state::{Layer, State};
-use super::{
-    find_child, io_err, refuse, safe_relative_path, sha_of, Medium, MediumError, STATE_FILE,
-};
+use super::{io_err, refuse, safe_relative_path, Medium, MediumError, MAX_MEDIUM_FILE, STATE_FILE};
 use crate::boot::{
     check_bootable, is_protected, loader_config_text, MAX_LOADER_CONFIG, MONITORED_DIRS,
 };
@@ -250,15 +248,19 @@ pub fn staged_name(i: usize) -> String {
 
 /// Where a new boot file can be written at its final name: its parent directory exists (found
 /// case-insensitively) and nothing of that name is in it.
-pub fn direct_target(medium: &Medium, rel: &str) -> Option<PathBuf> {
+/// A link on the way is refused.
+pub fn direct_target(medium: &Medium, rel: &str) -> Result<Option<PathBuf>, MediumError> {
     let (dir, name) = match rel.rsplit_once('/') {
-        Some((d, n)) => (medium.find(d)?, n),
+        Some((d, n)) => match medium.find(d)? {
+            Some(dir) => (dir, n),
+            None => return Ok(None),
+        },
         None => (medium.root.clone(), rel),
     };
-    if !dir.is_dir() || find_child(&dir, name).is_some() {
-        return None;
+    if !medium.is_dir(&dir)? || medium.find_child(&dir, name)?.is_some() {
+        return Ok(None);
     }
-    Some(dir.join(name))
+    Ok(Some(dir.join(name)))
 }
 
 /// Verifies a kit against a medium and computes what applying it would do. Writes nothing.
@@ -273,9 +275,13 @@ pub fn plan(
 ) -> Result<Plan, MediumError> {
     let kit_name = kit_path.display().to_string();
     let bad_kit = |what: String| refuse(format!("{kit_name}: {what}"));
-    if medium.journal_pending() || medium.staging_pending() {
+    if medium.journal_pending()? || medium.staging_pending()? {
         return Err(MediumError::PendingRecovery(medium.root.clone()));
     }
+    // live/ (layers, module files, state, keyrings, journal) and the staging directory hold no
+    // link: the apply reads, writes and deletes there.
+    medium.refuse_links_in(&medium.live())?;
+    medium.refuse_links_in(&medium.staging())?;
     let (state, _, old_state_sha) = medium.read_state()?;
     let verified_udf = check_trust(medium, &state, opts, &kit_name)?;
     let listed = check_listing(
@@ -300,6 +306,15 @@ pub fn plan(
     let model = check_model(medium, &state, &c, opts, &kit_name)?;
     let writes = boot_writes(medium, &state, &c, &bad_kit)?;
     let deletes = plan_deletes(medium, &state, &c, model, &writes)?;
+    // Every path the commit will touch resolves without a link (a link is refused, naming it,
+    // before anything is written).
+    for rel in writes
+        .iter()
+        .map(|w| &w.path)
+        .chain(deletes.iter().map(|d| &d.path))
+    {
+        medium.find(rel)?;
+    }
     let new_state = next_state(&state, &c, model, opts);
     if state.keyring.is_none() {
         warnings.push(format!(
@@ -501,9 +516,11 @@ fn kit_leaves_a_bootable_medium(
         }
         let on_medium = medium
             .find(path)
+            .map_err(|e| e.to_string())?
             .ok_or("neither in the kit nor on the medium")?;
-        let bytes = crate::io::read_capped(&on_medium, MAX_LOADER_CONFIG)
-            .map_err(|e| format!("{}: {e}", on_medium.display()))?;
+        let bytes = medium
+            .read_capped(&on_medium, MAX_LOADER_CONFIG)
+            .map_err(|e| io_err(&on_medium, e).to_string())?;
         Ok(String::from_utf8_lossy(&bytes).into_owned())
     })
     .map_err(|e| bad_kit(format!("its boot tree: {e}")))
@@ -606,7 +623,7 @@ fn check_model(
     // The medium still matches its state; the layer name is free.
     medium.check_consistent(state, false)?;
     let layer_rel = format!("live/{}.squashfs", c.layer);
-    if medium.find(&layer_rel).is_some()
+    if medium.find(&layer_rel)?.is_some()
         || state
             .layers
             .iter()
@@ -631,15 +648,31 @@ fn boot_writes(
     let mut writes = Vec::new();
     for e in &c.boot_tree {
         let want = parse_hex(&e.sha256, &e.path)?;
+        if e.size > MAX_MEDIUM_FILE {
+            return Err(bad_kit(format!(
+                "boot file {} declares {} bytes, more than the {MAX_MEDIUM_FILE} bytes a FAT \
+                 medium holds in one file",
+                e.path, e.size
+            )));
+        }
         let current = state
             .boot_files
             .iter()
             .find(|f| f.path.eq_ignore_ascii_case(&e.path));
-        let on_medium_same = match current {
-            Some(f) => f.sha256 == e.sha256 && medium.find(&e.path).is_some(),
-            None => false,
+        let on_medium = match current {
+            Some(f) if f.sha256 == e.sha256 => medium.find(&e.path)?,
+            _ => None,
         };
-        if on_medium_same {
+        if let Some(p) = on_medium {
+            // Kept as it is: the state will record the size the file has.
+            let size = medium.file_len(&p)?;
+            if size != e.size {
+                return Err(bad_kit(format!(
+                    "boot file {} declares {} bytes; the medium's copy, which the kit keeps, \
+                     has {size}",
+                    e.path, e.size
+                )));
+            }
             continue;
         }
         let (content, sha) = c.overlay.get(&e.path.to_ascii_lowercase()).ok_or_else(|| {
@@ -648,21 +681,19 @@ fn boot_writes(
                 e.path
             ))
         })?;
-        if *sha != want {
+        if *sha != want || content.size != e.size {
             return Err(bad_kit(format!(
-                "boot file {} differs from its overlay copy",
-                e.path
+                "boot file {} differs from its overlay copy ({} bytes declared, {} carried, or \
+                 another sha256)",
+                e.path, e.size, content.size
             )));
         }
-        let existing = medium.find(&e.path);
+        let existing = medium.find(&e.path)?;
         let (old, old_size) = match &existing {
-            Some(p) if p.is_file() => (
-                Some(sha_of(p)?),
-                fs::metadata(p).map_err(|e| io_err(p, e))?.len(),
-            ),
+            Some(p) if medium.is_file(p)? => (Some(medium.sha_of(p)?), medium.file_len(p)?),
             _ => (None, 0),
         };
-        let direct = existing.is_none() && direct_target(medium, &e.path).is_some();
+        let direct = existing.is_none() && direct_target(medium, &e.path)?.is_some();
         writes.push(BootWrite {
             path: e.path.clone(),
             sha256: want,
@@ -714,7 +745,7 @@ fn plan_deletes(
         .map(|e| e.path.to_ascii_lowercase())
         .collect();
     for d in &c.delete_files {
-        let Some(p) = medium.find(d) else { continue };
+        let Some(p) = medium.find(d)? else { continue };
         collect_deletes(medium, &p, &keep, &mut deletes)?;
     }
     let mut seen = HashSet::new();
@@ -772,13 +803,11 @@ fn check_space(
     bad_kit: &dyn Fn(String) -> MediumError,
     warnings: &mut Vec<String>,
 ) -> Result<Space, MediumError> {
-    let old_state_len = fs::metadata(medium.live_file(STATE_FILE))
-        .map(|m| m.len())
-        .unwrap_or(0);
-    let old_module_len = medium
-        .find(&format!("live/{}", state.module_file))
-        .and_then(|p| fs::metadata(p).ok())
-        .map_or(0, |m| m.len());
+    let old_state_len = medium.file_len(&medium.live_file(STATE_FILE))?;
+    let old_module_len = match medium.find(&format!("live/{}", state.module_file))? {
+        Some(p) => medium.file_len(&p)?,
+        None => 0,
+    };
     let journal_len = plan_journal(old_state_sha, new_state, writes, deletes)
         .encode()
         .len();
@@ -870,15 +899,9 @@ fn collect_deletes(
     if is_protected(&rel) || written.contains(&rel.to_ascii_lowercase()) {
         return Ok(());
     }
-    let md = fs::symlink_metadata(path).map_err(|e| io_err(path, e))?;
-    if md.is_dir() {
-        let mut children: Vec<PathBuf> = fs::read_dir(path)
-            .map_err(|e| io_err(path, e))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .collect();
-        children.sort();
-        for ch in children {
-            collect_deletes(medium, &ch, written, deletes)?;
+    if medium.is_dir(path)? {
+        for (name, _) in medium.read_dir(path)? {
+            collect_deletes(medium, &path.join(name), written, deletes)?;
         }
         deletes.push(Delete {
             path: rel,
@@ -887,7 +910,7 @@ fn collect_deletes(
     } else {
         deletes.push(Delete {
             path: rel,
-            old: Some(sha_of(path)?),
+            old: Some(medium.sha_of(path)?),
         });
     }
     Ok(())

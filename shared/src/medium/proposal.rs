@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet};
 use super::journal::parse_sha256;
 use super::stack::{hash_tree, read_image_tree, stack_layer};
 use super::state::State;
-use super::{refuse, safe_relative_path, Medium, MediumError, BASE};
+use super::{refuse, safe_relative_path, Medium, MediumError, BASE, MAX_MEDIUM_FILE};
 use crate::boot::is_protected;
 use crate::diff::HashedTree;
 use crate::kit::{FileEntry, Kit, LegacyKit, GENERATOR};
@@ -142,6 +142,13 @@ pub fn iuk_proposal(
                 content.size, e.size
             )));
         }
+        if e.size > MAX_MEDIUM_FILE {
+            return Err(bad_kit(format!(
+                "{kit_path_in} has {} bytes, more than the {MAX_MEDIUM_FILE} bytes a FAT medium \
+                 holds in one file",
+                e.size
+            )));
+        }
         let want = parse_hex(&e.sha256, &kit_path_in)?;
         let got = content
             .sha256_with(|n| {
@@ -218,6 +225,13 @@ pub fn legacy_proposal(
     let mut overlay: HashMap<String, (Content, [u8; 32])> = HashMap::new();
     let mut carried: Vec<FileEntry> = Vec::new();
     for (rel, content) in &files {
+        if content.size > MAX_MEDIUM_FILE {
+            return Err(bad_kit(format!(
+                "overlay/{rel} has {} bytes, more than the {MAX_MEDIUM_FILE} bytes a FAT medium \
+                 holds in one file",
+                content.size
+            )));
+        }
         let sha = content
             .sha256_with(|n| {
                 done.set(done.get().saturating_add(n));
@@ -355,9 +369,13 @@ fn legacy_new_root(
     progress: &dyn Progress,
 ) -> Result<(HashedTree, String, String), MediumError> {
     let base_path = medium
-        .find(BASE)
+        .find(BASE)?
         .ok_or_else(|| refuse(format!("{}: no {BASE}", medium.root.display())))?;
-    let base = hash_tree(read_image_tree(&base_path)?, "hashing base", progress)?;
+    let base = hash_tree(
+        read_image_tree(medium, &base_path)?,
+        "hashing base",
+        progress,
+    )?;
     let layer_name = format!("overlay/{layer_rel}");
     let image = layer
         .source

@@ -14,7 +14,6 @@
 //!   are deleted too: an interrupted `trust` (or `adopt --keyring`) wrote them before its
 //!   commit. Never the keyring the state names; nothing when the state cannot be read.
 
-use std::fs;
 use std::io;
 use std::path::PathBuf;
 
@@ -48,17 +47,23 @@ pub enum Recovery {
 /// Recovers the medium. The caller holds the lock.
 pub fn recover(medium: &Medium, fs: &mut dyn MediumFs) -> Result<Recovery, MediumError> {
     let jpath = medium.live_file(JOURNAL_FILE);
+    // Recover reads and may delete anything in live/ and the staging directory: a link there
+    // (or as either directory) is refused before anything is written.
+    medium.refuse_links_in(&medium.live())?;
+    medium.refuse_links_in(&medium.staging())?;
     // A state over the cap is unreadable, as one that does not parse.
-    let state_bytes = crate::io::read_capped(&medium.live_file(STATE_FILE), MAX_STATE as u64).ok();
+    let state_bytes = medium
+        .read_capped(&medium.live_file(STATE_FILE), MAX_STATE as u64)
+        .ok();
     let state_sha: Option<[u8; 32]> = state_bytes.as_ref().map(|b| Sha256::digest(b).into());
     let state_ok = state_bytes
         .as_ref()
         .and_then(|b| std::str::from_utf8(b).ok())
         .is_some_and(|t| super::state::State::from_yaml(t).is_ok());
-    if jpath.exists() {
+    if medium.journal_pending()? {
         // A journal over MAX_JOURNAL was never committed (a committed one is never larger):
         // it is stale or torn, and not read at all.
-        let bytes = match crate::io::read_capped(&jpath, MAX_JOURNAL as u64) {
+        let bytes = match medium.read_capped(&jpath, MAX_JOURNAL as u64) {
             Ok(b) => Some(b),
             Err(e) if e.kind() == io::ErrorKind::FileTooLarge => None,
             Err(e) => return Err(io_err(&jpath, e)),
@@ -74,7 +79,7 @@ pub fn recover(medium: &Medium, fs: &mut dyn MediumFs) -> Result<Recovery, Mediu
         // Stale or torn: zero it, then remove it.
         discard_journal(medium, fs)?;
         let strays = remove_stray_keyrings(medium, state_ok, fs)?;
-        if !medium.staging_pending() {
+        if !medium.staging_pending()? {
             return Ok(if strays > 0 {
                 Recovery::Discarded
             } else {
@@ -83,11 +88,11 @@ pub fn recover(medium: &Medium, fs: &mut dyn MediumFs) -> Result<Recovery, Mediu
         }
     } else {
         let strays = remove_stray_keyrings(medium, state_ok, fs)?;
-        if strays > 0 && !medium.staging_pending() {
+        if strays > 0 && !medium.staging_pending()? {
             return Ok(Recovery::Discarded);
         }
     }
-    if !medium.staging_pending() {
+    if !medium.staging_pending()? {
         return Ok(Recovery::Clean);
     }
     if !state_ok {
@@ -101,9 +106,13 @@ pub fn recover(medium: &Medium, fs: &mut dyn MediumFs) -> Result<Recovery, Mediu
     let intent = staging.join(INTENT_FILE);
     // The layer named in the intent, unless a module file lists it or it is the base.
     // An intent over its cap is damaged, as one that is not text: its deletions are skipped.
-    if let Ok(text) = crate::io::read_capped_string(&intent, MAX_INTENT) {
+    let intent_text = medium
+        .read_capped(&intent, MAX_INTENT)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok());
+    if let Some(text) = intent_text {
         if let Some(name) = text.lines().find_map(|l| l.strip_prefix("layer ")) {
-            let listed = listed_layers(medium);
+            let listed = listed_layers(medium)?;
             let rel = format!("live/{name}.squashfs");
             // A module file too large to read might list it: kept.
             let unknown = listed.is_none();
@@ -120,7 +129,7 @@ pub fn recover(medium: &Medium, fs: &mut dyn MediumFs) -> Result<Recovery, Mediu
                     .iter()
                     .any(|l| l.eq_ignore_ascii_case(&format!("{name}.squashfs")))
             {
-                if let Some(p) = medium.find(&rel) {
+                if let Some(p) = medium.find(&rel)? {
                     fs.unlink(&p).map_err(|e| io_err(&p, e))?;
                     let live = medium.live();
                     fs.fsync_dir(&live).map_err(|e| io_err(&live, e))?;
@@ -137,9 +146,11 @@ pub fn recover(medium: &Medium, fs: &mut dyn MediumFs) -> Result<Recovery, Mediu
             if listed || !safe_relative_path(rel) || is_protected(rel) {
                 continue;
             }
-            if let Some(p) = medium.find(rel).filter(|p| p.is_file()) {
-                fs.unlink(&p).map_err(|e| io_err(&p, e))?;
-                touched.push(parent_of(&p));
+            if let Some(p) = medium.find(rel)? {
+                if medium.is_file(&p)? {
+                    fs.unlink(&p).map_err(|e| io_err(&p, e))?;
+                    touched.push(parent_of(&p));
+                }
             }
         }
         touched.sort();
@@ -148,11 +159,11 @@ pub fn recover(medium: &Medium, fs: &mut dyn MediumFs) -> Result<Recovery, Mediu
             fs.fsync_dir(&d).map_err(|e| io_err(&d, e))?;
         }
     }
-    let mut names: Vec<PathBuf> = fs::read_dir(&staging)
-        .map_err(|e| io_err(&staging, e))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
+    let mut names: Vec<PathBuf> = medium
+        .read_dir(&staging)?
+        .into_iter()
+        .map(|(n, _)| staging.join(n))
         .collect();
-    names.sort();
     // The intent goes last, so an interrupted recovery still knows the layer.
     names.sort_by_key(|p| p.file_name().is_some_and(|n| n == INTENT_FILE));
     for p in names {
@@ -172,7 +183,7 @@ fn remove_stray_keyrings(
         return Ok(0);
     }
     let (state, _, _) = medium.read_state()?;
-    let strays = stray_keyrings(medium, &state);
+    let strays = stray_keyrings(medium, &state)?;
     for p in &strays {
         fs.unlink(p).map_err(|e| io_err(p, e))?;
     }
@@ -186,25 +197,29 @@ fn remove_stray_keyrings(
 /// Every layer file name any module file in `live/` lists; None when a module file is too large
 /// to read ([`MAX_MODULE`]), so that what it lists is not known. Module files that cannot be
 /// read otherwise (not text) are skipped.
-fn listed_layers(medium: &Medium) -> Option<Vec<String>> {
+fn listed_layers(medium: &Medium) -> Result<Option<Vec<String>>, MediumError> {
     let mut out = Vec::new();
-    if let Ok(entries) = fs::read_dir(medium.live()) {
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().to_lowercase();
-            if name.ends_with(".module") {
-                match crate::io::read_capped_string(&e.path(), MAX_MODULE) {
-                    Ok(text) => out.extend(
-                        text.lines()
-                            .map(|l| l.trim().to_string())
-                            .filter(|l| !l.is_empty()),
-                    ),
-                    Err(e) if e.kind() == io::ErrorKind::FileTooLarge => return None,
-                    Err(_) => {}
-                }
+    let live = medium.live();
+    for (name, _) in medium.read_dir(&live)? {
+        if name.to_string_lossy().to_lowercase().ends_with(".module") {
+            let bytes = match medium.read_capped(&live.join(&name), MAX_MODULE) {
+                Ok(b) => b,
+                Err(e) if e.kind() == io::ErrorKind::FileTooLarge => return Ok(None),
+                Err(e) => match io_err(&live.join(&name), e) {
+                    MediumError::Symlink(p) => return Err(MediumError::Symlink(p)),
+                    _ => continue,
+                },
+            };
+            if let Ok(text) = String::from_utf8(bytes) {
+                out.extend(
+                    text.lines()
+                        .map(|l| l.trim().to_string())
+                        .filter(|l| !l.is_empty()),
+                );
             }
         }
     }
-    Some(out)
+    Ok(Some(out))
 }
 
 #[cfg(test)]
@@ -217,6 +232,7 @@ mod tests {
     use crate::medium::fsops::RealFs;
     use crate::medium::init::{init, InitOptions};
     use crate::medium::state::State;
+    use std::fs;
     use std::fs::File;
     use std::path::Path;
     use std::process::{Command, Stdio};
@@ -232,7 +248,7 @@ mod tests {
     fn medium(dir: &Path) -> Medium {
         let m = Medium::new(&dir.join("medium"));
         let iso = Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/Tails-6.9.iso");
-        init(&m, &iso, &InitOptions::default(), &mut RealFs::new()).unwrap();
+        init(&m, &iso, &InitOptions::default(), &mut RealFs::new(&m.root)).unwrap();
         m
     }
 
@@ -285,7 +301,7 @@ mod tests {
         if let Some(m) = child_medium() {
             let t = Instant::now();
             assert_eq!(
-                recover(&m, &mut RealFs::new()).unwrap(),
+                recover(&m, &mut RealFs::new(&m.root)).unwrap(),
                 Recovery::StaleJournalRemoved
             );
             assert!(t.elapsed() < QUICK, "{:?}", t.elapsed());
@@ -300,7 +316,7 @@ mod tests {
             "medium::recover::tests::a_huge_sparse_journal_is_removed_as_stale_quickly_in_bounded_memory",
             &m,
         );
-        assert!(!m.journal_pending());
+        assert!(!m.journal_pending().unwrap());
         assert_eq!(fs::read(m.live_file(STATE_FILE)).unwrap(), before);
         let (s, _, _) = m.read_state().unwrap();
         m.check_consistent(&s, true).unwrap();
@@ -318,7 +334,10 @@ mod tests {
                 "{e}"
             );
             assert!(!e.contains('\n'), "{e:?}");
-            assert_eq!(recover(&m, &mut RealFs::new()).unwrap(), Recovery::Clean);
+            assert_eq!(
+                recover(&m, &mut RealFs::new(&m.root)).unwrap(),
+                Recovery::Clean
+            );
             assert!(t.elapsed() < QUICK, "{:?}", t.elapsed());
             assert_bounded_memory();
             return;
@@ -351,12 +370,12 @@ mod tests {
         sparse(&m.live_file(STATE_FILE), 2 << 30);
         let t = Instant::now();
         assert_eq!(
-            recover(&m, &mut RealFs::new()).unwrap(),
+            recover(&m, &mut RealFs::new(&m.root)).unwrap(),
             Recovery::Completed
         );
         assert!(t.elapsed() < QUICK, "{:?}", t.elapsed());
         assert_eq!(fs::read_to_string(m.live_file(STATE_FILE)).unwrap(), text);
-        assert!(!m.journal_pending());
+        assert!(!m.journal_pending().unwrap());
         State::from_yaml(&text).unwrap();
     }
 
@@ -372,7 +391,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            recover(&m, &mut RealFs::new()).unwrap(),
+            recover(&m, &mut RealFs::new(&m.root)).unwrap(),
             Recovery::StaleJournalRemoved
         );
         assert!(!jpath.exists());
@@ -393,10 +412,10 @@ mod tests {
         .unwrap();
         sparse(&m.live_file("filesystem.Other.module"), 1 << 30);
         assert_eq!(
-            recover(&m, &mut RealFs::new()).unwrap(),
+            recover(&m, &mut RealFs::new(&m.root)).unwrap(),
             Recovery::Discarded
         );
         assert!(layer.exists());
-        assert!(!m.staging_pending());
+        assert!(!m.staging_pending().unwrap());
     }
 }

@@ -4,29 +4,41 @@
 //! (`verify --deep`). `adopt`, `plan` and `verify` read layers through this module.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use super::state::State;
 use super::{refuse, Medium, MediumError, BASE};
 use crate::diff::HashedTree;
+use crate::io::FileImage;
 use crate::progress::Progress;
 use crate::squashfs::archive::Archive;
 use crate::tree::{hex, Tree};
 
 /// The tree of the SquashFS image at `path` on the medium (the reader's errors name the image;
-/// the refusal says the medium is damaged).
-pub fn read_image_tree(path: &Path) -> Result<Tree, MediumError> {
-    read_raw(path).map_err(|e| {
+/// the refusal says the medium is damaged). The image is opened without following links.
+pub fn read_image_tree(medium: &Medium, path: &Path) -> Result<Tree, MediumError> {
+    let archive = open_image(medium, path)?;
+    read_raw(&archive).map_err(|e| {
         refuse(format!(
             "{e}; an image on the medium is unreadable (damaged medium?): reinstall the medium"
         ))
     })
 }
 
-/// The tree of the image at `path`, or the reader's own message (which names the image).
-fn read_raw(path: &Path) -> Result<Tree, String> {
-    Archive::open(path)
-        .and_then(|a| a.read_tree())
-        .map_err(|e| e.to_string())
+/// Opens the image at `path` on the medium (never through a link) with the reader's checks.
+pub fn open_image(medium: &Medium, path: &Path) -> Result<Arc<Archive>, MediumError> {
+    let file = medium.open(path)?;
+    let image = FileImage::new(file).map_err(|e| super::io_err(path, e))?;
+    Archive::from_image(Arc::new(image), path.display().to_string()).map_err(|e| {
+        refuse(format!(
+            "{e}; an image on the medium is unreadable (damaged medium?): reinstall the medium"
+        ))
+    })
+}
+
+/// The tree of an open image, or the reader's own message (which names the image).
+fn read_raw(archive: &Arc<Archive>) -> Result<Tree, String> {
+    archive.read_tree().map_err(|e| e.to_string())
 }
 
 /// Checks the trees the medium's layers stack to against the state, in userspace: the base's
@@ -45,9 +57,14 @@ pub fn verify_trees(
     };
     let open = |rel: &str| -> Result<HashedTree, MediumError> {
         let p = medium
-            .find(rel)
+            .find(rel)?
             .ok_or_else(|| changed(format!("{rel} is missing")))?;
-        let tree = read_raw(&p).map_err(changed)?;
+        let file = medium.open(&p)?;
+        let image = FileImage::new(file).map_err(|e| super::io_err(&p, e))?;
+        let tree = Archive::from_image(Arc::new(image), p.display().to_string())
+            .map_err(|e| e.to_string())
+            .and_then(|a| read_raw(&a))
+            .map_err(changed)?;
         hash_tree(tree, &format!("hashing {rel}"), progress)
     };
     let mut stack = open(BASE)?;

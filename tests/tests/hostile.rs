@@ -1,0 +1,308 @@
+//! Hostile media and inputs, generated case by case ("Hostile media and inputs"): every command
+//! on a medium that holds symbolic links — a boot directory that points outside, the staging
+//! directory, the state, the lock, the journal, a layer, `live/` itself — either works without
+//! following any link, or refuses with one line that names the link; the medium and everything
+//! outside it stay byte-identical.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::symlink;
+use std::path::Path;
+
+use iuk_e2e::{copy_tree, require_root_or_skip, run, sha256_file, Run};
+
+use crate::apply::{build_kit, ia, init_medium, rebuild_kit, tmpdir};
+
+/// Every entry under `root` (links recorded as links, never followed): relative path → what it
+/// is (`dir`, `file SIZE SHA256`, `link TARGET`).
+fn listing(root: &Path) -> BTreeMap<String, String> {
+    fn walk(root: &Path, d: &Path, out: &mut BTreeMap<String, String>) {
+        let Ok(entries) = fs::read_dir(d) else {
+            return;
+        };
+        for e in entries.map(|e| e.unwrap()) {
+            let p = e.path();
+            let rel = p.strip_prefix(root).unwrap().display().to_string();
+            let md = fs::symlink_metadata(&p).unwrap();
+            if md.file_type().is_symlink() {
+                let t = fs::read_link(&p).unwrap();
+                out.insert(rel, format!("link {}", t.display()));
+            } else if md.is_dir() {
+                out.insert(rel, "dir".into());
+                walk(root, &p, out);
+            } else {
+                out.insert(rel, format!("file {} {}", md.len(), sha256_file(&p)));
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(root, root, &mut out);
+    out
+}
+
+/// A medium with one hostile link, and the directory outside the medium it points into.
+struct Case {
+    name: &'static str,
+    /// The link's path on the medium, as errors must name it.
+    link: &'static str,
+    /// Commands that must refuse (they read, write or delete through the link).
+    must_refuse: &'static [&'static str],
+}
+
+/// Makes the case's link on `m`, pointing into `outside` (which gets a victim file).
+fn make_link(case: &Case, m: &Path, outside: &Path) {
+    fs::create_dir_all(outside).unwrap();
+    fs::write(outside.join("victim"), b"outside the medium\n").unwrap();
+    let link = m.join(case.link);
+    if link.exists() {
+        // Move what was there outside, so the link shows the same content.
+        let moved = outside.join("moved");
+        fs::rename(&link, &moved).unwrap();
+        symlink(&moved, &link).unwrap();
+    } else {
+        symlink(outside, &link).unwrap();
+    }
+}
+
+/// The commands run on every hostile medium: (name, arguments after `--medium M`).
+fn commands(kit: &Path, bad_kit: &Path) -> Vec<(&'static str, Vec<String>)> {
+    let k = kit.display().to_string();
+    let b = bad_kit.display().to_string();
+    vec![
+        ("status", vec!["status".into()]),
+        ("verify", vec!["verify".into()]),
+        ("verify --deep", vec!["verify".into(), "--deep".into()]),
+        ("check", vec!["check".into(), k.clone()]),
+        ("check bad", vec!["check".into(), b.clone()]),
+        ("recover", vec!["recover".into()]),
+        ("apply bad", vec!["apply".into(), b]),
+        ("apply", vec!["apply".into(), k]),
+        ("adopt", vec!["adopt".into()]),
+    ]
+}
+
+fn run_on(m: &Path, args: &[String]) -> Run {
+    let mut c = ia(&args[0], m);
+    c.args(&args[1..]);
+    run(&mut c)
+}
+
+#[test]
+fn symlinks_on_the_medium_are_never_followed() {
+    if !require_root_or_skip() {
+        return;
+    }
+    let work = tmpdir();
+    let w = work.path();
+    let kit = build_kit("6.9", "6.10");
+    // A kit that deletes a file below a linked directory of a monitored boot directory.
+    let bad = w.join("bad.iuk");
+    rebuild_kit(&kit, &bad, None, |c, _| {
+        c.delete_files.push("EFI/BOOT/lnk/victim".into())
+    });
+    let clean = w.join("clean");
+    init_medium(&clean, "6.9");
+    // A boot directory the kit writes into (the first of its boot files in a subdirectory).
+    let control = iuk::kit::Kit::open(&kit).unwrap().control;
+    let boot_dir: &'static str = control
+        .overlay
+        .iter()
+        .filter(|e| !e.path.starts_with("live/"))
+        .find_map(|e| e.path.split_once('/').map(|(d, _)| d.to_string()))
+        .map(|d| &*Box::leak(d.into_boxed_str()))
+        .expect("the kit writes a boot file in a directory");
+    let cases = [
+        Case {
+            name: "a link inside a monitored boot directory, named by delete_files",
+            link: "EFI/BOOT/lnk",
+            must_refuse: &["apply bad", "check bad"],
+        },
+        Case {
+            name: "a boot directory the kit writes into",
+            link: boot_dir,
+            must_refuse: &["apply", "check", "verify --deep", "adopt"],
+        },
+        Case {
+            name: "the staging directory",
+            link: "live/iuk-staging",
+            must_refuse: &["recover", "apply", "check", "adopt"],
+        },
+        Case {
+            name: "the state",
+            link: "live/iuk-state.yml",
+            must_refuse: &["status", "verify", "check", "recover", "apply", "adopt"],
+        },
+        Case {
+            name: "the lock",
+            link: "live/iuk.lock",
+            must_refuse: &["recover", "apply", "adopt"],
+        },
+        Case {
+            name: "the module file",
+            link: "live/Tails.module",
+            must_refuse: &["verify", "check", "apply", "recover", "adopt"],
+        },
+        Case {
+            name: "the base",
+            link: "live/filesystem.squashfs",
+            must_refuse: &["verify", "verify --deep", "check", "apply", "adopt"],
+        },
+        Case {
+            name: "live/ itself",
+            link: "live",
+            must_refuse: &["status", "verify", "check", "recover", "apply", "adopt"],
+        },
+    ];
+    let mut refusals = 0;
+    for case in &cases {
+        for (cmd, args) in commands(&kit, &bad) {
+            let dir = w.join("case");
+            let m = dir.join("medium");
+            let outside = dir.join("outside");
+            fs::create_dir_all(&dir).unwrap();
+            copy_tree(&clean, &m);
+            make_link(case, &m, &outside);
+            let (m_before, o_before) = (listing(&m), listing(&outside));
+            let r = run_on(&m, &args);
+            let what = format!("{} ({}), `{cmd}`", case.name, case.link);
+            assert!(!r.stderr.contains("panicked"), "{what}: panicked: {r}");
+            assert_eq!(
+                listing(&outside),
+                o_before,
+                "{what}: changed files outside the medium: {r}"
+            );
+            if case.must_refuse.contains(&cmd) {
+                assert_eq!(r.code, Some(1), "{what}: not refused: {r}");
+                let lines: Vec<&str> = r.stderr.lines().collect();
+                assert_eq!(lines.len(), 1, "{what}: not one line: {r}");
+                assert!(
+                    lines[0].contains(&m.join(case.link).display().to_string())
+                        && lines[0].contains("symbolic link"),
+                    "{what}: the error does not name the link: {r}"
+                );
+            }
+            if !r.ok() {
+                assert_eq!(r.code, Some(1), "{what}: {r}");
+                let mut after = listing(&m);
+                // The lock file is the one file a refused command may leave (created by adopt).
+                after.remove("live/iuk.lock");
+                let mut before = m_before.clone();
+                before.remove("live/iuk.lock");
+                assert_eq!(after, before, "{what}: the refusal changed the medium: {r}");
+                refusals += 1;
+            }
+            fs::remove_dir_all(&dir).unwrap();
+        }
+    }
+    eprintln!("hostile symlinks: {refusals} refusals");
+}
+
+/// The state of a medium, parsed.
+fn state_of(m: &Path) -> iuk::medium::state::State {
+    let text = fs::read_to_string(m.join("live/iuk-state.yml")).unwrap();
+    iuk::medium::state::State::from_yaml(&text).unwrap()
+}
+
+/// Every size and sha256 the state records is the one the file on the medium has.
+fn assert_state_matches_medium(m: &Path, what: &str) {
+    let s = state_of(m);
+    for l in &s.layers {
+        let p = m.join(format!("live/{}.squashfs", l.name));
+        assert_eq!(
+            fs::metadata(&p).unwrap().len(),
+            l.size,
+            "{what}: {}",
+            p.display()
+        );
+        assert_eq!(sha256_file(&p), l.sha256, "{what}: {}", p.display());
+    }
+    for f in &s.boot_files {
+        let p = m.join(&f.path);
+        assert_eq!(
+            fs::metadata(&p).unwrap().len(),
+            f.size,
+            "{what}: {}",
+            p.display()
+        );
+        assert_eq!(sha256_file(&p), f.sha256, "{what}: {}", p.display());
+    }
+}
+
+#[test]
+fn no_size_lie_reaches_the_state() {
+    if !require_root_or_skip() {
+        return;
+    }
+    let work = tmpdir();
+    let w = work.path();
+    let kit = build_kit("6.9", "6.10");
+    let clean = w.join("clean");
+    init_medium(&clean, "6.9");
+    assert_state_matches_medium(&clean, "after init");
+    let control = iuk::kit::Kit::open(&kit).unwrap().control;
+    let carried = |p: &str| control.overlay.iter().any(|e| e.path == p);
+    let kept = control
+        .boot_tree
+        .iter()
+        .find(|e| !carried(&e.path))
+        .expect("a boot file the kit keeps")
+        .path
+        .clone();
+    let written = control
+        .boot_tree
+        .iter()
+        .find(|e| carried(&e.path))
+        .expect("a boot file the kit writes")
+        .path
+        .clone();
+    let lies: Vec<(String, u64)> = vec![
+        (kept.clone(), i64::MAX as u64),
+        (kept.clone(), 0),
+        (written.clone(), i64::MAX as u64),
+        (written.clone(), 1 << 32),
+    ];
+    for (i, (path, size)) in lies.iter().enumerate() {
+        let bad = w.join(format!("lie-{i}.iuk"));
+        rebuild_kit(&kit, &bad, None, |c, _| {
+            for e in c.boot_tree.iter_mut().filter(|e| e.path == *path) {
+                e.size = *size;
+            }
+        });
+        let m = w.join(format!("m-{i}"));
+        copy_tree(&clean, &m);
+        let before = listing(&m);
+        for cmd in ["check", "apply"] {
+            let mut c = ia(cmd, &m);
+            c.arg(&bad);
+            let r = run(&mut c);
+            let what = format!("boot file {path} declared with {size} bytes, `{cmd}`");
+            assert_eq!(r.code, Some(1), "{what}: not refused: {r}");
+            assert_eq!(r.stderr.lines().count(), 1, "{what}: {r}");
+            assert!(r.stderr.contains(path.as_str()), "{what}: {r}");
+            assert_eq!(listing(&m), before, "{what}: the medium changed");
+        }
+    }
+    // A good apply records what it wrote; `verify` (without --deep) catches a boot file that
+    // grew by one byte, and a layer that did.
+    let m = w.join("good");
+    copy_tree(&clean, &m);
+    let mut c = ia("apply", &m);
+    c.arg(&kit);
+    let r = run(&mut c);
+    assert!(r.ok(), "{r}");
+    assert_state_matches_medium(&m, "after apply");
+    let layer = format!("live/{}.squashfs", state_of(&m).layers[0].name);
+    for grown in [written.as_str(), kept.as_str(), layer.as_str()] {
+        let g = w.join("grown");
+        copy_tree(&m, &g);
+        let mut f = fs::OpenOptions::new()
+            .append(true)
+            .open(g.join(grown))
+            .unwrap();
+        std::io::Write::write_all(&mut f, b"x").unwrap();
+        let r = run(&mut ia("verify", &g));
+        assert_eq!(r.code, Some(1), "verify after {grown} grew: {r}");
+        assert!(r.stderr.contains(grown), "verify after {grown} grew: {r}");
+        fs::remove_dir_all(&g).unwrap();
+    }
+}
