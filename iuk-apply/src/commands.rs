@@ -43,8 +43,8 @@ pub enum Command {
     Recover(MediumArgs),
     /// Show the medium's versions, layers, trusted keys, free space and pending recovery.
     Status(StatusArgs),
-    /// Check the medium against its state (names and sizes; --deep hashes every file and
-    /// checks the base's and the stacked tree digests, in userspace).
+    /// Check the medium against its state (names, sizes and each image's tables; --deep hashes
+    /// every file and checks the base's and the stacked tree digests, in userspace).
     Verify(VerifyArgs),
 }
 
@@ -147,6 +147,13 @@ pub struct KitArgs {
     /// version read from the stacked /etc/os-release
     #[arg(long)]
     legacy_tails_kit: bool,
+    /// First verify the stack the kit builds on as `verify --deep` does: hash every layer and
+    /// boot file and read every image to check the base's and the stacked tree digests. Costs
+    /// about a minute per GB of images on the medium (measured: 8 s of CPU for a 186 MB xz
+    /// image of 649 MB of files); without it, names, sizes and each image's superblock and
+    /// tables are checked
+    #[arg(long)]
+    deep: bool,
     /// Print the result as JSON
     #[arg(long)]
     json: bool,
@@ -236,8 +243,9 @@ pub struct VerifyArgs {
     #[arg(long, value_name = "DIR")]
     medium: PathBuf,
     /// Also hash every layer and boot file, and read the base and every layer to check the
-    /// base's tree digest and the stacked tree's digest against the state, without mounting
-    /// (default: names and sizes only)
+    /// base's tree digest and the stacked tree's digest against the state, without mounting:
+    /// about a minute per GB of images (default: names, sizes, and each image's superblock and
+    /// tables)
     #[arg(long)]
     deep: bool,
 }
@@ -406,6 +414,7 @@ impl KitArgs {
             kit_sha256: parse_sha(&self.sha256)?,
             udf: signed_udf(&self.udf, &self.signature)?,
             legacy_tails_kit: self.legacy_tails_kit,
+            deep: self.deep,
         })
     }
 }
@@ -694,6 +703,7 @@ fn verify_cmd(a: VerifyArgs) -> Result<()> {
     }
     let (s, _, _) = m.read_state()?;
     m.check_consistent(&s, a.deep)?;
+    iuk::medium::stack::check_images(&m, &s)?;
     if a.deep {
         iuk::medium::stack::verify_trees(&m, &s, &Bars::new("iuk-apply"))?;
     }
@@ -707,7 +717,7 @@ fn verify_cmd(a: VerifyArgs) -> Result<()> {
         if a.deep {
             ", every layer and boot file hashed, base and stacked tree digests"
         } else {
-            ", names and sizes"
+            ", names, sizes and image tables"
         },
         keys.map(|_| format!(", {} trusted key(s)", s.key_fingerprints.len()))
             .unwrap_or_default()

@@ -261,8 +261,9 @@ pub enum TreeError {
     /// More entries than 32-bit ids can address.
     #[error("too many entries")]
     TooMany,
-    /// Reading a file's content failed.
-    #[error("{what}: {source}")]
+    /// Reading a file's content failed (the source's name said once, even when the reader's
+    /// error names it too).
+    #[error("{}", read_message(what, source))]
     Read {
         /// The content source.
         what: String,
@@ -498,6 +499,16 @@ pub fn content_hashes(
             Ok(Some(h))
         })
         .collect()
+}
+
+/// `what: error`, or the error alone when it starts with `what` already.
+fn read_message(what: &str, e: &io::Error) -> String {
+    let msg = e.to_string();
+    if msg.starts_with(what) {
+        msg
+    } else {
+        format!("{what}: {msg}")
+    }
 }
 
 /// The canonical tree digest: sha256 over a byte-exact listing of every entry.

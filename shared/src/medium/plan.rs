@@ -16,6 +16,7 @@ use super::commit::CHUNK;
 use super::journal::{Delete, Journal, Write, MAX_JOURNAL};
 use super::proposal::{iuk_proposal, legacy_proposal, parse_hex, Proposal};
 use super::signed_udf::{self, Listed, SignedUdf, VerifiedUdf};
+use super::stack::{check_images, verify_trees};
 use super::state::{Layer, State};
 use super::{io_err, refuse, safe_relative_path, Medium, MediumError, MAX_MEDIUM_FILE, STATE_FILE};
 use crate::boot::{
@@ -51,6 +52,10 @@ pub struct ApplyOptions {
     /// Accept a kit made by Tails' own tooling (control.yml with only `delete_files`), which
     /// does not say which release it was built against.
     pub legacy_tails_kit: bool,
+    /// Verify the stack the kit builds on as `verify --deep` does (hash every layer and boot
+    /// file, read every image and check the base's and the stacked tree digests) before
+    /// anything else is decided.
+    pub deep: bool,
 }
 
 /// A boot file the apply writes.
@@ -304,6 +309,13 @@ pub fn plan(
     )?;
     check_listed_versions(&c, verified_udf.as_ref(), &listed, &bad_kit)?;
     let model = check_model(medium, &state, &c, opts, &kit_name)?;
+    // The stack the layer goes on: every image opens with its tables (superblock, id, fragment,
+    // export and xattr tables read and checked); with `deep`, its trees are read and their
+    // digests checked against the state.
+    check_images(medium, &state)?;
+    if opts.deep {
+        verify_trees(medium, &state, progress)?;
+    }
     let writes = boot_writes(medium, &state, &c, &bad_kit)?;
     let deletes = plan_deletes(medium, &state, &c, model, &writes)?;
     // Every path the commit will touch resolves without a link (a link is refused, naming it,
@@ -621,7 +633,7 @@ fn check_model(
     }
 
     // The medium still matches its state; the layer name is free.
-    medium.check_consistent(state, false)?;
+    medium.check_consistent(state, opts.deep)?;
     let layer_rel = format!("live/{}.squashfs", c.layer);
     if medium.find(&layer_rel)?.is_some()
         || state

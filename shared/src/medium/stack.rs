@@ -41,6 +41,29 @@ fn read_raw(archive: &Arc<Archive>) -> Result<Tree, String> {
     archive.read_tree().map_err(|e| e.to_string())
 }
 
+/// Opens the base and every layer the state lists with the reader's checks (superblock and
+/// tables), so that a stack whose images are visibly damaged is refused (`verify`, `apply`).
+/// Data blocks are not decoded: [`verify_trees`] does that.
+pub fn check_images(medium: &Medium, state: &State) -> Result<(), MediumError> {
+    let rels = std::iter::once(BASE.to_string()).chain(
+        state
+            .layers
+            .iter()
+            .map(|l| format!("live/{}.squashfs", l.name)),
+    );
+    for rel in rels {
+        let p = medium.find(&rel)?.ok_or_else(|| {
+            refuse(format!(
+                "{}: {rel} is missing; the medium was changed by something else than iuk-apply \
+                 (run `iuk-apply adopt` to take it over again)",
+                medium.root.display()
+            ))
+        })?;
+        open_image(medium, &p)?;
+    }
+    Ok(())
+}
+
 /// Checks the trees the medium's layers stack to against the state, in userspace: the base's
 /// tree digest and that of the whole stack (`verify --deep`).
 pub fn verify_trees(
@@ -65,7 +88,7 @@ pub fn verify_trees(
             .map_err(|e| e.to_string())
             .and_then(|a| read_raw(&a))
             .map_err(changed)?;
-        hash_tree(tree, &format!("hashing {rel}"), progress)
+        hash_tree(tree, &format!("hashing {rel}"), progress).map_err(|e| changed(e.to_string()))
     };
     let mut stack = open(BASE)?;
     if hex(&stack.digest()) != state.base_tree_digest {
