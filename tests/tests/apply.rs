@@ -563,7 +563,7 @@ fn verify_deep_checks_the_base_and_stacked_trees() {
 /// A kit as Tails' `tails-create-iuk` makes it, from one of ours: the same FORMAT and overlay,
 /// control.yml as Tails writes it (YAML::Any's dump of `delete_files` only), the container
 /// packed with `gensquashfs --keep-xattr --all-root`. `edit` may change the unpacked tree first.
-fn as_tails_kit(kit: &Path, out: &Path, edit: impl Fn(&Path)) -> PathBuf {
+pub(crate) fn as_tails_kit(kit: &Path, out: &Path, edit: impl Fn(&Path)) -> PathBuf {
     let dir = out.with_extension("d");
     let _ = fs::remove_dir_all(&dir);
     run_ok(

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::symlink;
 use std::path::Path;
+use std::process::Command;
 
 use iuk_e2e::{copy_tree, require_root_or_skip, run, sha256_file, Run};
 
@@ -376,4 +377,441 @@ fn deep_check_and_apply_refuse_a_damaged_stack() {
     }
     let r = run(&mut ia("verify", &m));
     assert_eq!(r.code, Some(1), "verify with a damaged superblock: {r}");
+}
+
+// ------------------------------------------------------------------------------------------------
+// A seeded mutation loop over every kind of input and every command that reads it
+
+/// xorshift64*: a fixed seed gives the same cases on every run.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+}
+
+/// One mutation of `bytes`: flipped bytes anywhere, in the first or last 4 KiB (where headers
+/// and tables lie), or a truncation; with what was done.
+fn mutate(bytes: &[u8], rng: &mut Rng) -> (Vec<u8>, String) {
+    let mut b = bytes.to_vec();
+    let len = b.len();
+    let kind = rng.below(5);
+    if kind == 4 {
+        let at = rng.below(len);
+        b.truncate(at);
+        return (b, format!("truncated to {at}"));
+    }
+    let mut flips = Vec::new();
+    for _ in 0..1 + rng.below(4) {
+        let at = match kind {
+            0 | 1 => rng.below(len),
+            2 => rng.below(len.min(4096)),
+            _ => len - 1 - rng.below(len.min(4096)),
+        };
+        b[at] ^= 1 << rng.below(8);
+        flips.push(at);
+    }
+    (b, format!("bits flipped at {flips:?}"))
+}
+
+/// Runs `cmd` under `timeout` (bounded time: a hang fails the test).
+fn bounded(cmd: &Command) -> Run {
+    let mut t = Command::new("timeout");
+    t.arg("60").arg(cmd.get_program()).args(cmd.get_args());
+    run(&mut t)
+}
+
+/// Asserts a command's outcome on hostile input: no panic, no hang, an exit status it
+/// documents (`codes`; the first non-zero one is the refusal), and a refusal is one line that
+/// starts `BIN: error:` and names one of `names`.
+fn assert_outcome(r: &Run, what: &str, bin: &str, codes: &[i32], error_code: i32, names: &[&str]) {
+    assert!(!r.stderr.contains("panicked"), "{what}: panicked: {r}");
+    assert_ne!(r.code, Some(124), "{what}: did not finish in 60 s: {r}");
+    let code = r.code.unwrap_or(-1);
+    assert!(codes.contains(&code), "{what}: exit status {code}: {r}");
+    if code == error_code {
+        let lines: Vec<&str> = r.stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "{what}: not one line: {r}");
+        assert!(
+            lines[0].starts_with(&format!("{bin}: error: ")),
+            "{what}: {r}"
+        );
+        assert!(
+            names.iter().any(|n| lines[0].contains(n)),
+            "{what}: the error names none of {names:?}: {r}"
+        );
+    }
+}
+
+/// Listing of a medium without the lock file (the one file a refused command may leave).
+fn medium_listing(m: &Path) -> BTreeMap<String, String> {
+    let mut l = listing(m);
+    l.remove("live/iuk.lock");
+    l
+}
+
+#[test]
+fn seeded_mutations_of_every_input_are_refused_cleanly() {
+    if !require_root_or_skip() || !iuk_e2e::tools_or_skip(&["gpg", "timeout"]) {
+        return;
+    }
+    let work = tmpdir();
+    let w = work.path();
+    let inputs = w.join("in");
+    fs::create_dir_all(&inputs).unwrap();
+    let k1 = inputs.join("k1.iuk");
+    fs::copy(build_kit("6.9", "6.10"), &k1).unwrap();
+    let iso69 = iuk_e2e::iso("6.9");
+    let iso610 = iuk_e2e::iso("6.10");
+    let plain = inputs.join("plain");
+    init_medium(&plain, "6.9");
+    // A medium with trusted keys, a signed UDF for it, and a new keyring signed by its key.
+    let g = iuk_e2e::Gpg::new();
+    let key = g.gen("a@example.org", "sign");
+    let keys = inputs.join("keys.asc");
+    fs::write(&keys, g.export(&[&key])).unwrap();
+    let keyed = inputs.join("keyed");
+    let r = run(ia("init", &keyed)
+        .arg("--iso")
+        .arg(&iso69)
+        .arg("--keyring")
+        .arg(&keys));
+    assert!(r.ok(), "{r}");
+    let udf = inputs.join("upgrades.yml");
+    let mut d = iuk_e2e::iuk_command("iuk-build");
+    d.args([
+        "describe",
+        "--product",
+        "Tails",
+        "--initial-install-version",
+        "6.9",
+    ])
+    .args(["--version", "6.10", "--kit"])
+    .arg(&k1)
+    .args(["--kit-url", "https://example.org/k1.iuk", "--out"])
+    .arg(&udf);
+    assert!(run(&mut d).ok());
+    let udf_sig = g.sign(&key, &udf, &inputs.join("upgrades.yml.pgp"));
+    let key2 = g.gen("b@example.org", "sign");
+    let new_keys = inputs.join("new-keys.asc");
+    fs::write(&new_keys, g.export(&[&key2])).unwrap();
+    let new_sig = g.sign(&key, &new_keys, &inputs.join("new-keys.asc.sig"));
+    // A journal the apply of k1 would commit.
+    let p = iuk::medium::plan::plan(
+        &iuk::medium::Medium::new(&plain),
+        &k1,
+        &Default::default(),
+        &iuk::progress::NoProgress,
+    )
+    .unwrap();
+    let journal =
+        iuk::medium::plan::plan_journal(p.old_state_sha, &p.new_state, &p.writes, &p.deletes)
+            .encode();
+    let base = w.join("base.squashfs");
+    fs::write(
+        &base,
+        fs::read(plain.join("live/filesystem.squashfs")).unwrap(),
+    )
+    .unwrap();
+    let inputs_before = listing(&inputs);
+
+    let mut rng = Rng(0x1d2c_3b4a_5968_7786);
+    let mutated = w.join("mut");
+    let m = w.join("medium");
+    let out = w.join("out");
+    let mut runs = 0;
+    let mut refused = 0;
+    let mut tally = |r: &Run| {
+        runs += 1;
+        if !r.ok() {
+            refused += 1;
+        }
+    };
+    let ab = |sub: &str| {
+        let mut c = iuk_e2e::iuk_command("iuk-build");
+        c.arg(sub);
+        c
+    };
+    let fresh = |from: &Path| {
+        if m.exists() {
+            fs::remove_dir_all(&m).unwrap();
+        }
+        copy_tree(from, &m);
+    };
+    let mname = m.display().to_string();
+
+    // Kits: check and apply (on a copy), inspect, compare; a few rebuilds.
+    let kit_bytes = fs::read(&k1).unwrap();
+    for i in 0..40 {
+        let (bytes, how) = mutate(&kit_bytes, &mut rng);
+        fs::write(&mutated, &bytes).unwrap();
+        let mn = mutated.display().to_string();
+        fresh(&plain);
+        let before = medium_listing(&m);
+        for sub in ["check", "apply"] {
+            let r = bounded(ia(sub, &m).arg(&mutated));
+            let what = format!("kit {how}, `{sub}`");
+            assert_outcome(&r, &what, "iuk-apply", &[0, 1], 1, &[&mn, &mname]);
+            if !r.ok() {
+                assert_eq!(medium_listing(&m), before, "{what}: the medium changed");
+            }
+            tally(&r);
+        }
+        let r = bounded(ab("inspect").arg("--list").arg(&mutated));
+        assert_outcome(
+            &r,
+            &format!("kit {how}, inspect"),
+            "iuk-build",
+            &[0, 1],
+            1,
+            &[&mn],
+        );
+        tally(&r);
+        let r = bounded(ab("compare").arg(&mutated).arg(&k1));
+        assert_outcome(
+            &r,
+            &format!("kit {how}, compare"),
+            "iuk-build",
+            &[0, 1, 2],
+            2,
+            &[&mn],
+        );
+        tally(&r);
+        if i % 8 == 0 {
+            let r = bounded(
+                ab("rebuild")
+                    .arg(&mutated)
+                    .arg("--old")
+                    .arg(&iso69)
+                    .arg("--new")
+                    .arg(&iso610),
+            );
+            assert_outcome(
+                &r,
+                &format!("kit {how}, rebuild"),
+                "iuk-build",
+                &[0, 1, 2],
+                2,
+                &[&mn],
+            );
+            tally(&r);
+        }
+    }
+
+    // Images: inspect, compare.
+    let base_bytes = fs::read(&base).unwrap();
+    for _ in 0..40 {
+        let (bytes, how) = mutate(&base_bytes, &mut rng);
+        fs::write(&mutated, &bytes).unwrap();
+        let mn = mutated.display().to_string();
+        let r = bounded(ab("inspect").arg("--list").arg(&mutated));
+        assert_outcome(
+            &r,
+            &format!("image {how}, inspect"),
+            "iuk-build",
+            &[0, 1],
+            1,
+            &[&mn],
+        );
+        tally(&r);
+        let r = bounded(ab("compare").arg(&base).arg(&mutated));
+        assert_outcome(
+            &r,
+            &format!("image {how}, compare"),
+            "iuk-build",
+            &[0, 1, 2],
+            2,
+            &[&mn],
+        );
+        tally(&r);
+    }
+
+    // ISOs: init (the medium stays missing when refused), build.
+    let iso_bytes = fs::read(&iso610).unwrap();
+    for i in 0..30 {
+        let (bytes, how) = mutate(&iso_bytes, &mut rng);
+        fs::write(&mutated, &bytes).unwrap();
+        let mn = mutated.display().to_string();
+        if m.exists() {
+            fs::remove_dir_all(&m).unwrap();
+        }
+        let r = bounded(ia("init", &m).arg("--iso").arg(&mutated));
+        assert_outcome(
+            &r,
+            &format!("ISO {how}, init"),
+            "iuk-apply",
+            &[0, 1],
+            1,
+            &[&mn, &mname],
+        );
+        if !r.ok() {
+            assert!(
+                !m.exists(),
+                "ISO {how}: a refused init left {}",
+                m.display()
+            );
+        }
+        tally(&r);
+        if i % 3 == 0 {
+            let _ = fs::remove_file(&out);
+            let r = bounded(
+                ab("build")
+                    .args(["--source-date-epoch", "1700000000"])
+                    .arg("--old")
+                    .arg(&iso69)
+                    .arg("--new")
+                    .arg(&mutated)
+                    .arg("--out")
+                    .arg(&out),
+            );
+            assert_outcome(
+                &r,
+                &format!("ISO {how}, build"),
+                "iuk-build",
+                &[0, 1],
+                1,
+                &[&mn],
+            );
+            if !r.ok() {
+                assert!(
+                    !out.exists(),
+                    "ISO {how}: a refused build left {}",
+                    out.display()
+                );
+            }
+            tally(&r);
+        }
+    }
+
+    // States and journals on a copy of the medium: status, verify, check, apply, recover.
+    let state_bytes = fs::read(plain.join("live/iuk-state.yml")).unwrap();
+    for (what, file, bytes) in [
+        ("state", "live/iuk-state.yml", &state_bytes),
+        ("journal", "live/iuk-journal", &journal),
+    ] {
+        for _ in 0..25 {
+            let (mb, how) = mutate(bytes, &mut rng);
+            fresh(&plain);
+            fs::write(m.join(file), &mb).unwrap();
+            let before = medium_listing(&m);
+            for args in [
+                vec!["status"],
+                vec!["verify"],
+                vec!["check", k1.to_str().unwrap()],
+                vec!["recover"],
+                vec!["apply", k1.to_str().unwrap()],
+            ] {
+                let mut c = ia(args[0], &m);
+                c.args(&args[1..]);
+                let r = bounded(&c);
+                let w = format!("{what} {how}, `{}`", args.join(" "));
+                assert_outcome(&r, &w, "iuk-apply", &[0, 1], 1, &[&mname]);
+                if !r.ok() {
+                    assert_eq!(medium_listing(&m), before, "{w}: the medium changed");
+                }
+                tally(&r);
+            }
+        }
+    }
+
+    // UDFs (select) and keyrings (trust) against the medium with trusted keys.
+    let udf_bytes = fs::read(&udf).unwrap();
+    let keys_bytes = fs::read(&new_keys).unwrap();
+    for _ in 0..20 {
+        let (bytes, how) = mutate(&udf_bytes, &mut rng);
+        fs::write(&mutated, &bytes).unwrap();
+        let mn = mutated.display().to_string();
+        let r = bounded(
+            ia("select", &keyed)
+                .arg("--udf")
+                .arg(&mutated)
+                .arg("--signature")
+                .arg(&udf_sig),
+        );
+        assert_outcome(
+            &r,
+            &format!("UDF {how}, select"),
+            "iuk-apply",
+            &[0, 1, 3],
+            1,
+            &[&mn, &keyed.display().to_string()],
+        );
+        tally(&r);
+        let (bytes, how) = mutate(&keys_bytes, &mut rng);
+        fs::write(&mutated, &bytes).unwrap();
+        fresh(&keyed);
+        let before = medium_listing(&m);
+        let r = bounded(
+            ia("trust", &m)
+                .arg("--keyring")
+                .arg(&mutated)
+                .arg("--signature")
+                .arg(&new_sig),
+        );
+        let what = format!("keyring {how}, trust");
+        assert_outcome(&r, &what, "iuk-apply", &[0, 1], 1, &[&mn, &mname]);
+        if !r.ok() {
+            assert_eq!(medium_listing(&m), before, "{what}: the medium changed");
+        }
+        tally(&r);
+    }
+    assert_eq!(
+        listing(&inputs),
+        inputs_before,
+        "an input outside the medium changed"
+    );
+    eprintln!("hostile mutations: {runs} runs, {refused} refused");
+    assert!(
+        refused * 2 > runs,
+        "too few refusals ({refused} of {runs}): are the mutations applied?"
+    );
+}
+
+/// YAML nested as deep as its file's size cap allows, in the state, a kit's control.yml and a
+/// signed UDF: refused at once (the nesting guard runs before the parser), one line naming the
+/// file. Times are printed; the bound here only catches a hang (speed is measured in notes).
+#[test]
+fn deep_yaml_at_the_size_caps_is_refused_at_once() {
+    if !require_root_or_skip() || !iuk_e2e::tools_or_skip(&["unsquashfs", "gensquashfs"]) {
+        return;
+    }
+    let work = tmpdir();
+    let w = work.path();
+    let k1 = build_kit("6.9", "6.10");
+    let m = w.join("medium");
+    init_medium(&m, "6.9");
+    let deep = |cap: usize| "[".repeat(cap);
+    let time = |what: &str, cmd: &mut Command, names: &str| {
+        let t = std::time::Instant::now();
+        let r = run(cmd);
+        let secs = t.elapsed().as_secs_f64();
+        eprintln!("{what}: refused in {secs:.3} s");
+        assert_eq!(r.code, Some(1), "{what}: {r}");
+        assert_eq!(r.stderr.lines().count(), 1, "{what}: {r}");
+        assert!(r.stderr.contains(names), "{what}: {r}");
+        assert!(
+            r.stderr.contains("nest"),
+            "{what}: the error does not say nesting: {r}"
+        );
+        assert!(secs < 20.0, "{what}: {secs} s");
+    };
+    // The state at its cap (2 MiB).
+    let state = m.join("live/iuk-state.yml");
+    let saved = fs::read(&state).unwrap();
+    fs::write(&state, deep(iuk::medium::state::MAX_STATE)).unwrap();
+    time("state", &mut ia("status", &m), "iuk-state.yml");
+    fs::write(&state, saved).unwrap();
+    // control.yml at its cap.
+    let bad = w.join("deep.iuk");
+    crate::apply::as_tails_kit(&k1, &bad, |d| {
+        fs::write(d.join("control.yml"), deep(iuk::kit::MAX_CONTROL as usize)).unwrap()
+    });
+    time("control.yml", ia("check", &m).arg(&bad), "control.yml");
 }

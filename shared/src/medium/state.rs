@@ -113,7 +113,81 @@ impl State {
                 s.state_format
             ));
         }
+        s.check_fields()?;
         Ok(s)
+    }
+
+    /// Refuses fields no iuk-apply writes: digests and sha256 that are not 64 lower-case hex
+    /// digits, unsafe layer or file names, paths that leave the medium. A damaged or hostile
+    /// state is refused as a whole when it is read, never half-used.
+    fn check_fields(&self) -> Result<(), String> {
+        let hex = |what: &str, v: &str| {
+            if v.len() == 64
+                && v.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            {
+                Ok(())
+            } else {
+                Err(format!("{what} {v:?} is not a sha256"))
+            }
+        };
+        let name = |what: &str, v: &str| {
+            if crate::version::is_safe_name(v) {
+                Ok(())
+            } else {
+                Err(format!("{what} {v:?} is not a safe name"))
+            }
+        };
+        let path = |what: &str, v: &str| {
+            let ok = !v.is_empty()
+                && !v.starts_with('/')
+                && v.split('/').all(|c| !c.is_empty() && c != "." && c != "..")
+                && !v.contains(['\\', '\0']);
+            if ok {
+                Ok(())
+            } else {
+                Err(format!("{what} {v:?} is not a path inside the medium"))
+            }
+        };
+        hex("base-tree-digest", &self.base_tree_digest)?;
+        hex("current-tree-digest", &self.current_tree_digest)?;
+        for (what, v) in [
+            ("product", &self.product),
+            ("build-target", &self.build_target),
+            ("channel", &self.channel),
+            ("base-version", &self.base_version),
+            ("current-version", &self.current_version),
+        ] {
+            name(what, v)?;
+        }
+        path("module-file", &self.module_file)?;
+        if self.module_file.contains('/') || !self.module_file.ends_with(".module") {
+            return Err(format!(
+                "module-file {:?} is not a module file name",
+                self.module_file
+            ));
+        }
+        for l in &self.layers {
+            name("layer", &l.name)?;
+            name("layer version", &l.version)?;
+            hex(&format!("layer {} sha256", l.name), &l.sha256)?;
+        }
+        for f in &self.boot_files {
+            path("boot file", &f.path)?;
+            hex(&format!("boot file {} sha256", f.path), &f.sha256)?;
+        }
+        if let Some(k) = &self.keyring {
+            path("keyring", k)?;
+            if k.contains('/') {
+                return Err(format!("keyring {k:?} is not a file name"));
+            }
+        }
+        for f in &self.key_fingerprints {
+            if f.is_empty() || !f.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(format!("key fingerprint {f:?} is not hexadecimal"));
+            }
+        }
+        Ok(())
     }
 }
 
