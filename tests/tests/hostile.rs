@@ -584,6 +584,23 @@ fn seeded_mutations_of_every_input_are_refused_cleanly() {
             &[&mn],
         );
         tally(&r);
+        let r = bounded(
+            ab("describe")
+                .args(["--product", "Tails", "--initial-install-version", "6.9"])
+                .args(["--version", "6.10", "--kit"])
+                .arg(&mutated)
+                .args(["--kit-url", "https://example.org/k1.iuk"])
+                .args(["--details-url", "https://example.org/news"]),
+        );
+        assert_outcome(
+            &r,
+            &format!("kit {how}, describe"),
+            "iuk-build",
+            &[0, 1],
+            1,
+            &[&mn],
+        );
+        tally(&r);
         if i % 8 == 0 {
             let r = bounded(
                 ab("rebuild")
