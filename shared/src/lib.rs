@@ -7,6 +7,7 @@
 pub mod boot;
 pub mod build;
 pub mod compare;
+pub mod delta;
 pub mod diff;
 pub mod hostdir;
 pub mod io;
