@@ -129,7 +129,7 @@ pub fn run(a: BuildArgs) -> Result<()> {
     Ok(())
 }
 
-/// The two summary lines of a kit.
+/// The three summary lines of a kit.
 fn print_summary(r: &BuildReport) {
     let d = &r.diff;
     println!(
@@ -149,6 +149,10 @@ fn print_summary(r: &BuildReport) {
         r.kit_bytes,
         100.0 * r.ratio,
         r.seconds
+    );
+    println!(
+        "layer data blocks: {} copied from the new image, {} compressed",
+        r.layer_copied_blocks, r.layer_compressed_blocks
     );
     println!("sha256 {}", r.kit_sha256);
 }

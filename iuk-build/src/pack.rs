@@ -165,6 +165,10 @@ pub fn run(a: PackArgs) -> Result<()> {
             report.bytes_in,
             report.bytes_out
         );
+        println!(
+            "data blocks: {} copied from the source image, {} compressed",
+            report.copied_blocks, report.compressed_blocks
+        );
     }
     Ok(())
 }
