@@ -397,7 +397,8 @@ impl KitSteps<'_> {
         let epoch = opts.layer.mod_time;
         let out = names.out.as_path();
         self.phase("hashing old", old_tree.content_bytes());
-        let old_root = HashedTree::new(old_tree, &|n| progress.position(n))?;
+        // Files stored exactly as in the new image are not decoded again.
+        let old_root = HashedTree::new_reusing(old_tree, &new.root, &|n| progress.position(n))?;
         let old_digest = old_root.digest();
 
         self.phase("diffing", 0);
@@ -409,7 +410,14 @@ impl KitSteps<'_> {
         let written = write_layer(&layer_tree, &opts.layer, &layer_tmp.0, progress)?;
         self.phase("verifying", stats.content_bytes);
         let inputs = [old.path(), new.release.path()];
-        verify_layer(&old_root, &layer_tmp.0, &new.digest, inputs, progress)?;
+        verify_layer(
+            &old_root,
+            &new.root,
+            &layer_tmp.0,
+            &new.digest,
+            inputs,
+            progress,
+        )?;
 
         self.phase("boot files", 0);
         let old_boot = boot::boot_tree(old)?;
@@ -666,15 +674,21 @@ fn write_layer(
 
 /// Step 4: reads the layer back, stacks it on the old root in userspace and requires the
 /// result's tree digest to equal the new root's (invariant 1, before anything is published).
+/// A layer file whose stored blocks and tail are identical to a file of the new image (its
+/// blocks were copied) has that file's content without being decoded; every other layer file
+/// is decoded and hashed.
 fn verify_layer(
     old_root: &HashedTree,
+    new_root: &HashedTree,
     layer: &Path,
     new_digest: &[u8; 32],
     [old_path, new_path]: [&Path; 2],
     progress: &dyn Progress,
 ) -> Result<(), BuildError> {
     let layer_archive = Archive::open(layer)?;
-    let layer_read = HashedTree::new(layer_archive.read_tree()?, &|n| progress.position(n))?;
+    let layer_read = HashedTree::new_reusing(layer_archive.read_tree()?, new_root, &|n| {
+        progress.position(n)
+    })?;
     if &old_root.stack(&layer_read)?.digest() != new_digest {
         return Err(refuse(format!(
             "internal check failed: the layer stacked on {} does not give {} (please report this)",
