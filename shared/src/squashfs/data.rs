@@ -286,39 +286,58 @@ impl<'a> StoredFile<'a> {
         Ok(raw)
     }
 
-    /// The file's tail bytes, decoded from its fragment block (empty without one).
-    pub fn tail(&self) -> Result<Vec<u8>> {
-        match &self.file.layout.tail {
-            Some(t) => {
-                let (block, start, end) =
-                    tail_bytes(&self.file.archive, t).map_err(|e| wrap(e, self.describe()))?;
-                Ok(block[start..end].to_vec())
-            }
-            None => Ok(Vec::new()),
-        }
+    /// The entries of the block list that hold whole blocks (the first size / block size),
+    /// or None when the list is shorter than that (a damaged file: never compared).
+    pub fn full_blocks(&self) -> Option<&[u32]> {
+        let full = usize::try_from(self.size() / self.block_size() as u64).ok()?;
+        self.block_sizes().get(..full)
     }
 
-    /// A digest of the file's stored form: compressor id, size, block size, the block list and
-    /// every stored block's bytes, and the decoded tail. Two files with equal stored digests have
-    /// equal content; only the tail's fragment block is decoded.
-    pub fn stored_digest(&self) -> Result<[u8; 32]> {
+    /// The file's bytes past its whole blocks, decoded: from its fragment block, or from a short
+    /// last entry of its block list (an image written without fragments, or mksquashfs's tail of
+    /// a file larger than a block); empty when the size is a multiple of the block size.
+    pub fn tail(&self) -> Result<Vec<u8>> {
+        let l = &*self.file.layout;
+        if let Some(t) = &l.tail {
+            let (block, start, end) =
+                tail_bytes(&self.file.archive, t).map_err(|e| wrap(e, self.describe()))?;
+            return Ok(block[start..end].to_vec());
+        }
+        let full = self.full_blocks().map_or(0, <[u32]>::len);
+        let (Some(_), Some(&at)) = (l.block_sizes.get(full), self.starts.get(full)) else {
+            return Ok(Vec::new());
+        };
+        let data = decode_block(&self.file.archive, l, full, at, Vec::new())
+            .map_err(|e| wrap(e, self.describe()))?;
+        Ok(data.unwrap_or_else(|| {
+            vec![0; block_len(l.size, l.block_size, full).unwrap_or(0) as usize]
+        }))
+    }
+
+    /// A digest of the file's stored form: compressor id, block size, size, the stored size and
+    /// bytes of every whole block, and the decoded tail (wherever it lies). Two files with equal
+    /// stored digests have equal content; only the tail is decoded. None for a damaged file.
+    pub fn stored_digest(&self) -> Result<Option<[u8; 32]>> {
         use sha2::{Digest, Sha256};
+        let Some(full) = self.full_blocks() else {
+            return Ok(None);
+        };
         let mut h = Sha256::new();
         h.update(b"iuk-stored-file-v1\n");
         h.update(self.compressor().id().to_le_bytes());
         h.update(self.block_size().to_le_bytes());
         h.update(self.size().to_le_bytes());
-        h.update((self.block_sizes().len() as u64).to_le_bytes());
-        for s in self.block_sizes() {
+        h.update((full.len() as u64).to_le_bytes());
+        for s in full {
             h.update(s.to_le_bytes());
         }
-        for i in 0..self.block_sizes().len() {
+        for i in 0..full.len() {
             h.update(self.raw_block(i)?);
         }
         let tail = self.tail()?;
         h.update((tail.len() as u64).to_le_bytes());
         h.update(&tail);
-        Ok(h.finalize().into())
+        Ok(Some(h.finalize().into()))
     }
 }
 
