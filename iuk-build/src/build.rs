@@ -21,7 +21,10 @@ use iuk::progress::Bars;
 ///
 /// Product and versions default to /etc/os-release inside the images (TAILS_PRODUCT_NAME else
 /// NAME; TAILS_VERSION_ID else VERSION_ID). Layer defaults: xz, BCJ x86, 1 MiB blocks and
-/// dictionary (Tails' settings).
+/// dictionary (Tails' settings). When the new root filesystem has the layer's compressor, block
+/// size and compressor options, the full data blocks of the files the layer carries are copied
+/// from it instead of compressed again (the summary counts them); old-root files stored exactly
+/// as in the new image are not decoded.
 #[derive(Args)]
 #[command(after_help = "Examples:\n  \
     SOURCE_DATE_EPOCH=1700000000 iuk-build build --old Tails-6.10.iso --new Tails-6.11.iso\n  \
