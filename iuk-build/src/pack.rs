@@ -21,6 +21,11 @@ use crate::writer_args::{BcjName, CompressionName, WriterArgs, WriterDefaults};
 /// source and parameters give the same bytes on any machine and with any --jobs.
 ///
 /// Defaults: xz, level 6, 1 MiB blocks, dictionary = block size, no BCJ filter.
+///
+/// Repacking an image whose compressor, block size and compressor options (xz dictionary and
+/// BCJ filter, zstd/gzip level as the image declares them) equal the output's copies its full
+/// data blocks as they are instead of compressing them again; tails are always packed into
+/// fragments and compressed. --json counts copied and compressed blocks.
 #[derive(Args)]
 #[command(after_help = "Examples:\n  \
     SOURCE_DATE_EPOCH=1700000000 iuk-build pack rootfs/ rootfs.squashfs\n  \
@@ -164,6 +169,10 @@ pub fn run(a: PackArgs) -> Result<()> {
             report.duplicates,
             report.bytes_in,
             report.bytes_out
+        );
+        println!(
+            "data blocks: {} copied from the source image, {} compressed",
+            report.copied_blocks, report.compressed_blocks
         );
     }
     Ok(())

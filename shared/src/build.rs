@@ -28,7 +28,7 @@ use crate::output::{write_new_file, OutputError};
 use crate::progress::Progress;
 use crate::release::{self, hex_opt, Release, ReleaseError};
 use crate::squashfs::archive::Archive;
-use crate::squashfs::write::{write_image, WriterParams, WRITER_FORMAT_VERSION};
+use crate::squashfs::write::{write_image, WriteReport, WriterParams, WRITER_FORMAT_VERSION};
 use crate::squashfs::SqfsError;
 use crate::tree::{hex, Tree, TreeError};
 use crate::version;
@@ -100,6 +100,10 @@ pub struct BuildReport {
     pub diff: DiffStats,
     /// Size of the diff layer image.
     pub layer_bytes: u64,
+    /// Data blocks of the layer copied verbatim from the new image (block sources).
+    pub layer_copied_blocks: u64,
+    /// Data blocks of the layer compressed by the build.
+    pub layer_compressed_blocks: u64,
     /// Size of the kit.
     pub kit_bytes: u64,
     /// Size of the new release (the ISO file, or the root filesystem image for a directory).
@@ -393,7 +397,8 @@ impl KitSteps<'_> {
         let epoch = opts.layer.mod_time;
         let out = names.out.as_path();
         self.phase("hashing old", old_tree.content_bytes());
-        let old_root = HashedTree::new(old_tree, &|n| progress.position(n))?;
+        // Files stored exactly as in the new image are not decoded again.
+        let old_root = HashedTree::new_reusing(old_tree, &new.root, &|n| progress.position(n))?;
         let old_digest = old_root.digest();
 
         self.phase("diffing", 0);
@@ -402,10 +407,17 @@ impl KitSteps<'_> {
         // The layer goes to a temporary file beside the output, removed whatever happens.
         let layer_tmp = TempFile(layer_temp_path(out));
         self.phase("compressing", stats.content_bytes);
-        write_layer(&layer_tree, &opts.layer, &layer_tmp.0, progress)?;
+        let written = write_layer(&layer_tree, &opts.layer, &layer_tmp.0, progress)?;
         self.phase("verifying", stats.content_bytes);
         let inputs = [old.path(), new.release.path()];
-        verify_layer(&old_root, &layer_tmp.0, &new.digest, inputs, progress)?;
+        verify_layer(
+            &old_root,
+            &new.root,
+            &layer_tmp.0,
+            &new.digest,
+            inputs,
+            progress,
+        )?;
 
         self.phase("boot files", 0);
         let old_boot = boot::boot_tree(old)?;
@@ -451,6 +463,8 @@ impl KitSteps<'_> {
             layer: names.layer.clone(),
             diff: stats,
             layer_bytes,
+            layer_copied_blocks: written.copied_blocks,
+            layer_compressed_blocks: written.compressed_blocks,
             kit_bytes,
             new_image_bytes: new.image_bytes,
             ratio: if new.image_bytes > 0 {
@@ -635,13 +649,15 @@ fn layer_temp_path(out: &Path) -> PathBuf {
     ))
 }
 
-/// Step 3: writes the diff layer with the declared parameters to `path`.
+/// Step 3: writes the diff layer with the declared parameters to `path`. Files the layer carries
+/// are read from the new image: their blocks are copied from it when its compressor settings and
+/// block size equal the layer's (block sources, see [`crate::squashfs::blocks`]).
 fn write_layer(
     layer_tree: &Tree,
     params: &WriterParams,
     path: &Path,
     progress: &dyn Progress,
-) -> Result<(), BuildError> {
+) -> Result<WriteReport, BuildError> {
     let io = |e: std::io::Error| OutputError::Io {
         path: path.to_path_buf(),
         source: e,
@@ -651,22 +667,28 @@ fn write_layer(
     // A diff layer is never exported over NFS: no export table (as gensquashfs by default).
     let mut layer_params = params.clone();
     layer_params.exportable = false;
-    write_image(layer_tree, &layer_params, &mut w, &|n| progress.position(n))?;
+    let report = write_image(layer_tree, &layer_params, &mut w, &|n| progress.position(n))?;
     w.into_inner().map_err(|e| io(e.into_error()))?;
-    Ok(())
+    Ok(report)
 }
 
 /// Step 4: reads the layer back, stacks it on the old root in userspace and requires the
 /// result's tree digest to equal the new root's (invariant 1, before anything is published).
+/// A layer file whose stored blocks and tail are identical to a file of the new image (its
+/// blocks were copied) has that file's content without being decoded; every other layer file
+/// is decoded and hashed.
 fn verify_layer(
     old_root: &HashedTree,
+    new_root: &HashedTree,
     layer: &Path,
     new_digest: &[u8; 32],
     [old_path, new_path]: [&Path; 2],
     progress: &dyn Progress,
 ) -> Result<(), BuildError> {
     let layer_archive = Archive::open(layer)?;
-    let layer_read = HashedTree::new(layer_archive.read_tree()?, &|n| progress.position(n))?;
+    let layer_read = HashedTree::new_reusing(layer_archive.read_tree()?, new_root, &|n| {
+        progress.position(n)
+    })?;
     if &old_root.stack(&layer_read)?.digest() != new_digest {
         return Err(refuse(format!(
             "internal check failed: the layer stacked on {} does not give {} (please report this)",

@@ -21,6 +21,8 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+mod reuse;
+
 use crate::progress::Progress;
 use crate::tree::{
     content_hashes, tree_digest, Inode, InodeId, InodeKind, Metadata, NodeId, Tree, TreeError,
@@ -73,6 +75,21 @@ impl HashedTree {
         HashedTree::new(tree, &|n| {
             progress.position(done.fetch_add(n, Ordering::Relaxed) + n)
         })
+    }
+
+    /// [`HashedTree::new`], decoding only what is needed: a file of `tree` whose stored form in
+    /// its SquashFS image (compressor, block size, size, block list, the stored bytes of every
+    /// block and the tail bytes) equals that of a file of `known` takes that file's sha256 without
+    /// being decompressed, since identical stored bytes decode to identical content. Candidates
+    /// are files of the same size and stored block sizes; only their compressed bytes (and tails)
+    /// are read. Every other file is decoded and hashed as by [`HashedTree::new`].
+    pub fn new_reusing(
+        tree: Tree,
+        known: &HashedTree,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<HashedTree, TreeError> {
+        let hashes = reuse::content_hashes_reusing(&tree, known, progress)?;
+        Ok(HashedTree { tree, hashes })
     }
 
     /// The borrowed view [`diff`] takes.

@@ -55,6 +55,12 @@ pub trait ContentSource: Send + Sync {
     fn random_access(&self) -> Option<Arc<dyn crate::io::ReadAt>> {
         None
     }
+    /// The source as [`std::any::Any`], for a source a writer can take stored bytes from as
+    /// they are (a file inside a SquashFS image: the writer's block sources, and the diff's
+    /// check of identical stored blocks); None for every other source.
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        None
+    }
 }
 
 /// File content handle: size plus where to read the bytes from.

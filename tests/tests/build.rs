@@ -1936,3 +1936,133 @@ fn refuses_a_new_release_that_would_not_boot() {
         &["syslinux/menu.cfg", "kernel /live/vmlinuz-missing"],
     );
 }
+
+// ------------------------------------------------------------------------------------------------
+// Block sources: the layer copies the new image's blocks when its settings equal the layer's
+
+/// Text that xz shrinks, different for each `seed`.
+fn text(len: usize, seed: u32) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 64);
+    let mut i = 0u32;
+    while out.len() < len {
+        out.extend_from_slice(format!("seed {seed} line {i} {}\n", i % 977).as_bytes());
+        i += 1;
+    }
+    out.truncate(len);
+    out
+}
+
+/// The 6.10 fixture as a release directory whose root filesystem also holds `/big` (three
+/// full 1 MiB blocks and a tail), packed by mksquashfs with the layer's default settings (xz,
+/// BCJ x86, 1 MiB blocks and dictionary), so the layer can copy its blocks.
+fn release_with_big_file(dir: &Path) -> PathBuf {
+    let rel = dir.join("new-release");
+    osirrox_extract(&iso("6.10"), "/", &rel);
+    let root = dir.join("root");
+    let sqfs = rel.join("live/filesystem.squashfs");
+    run_ok(
+        Command::new("unsquashfs")
+            .args(["-q", "-n", "-d"])
+            .arg(&root)
+            .arg(&sqfs),
+    );
+    fs::write(root.join("big"), text(3 * 1024 * 1024 + 4321, 1)).unwrap();
+    fs::remove_file(&sqfs).unwrap();
+    run_ok(Command::new("mksquashfs").arg(&root).arg(&sqfs).args([
+        "-comp",
+        "xz",
+        "-Xbcj",
+        "x86",
+        "-b",
+        "1M",
+        "-noappend",
+        "-no-progress",
+        "-quiet",
+        "-mkfs-time",
+        "0",
+    ]));
+    rel
+}
+
+/// The layer of a build whose new image matches the layer's settings copies the full blocks
+/// of the files it carries (`--json` counts them), and the kit does not depend on --jobs.
+#[test]
+fn layer_copies_the_new_images_blocks() {
+    if !tools_or_skip(&["osirrox", "unsquashfs", "mksquashfs"]) {
+        return;
+    }
+    let t = tmpdir();
+    let new = release_with_big_file(t.path());
+    let a = t.path().join("a.iuk");
+    let r = build_kit(&iso("6.9"), &new, &a, &["--json", "--jobs", "1"]);
+    let v: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    // /big's three full blocks, and those of the fixture's own files over 1 MiB: every full
+    // block the layer holds is copied, none compressed (tails go to fragments).
+    let copied = v["layer_copied_blocks"].as_u64().unwrap();
+    assert!(copied >= 3, "{v}");
+    assert_eq!(v["layer_compressed_blocks"].as_u64(), Some(0), "{v}");
+    let b = t.path().join("b.iuk");
+    let r = build_kit(&iso("6.9"), &new, &b, &["--jobs", "2"]);
+    assert!(
+        r.stdout_text().contains(&format!(
+            "layer data blocks: {copied} copied from the new image"
+        )),
+        "{r}"
+    );
+    assert_eq!(sha256_file(&a), sha256_file(&b), "kit depends on --jobs");
+    // Without the BCJ filter the settings differ: nothing is copied.
+    let c = t.path().join("c.iuk");
+    let r = build_kit(&iso("6.9"), &new, &c, &["--json", "--xz-bcj", "none"]);
+    let v: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    assert_eq!(v["layer_copied_blocks"].as_u64(), Some(0), "{v}");
+    assert_eq!(v["layer_compressed_blocks"].as_u64(), Some(copied), "{v}");
+}
+
+/// A corrupted block of the new image is never copied into a kit: the build stops with a
+/// one-line error naming the file, and writes no kit.
+#[test]
+fn a_corrupted_new_image_block_stops_the_build() {
+    if !tools_or_skip(&["osirrox", "unsquashfs", "mksquashfs"]) {
+        return;
+    }
+    let t = tmpdir();
+    let new = release_with_big_file(t.path());
+    let sqfs = new.join("live/filesystem.squashfs");
+    let mut bytes = fs::read(&sqfs).unwrap();
+    // Where /big's second block lies, found by our reader; one byte in its middle flipped.
+    let block = {
+        let archive = iuk::squashfs::archive::Archive::open(&sqfs).unwrap();
+        let tree = archive.read_tree().unwrap();
+        let node = tree
+            .node(tree.root())
+            .children
+            .iter()
+            .copied()
+            .find(|n| tree.node(*n).name == b"big")
+            .unwrap();
+        let iuk::tree::InodeKind::File(c) = &tree.node_inode(node).kind else {
+            panic!("/big is not a file");
+        };
+        iuk::squashfs::data::StoredFile::of(c)
+            .unwrap()
+            .raw_block(1)
+            .unwrap()
+    };
+    let at = bytes
+        .windows(block.len())
+        .position(|w| w == block.as_slice())
+        .unwrap();
+    bytes[at + block.len() / 2] ^= 0x55;
+    fs::write(&sqfs, &bytes).unwrap();
+    let out = t.path().join("kit.iuk");
+    let r = run(build_cmd(&iso("6.9"), &new, &out).arg(format!("--source-date-epoch={EPOCH}")));
+    assert_eq!(r.code, Some(1), "{r}");
+    assert!(
+        r.stderr.starts_with("iuk-build: error:")
+            && r.stderr.lines().count() == 1
+            && r.stderr.contains("big")
+            && r.stderr.contains("block 1"),
+        "{r}"
+    );
+    assert!(!out.exists(), "a kit was written");
+}

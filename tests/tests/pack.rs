@@ -883,6 +883,75 @@ fn repack_of_mksquashfs_image_is_exact() {
     );
 }
 
+/// mksquashfs image (xz, BCJ x86, 64 KiB blocks) → `pack IMAGE` with the same settings: the
+/// full blocks are copied, not compressed (`--json` counts), the result does not depend on the
+/// thread count, unsquashfs extracts it, and the kernel's view equals its view of the original.
+#[test]
+fn repack_with_equal_settings_copies_blocks_and_mounts() {
+    if !require_root_or_skip() || !kernel_or_skip() {
+        return;
+    }
+    let Some(mksquashfs) = tool_or_skip("mksquashfs") else {
+        return;
+    };
+    let Some(unsquashfs) = tool_or_skip("unsquashfs") else {
+        return;
+    };
+    let f = full_tree();
+    let foreign = f.path("foreign.sqfs");
+    run_ok(Command::new(mksquashfs).arg(&f.src).arg(&foreign).args([
+        "-comp",
+        "xz",
+        "-Xbcj",
+        "x86",
+        "-b",
+        "64K",
+        "-noappend",
+        "-no-progress",
+        "-quiet",
+    ]));
+    let settings = ["--xz-bcj", "x86", "--block-size", "64K", "--json"];
+    let a = f.path("repacked-1.sqfs");
+    let b = f.path("repacked-2.sqfs");
+    let r = pack(
+        &foreign,
+        &a,
+        EPOCH,
+        &[&settings[..], &["--jobs", "1"]].concat(),
+    );
+    let v: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    let copied = v["copied_blocks"].as_u64().unwrap();
+    assert!(copied > 0, "{v}");
+    assert_eq!(v["compressed_blocks"].as_u64(), Some(0), "{v}");
+    pack(
+        &foreign,
+        &b,
+        EPOCH,
+        &[&settings[..], &["--jobs", "2"]].concat(),
+    );
+    assert_eq!(sha256_file(&a), sha256_file(&b), "repack depends on --jobs");
+    let x = f.path("x");
+    run_ok(
+        Command::new(unsquashfs)
+            .args(["-q", "-n", "-d"])
+            .arg(&x)
+            .arg(&a),
+    );
+    let original = mount_squashfs(&foreign);
+    let repacked = mount_squashfs(&a);
+    assert_same_tree(
+        &snapshot(original.path()),
+        &snapshot(repacked.path()),
+        "kernel view of the repacked image vs kernel view of mksquashfs's image",
+    );
+    // Other settings: every block is compressed again.
+    let c = f.path("recompressed.sqfs");
+    let r = pack(&foreign, &c, EPOCH, &["--block-size", "64K", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    assert_eq!(v["copied_blocks"].as_u64(), Some(0), "{v}");
+    assert_eq!(v["compressed_blocks"].as_u64(), Some(copied), "{v}");
+}
+
 #[test]
 fn inspect_reports_and_lists() {
     let f = small_tree();

@@ -412,7 +412,11 @@ fn rebuild_refuses_an_unknown_writer_format_or_generator() {
     // compare names the key.
     let c = compare(&kit, &wf, &[]);
     assert_eq!(c.code, Some(1), "{c}");
-    assert_contains(&c, &["writer-format: 1 vs 9"]);
+    let versions = format!(
+        "writer-format: {} vs 9",
+        iuk::squashfs::write::WRITER_FORMAT_VERSION
+    );
+    assert_contains(&c, &[&versions]);
 
     let other = patched_kit(&kit, &t.path().join("other.iuk"), |c| {
         c.generator = "xyz".into()

@@ -11,7 +11,14 @@
 //! file or block instead of letting it read and compress the rest of the input.
 //!
 //! A [`BlockJob`] is the unit of work: which file and block (or which fragment block) it fills,
-//! and its bytes as a [`Payload`] (to compress, to store, or already compressed).
+//! and its bytes as a [`Payload`] (to compress, to store, already compressed, or copied).
+//!
+//! Block sources: a file read from an input SquashFS image whose compressor id, block size and
+//! declared compressor options equal the output's has its blocks copied verbatim instead of
+//! compressed again ([`copy_block`] says which: a pure function of the input image and the
+//! parameters, never of timing or the number of threads). The producer still reads (decodes) and
+//! hashes the file as usual (dedup, "changed while read" check); each copied block is checked on
+//! the pool to decode to exactly those bytes before the emitter writes it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
@@ -21,6 +28,7 @@ use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use sha2::{Digest, Sha256};
 
 use super::compress::Compressor;
+use super::data::StoredFile;
 use super::inode::BLOCK_UNCOMPRESSED;
 use super::table::FragmentEntry;
 use super::{Result, SqfsError};
@@ -86,6 +94,11 @@ pub struct DataLayout {
     pub end: u64,
     /// Data blocks written (not counting sparse ones).
     pub data_blocks: u64,
+    /// Data blocks copied verbatim from an input image (block sources).
+    pub copied_blocks: u64,
+    /// Data blocks this writer compressed (kept compressed, or stored when that did not shrink
+    /// them); with `copied_blocks` and the blocks stored by rule, they make `data_blocks`.
+    pub compressed_blocks: u64,
     /// Files whose data was shared with an earlier identical file.
     pub duplicates: u64,
     /// Bytes of file content.
@@ -118,8 +131,20 @@ pub enum Payload {
     Data(Vec<u8>),
     /// A block to store as it is.
     Stored(Vec<u8>),
-    /// A block already compressed (by a probe, or copied from an input image).
+    /// A block compressed already, by a probe.
     Packed(Vec<u8>),
+    /// A block copied verbatim from an input image (a block source), checked on the pool to
+    /// decode to exactly the file's bytes at its place before it is written.
+    Copied {
+        /// The block as the input image stores it.
+        raw: Vec<u8>,
+        /// Whether `raw` is compressed (else stored as is, the uncompressed flag kept).
+        compressed: bool,
+        /// The file's bytes this block must decode to.
+        plain: Vec<u8>,
+        /// Which file and block, for the error when it does not.
+        what: String,
+    },
 }
 
 /// The unit of work of the data path: one data or fragment block and its bytes. Jobs are
@@ -140,26 +165,76 @@ struct Stored {
     compressed: bool,
     /// For a sparse block, the bytes it stands for; 0 otherwise.
     sparse_len: u64,
+    /// Where the bytes come from (for the counts of [`DataLayout`]).
+    origin: Origin,
+}
+
+/// Where a written block's bytes come from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// Compressed by this writer (kept compressed, or stored when that did not shrink it).
+    Compressed,
+    /// Stored as is by rule (no compression asked for).
+    Stored,
+    /// Copied verbatim from an input image.
+    Copied,
 }
 
 impl Payload {
     /// Compresses (or passes through) the payload.
     fn finish(self, compressor: &Compressor) -> Result<Stored> {
-        let (bytes, compressed, sparse_len) = match self {
-            Payload::Sparse(len) => (Vec::new(), false, len),
+        let (bytes, compressed, sparse_len, origin) = match self {
+            Payload::Sparse(len) => (Vec::new(), false, len, Origin::Stored),
             Payload::Data(d) => match compressor.compress(&d)? {
-                Some(z) => (z, true, 0),
-                None => (d, false, 0),
+                Some(z) => (z, true, 0, Origin::Compressed),
+                None => (d, false, 0, Origin::Compressed),
             },
-            Payload::Stored(d) => (d, false, 0),
-            Payload::Packed(z) => (z, true, 0),
+            Payload::Stored(d) => (d, false, 0, Origin::Stored),
+            Payload::Packed(z) => (z, true, 0, Origin::Compressed),
+            Payload::Copied {
+                raw,
+                compressed,
+                plain,
+                what,
+            } => {
+                check_copied(compressor, &raw, compressed, &plain, &what)?;
+                (raw, compressed, 0, Origin::Copied)
+            }
         };
         Ok(Stored {
             bytes,
             compressed,
             sparse_len,
+            origin,
         })
     }
+}
+
+/// Fails unless the copied block `raw` decodes (decompressed with `compressor`, whose id is the
+/// input image's, or as stored) to exactly `plain`: a copied block whose bytes differ from the
+/// file's (an input image changed while it was read, or a reader bug) never reaches the output.
+fn check_copied(
+    compressor: &Compressor,
+    raw: &[u8],
+    compressed: bool,
+    plain: &[u8],
+    what: &str,
+) -> Result<()> {
+    let same = if compressed {
+        match compressor.decompress(raw, plain.len()) {
+            Ok(d) => d == plain,
+            Err(_) => false,
+        }
+    } else {
+        raw == plain
+    };
+    if same {
+        return Ok(());
+    }
+    Err(SqfsError::Invalid(format!(
+        "{what}: the block copied from the input image does not decode to the file's bytes \
+         (the image changed while it was read, or is corrupt: check it with unsquashfs)"
+    )))
 }
 
 /// A job after compression, on its way to the emitter.
@@ -216,6 +291,8 @@ pub fn write_data<W: Write + Send>(
         pos: start,
         files: vec![FileData::default(); order.len()],
         frags: Vec::new(),
+        copied: 0,
+        compressed: 0,
         err: None,
         stop: &stop,
     };
@@ -255,6 +332,8 @@ pub fn write_data<W: Write + Send>(
             fragments: emitter.frags,
             end: emitter.pos,
             data_blocks,
+            copied_blocks: emitter.copied,
+            compressed_blocks: emitter.compressed,
             duplicates,
             bytes_in,
         }
@@ -448,6 +527,7 @@ impl<'a> Producer<'a> {
             _ if stored_path => DataCompression::None,
             m => m,
         };
+        let source = self.block_source(content, mode);
         for b in 0..nblocks {
             let len = (size - b * bs).min(bs) as usize;
             let mut block = vec![0u8; len];
@@ -459,7 +539,10 @@ impl<'a> Producer<'a> {
             // A stored path's last short block (of several) is compressed when that shrinks it
             // (an image ends with zero padding).
             let short_last = stored_path && nblocks > 1 && b + 1 == nblocks && (len as u64) < bs;
-            let payload = self.payload(block, &mut mode, short_last)?;
+            let payload = match copy_block(source.as_ref(), b, block, self.params)? {
+                Ok(copied) => copied,
+                Err(block) => self.payload(block, &mut mode, short_last)?,
+            };
             sub.submit(BlockJob {
                 target: Target::Block { file: fi, index: b },
                 payload,
@@ -484,6 +567,25 @@ impl<'a> Producer<'a> {
             )));
         }
         Ok(())
+    }
+
+    /// The input image `content` lies in, when its blocks may be copied into this image: every
+    /// block is to be compressed (`mode` is [`DataCompression::All`], not a stored path) and the
+    /// image's compressor id, block size and declared compressor options equal the output's.
+    fn block_source<'c>(
+        &self,
+        content: &'c Content,
+        mode: DataCompression,
+    ) -> Option<StoredFile<'c>> {
+        if mode != DataCompression::All {
+            return None;
+        }
+        let src = StoredFile::of(content)?;
+        let p = self.params;
+        let same = src.block_size() == p.block_size
+            && src.compressor().id() == p.compressor.id()
+            && src.declared_options() == p.compressor.declared_options();
+        same.then_some(src)
     }
 
     /// The payload of one full (or unfragmented last) block under compression `mode`; a probe
@@ -544,6 +646,45 @@ impl<'a> Producer<'a> {
     }
 }
 
+/// Block `b` of a file (its bytes `block`) copied from the file's block source, or `block` back
+/// when it is compressed as usual. A block is copied when the source has an entry `b` in its
+/// block list (the same byte range, the block sizes being equal), that entry is not sparse, the
+/// block is not all zeros (those stay sparse, by this writer's rule), and a compressed entry
+/// passes the kernel traps ([`Compressor::kernel_safe_block`]). So a tail the source keeps in a
+/// fragment is never copied, and a source's short last block only when this image also stores
+/// that byte range as a block (no fragments). Which blocks are copied depends on the input image
+/// and the parameters only.
+fn copy_block(
+    source: Option<&StoredFile<'_>>,
+    b: u64,
+    block: Vec<u8>,
+    params: &BlockParams<'_>,
+) -> Result<std::result::Result<Payload, Vec<u8>>> {
+    let Some(src) = source else {
+        return Ok(Err(block));
+    };
+    let Some(&s) = usize::try_from(b)
+        .ok()
+        .and_then(|i| src.block_sizes().get(i))
+    else {
+        return Ok(Err(block));
+    };
+    if s & !BLOCK_UNCOMPRESSED == 0 || block.iter().all(|x| *x == 0) {
+        return Ok(Err(block));
+    }
+    let raw = src.raw_block(b as usize)?;
+    let compressed = s & BLOCK_UNCOMPRESSED == 0;
+    if compressed && !params.compressor.kernel_safe_block(&raw, params.block_size) {
+        return Ok(Err(block));
+    }
+    Ok(Ok(Payload::Copied {
+        raw,
+        compressed,
+        plain: block,
+        what: format!("{}: block {b}", src.describe()),
+    }))
+}
+
 /// Writes finished jobs in sequence order and records where each block went (see the module
 /// doc). Its first error stops the producer.
 struct Emitter<'a, W> {
@@ -552,6 +693,10 @@ struct Emitter<'a, W> {
     pos: u64,
     files: Vec<FileData>,
     frags: Vec<FragmentEntry>,
+    /// Data blocks copied from an input image so far.
+    copied: u64,
+    /// Data blocks compressed here so far.
+    compressed: u64,
     err: Option<SqfsError>,
     stop: &'a AtomicBool,
 }
@@ -591,6 +736,7 @@ impl<W: Write> Emitter<'_, W> {
             bytes,
             compressed,
             sparse_len,
+            origin,
         } = d.stored?;
         let here = self.pos;
         let size = bytes.len() as u32 | if compressed { 0 } else { BLOCK_UNCOMPRESSED };
@@ -606,6 +752,11 @@ impl<W: Write> Emitter<'_, W> {
                     return Ok(());
                 }
                 f.block_sizes.push(size);
+                match origin {
+                    Origin::Copied => self.copied += 1,
+                    Origin::Compressed => self.compressed += 1,
+                    Origin::Stored => {}
+                }
             }
             Target::Fragment { index } => {
                 let index = index as usize;
@@ -823,5 +974,285 @@ mod tests {
             total - at_failure
         );
         assert!(total < files / 4, "{total} of {files} blocks read");
+    }
+
+    // ---- block sources ----
+
+    use crate::squashfs::archive::Archive;
+    use crate::squashfs::write::WriteReport;
+    use std::io::Cursor;
+    use std::sync::Mutex;
+
+    /// Text-like bytes that xz shrinks, different for each `seed`.
+    fn text(len: usize, seed: u64) -> Vec<u8> {
+        let mut out = Vec::with_capacity(len + 64);
+        let mut i = 0u64;
+        while out.len() < len {
+            out.extend_from_slice(format!("seed {seed} line {i} {}\n", i * seed % 977).as_bytes());
+            i += 1;
+        }
+        out.truncate(len);
+        out
+    }
+
+    fn meta(perm: u16) -> Metadata {
+        Metadata {
+            perm,
+            ..Default::default()
+        }
+    }
+
+    /// A tree of files `(name, content)` in the root.
+    fn tree_of(files: &[(&str, Vec<u8>)]) -> Tree {
+        let mut t = Tree::new(meta(0o755));
+        let root = t.root();
+        for (name, data) in files {
+            let inode = Inode {
+                meta: meta(0o644),
+                kind: InodeKind::File(Content::from_bytes(data.clone())),
+            };
+            t.add(root, name.as_bytes(), inode).unwrap();
+        }
+        t
+    }
+
+    fn xz(level: u32, dict_size: u32, bcj_x86: bool) -> Compressor {
+        Compressor::Xz {
+            level,
+            dict_size,
+            bcj_x86,
+        }
+    }
+
+    fn params(c: Compressor, bs: usize, jobs: usize) -> WriterParams {
+        let mut p = WriterParams::new(c, bs as u32, 7);
+        p.jobs = jobs;
+        p
+    }
+
+    fn write(t: &Tree, p: &WriterParams) -> (Vec<u8>, WriteReport) {
+        let mut out = Cursor::new(Vec::new());
+        let r = write_image(t, p, &mut out, &|_| {}).unwrap();
+        (out.into_inner(), r)
+    }
+
+    /// The tree of an image held in memory, its files read from the image.
+    fn read(image: Vec<u8>) -> Tree {
+        let a = Archive::from_image(Arc::new(image), "in.sqfs".into()).unwrap();
+        a.read_tree().unwrap()
+    }
+
+    /// A file's path, content, stored block sizes and stored bytes of each block.
+    type StoredView = (Vec<u8>, Vec<u8>, Vec<u32>, Vec<Vec<u8>>);
+
+    /// Each file's [`StoredView`] in `t`.
+    fn stored(t: &Tree) -> Vec<StoredView> {
+        let mut v = Vec::new();
+        for node in t.walk() {
+            if let InodeKind::File(c) = &t.node_inode(node).kind {
+                let s = StoredFile::of(c).unwrap();
+                let raw = (0..s.block_sizes().len())
+                    .map(|i| s.raw_block(i).unwrap())
+                    .collect();
+                v.push((
+                    t.path(node),
+                    c.read_all().unwrap(),
+                    s.block_sizes().to_vec(),
+                    raw,
+                ));
+            }
+        }
+        v
+    }
+
+    /// Files with full compressible blocks and tails, an all-zero (sparse) block, an
+    /// incompressible block (stored uncompressed), and two identical files (dedup).
+    fn sample() -> Tree {
+        let mut mixed = text(BS, 1);
+        mixed.extend(vec![0u8; BS]);
+        mixed.extend(noise(2));
+        mixed.extend(text(BS + 100, 3));
+        tree_of(&[
+            ("a", text(3 * BS + 17, 4)),
+            ("b", mixed),
+            ("c", text(200, 5)),
+            ("d1", text(2 * BS + 5, 6)),
+            ("d2", text(2 * BS + 5, 6)),
+        ])
+    }
+
+    #[test]
+    fn copied_blocks_appear_verbatim() {
+        // The input is compressed at xz preset 0, the output asks for preset 6: the image does
+        // not record the preset, so the blocks are copied, and they differ from what preset 6
+        // makes of them.
+        let (input, _) = write(&sample(), &params(xz(0, BS as u32, false), BS, 2));
+        let t = read(input);
+        let (out, r) = write(&t, &params(xz(6, BS as u32, false), BS, 2));
+        let (fresh, fr) = write(&sample(), &params(xz(6, BS as u32, false), BS, 2));
+        // a: 3 blocks, b: text, noise, text (the zero block is sparse), d1 (d2 shares it): 2.
+        assert_eq!((r.copied_blocks, r.compressed_blocks), (8, 0), "{r:?}");
+        assert_eq!(r.data_blocks, 8);
+        assert_eq!(r.duplicates, 1);
+        assert_eq!((fr.copied_blocks, fr.compressed_blocks), (0, 8), "{fr:?}");
+        assert_ne!(out, fresh, "preset 0 and 6 blocks should differ");
+        let (before, after) = (stored(&t), stored(&read(out)));
+        assert_eq!(before, after);
+        let b = &after.iter().find(|f| f.0 == b"b").unwrap().2;
+        assert_eq!(b[1], 0, "the zero block stays sparse");
+        assert!(
+            b[2] & BLOCK_UNCOMPRESSED != 0,
+            "the noise block stays stored"
+        );
+        assert_eq!(b.len(), 4);
+    }
+
+    #[test]
+    fn other_parameters_compress_instead() {
+        let (input, _) = write(&sample(), &params(xz(0, BS as u32, false), BS, 2));
+        let t = read(input);
+        for (what, p) in [
+            ("bcj", params(xz(0, BS as u32, true), BS, 2)),
+            ("dictionary", params(xz(0, 8192, false), 2 * BS, 2)),
+            ("block size", params(xz(0, BS as u32, false), 2 * BS, 2)),
+            ("compressor", params(Compressor::Zstd { level: 3 }, BS, 2)),
+            ("gzip", params(Compressor::Gzip { level: 9 }, BS, 2)),
+        ] {
+            let (out, r) = write(&t, &p);
+            assert_eq!(r.copied_blocks, 0, "{what}: {r:?}");
+            assert!(r.compressed_blocks > 0, "{what}: {r:?}");
+            let same: Vec<_> = stored(&read(out)).into_iter().map(|f| f.1).collect();
+            let orig: Vec<_> = stored(&t).into_iter().map(|f| f.1).collect();
+            assert_eq!(same, orig, "{what}");
+        }
+        // A dictionary that differs with the same block size also compresses again.
+        let (input, _) = write(&sample(), &params(xz(0, 8192, false), 2 * BS, 2));
+        let (_, r) = write(&read(input), &params(xz(0, BS as u32, false), 2 * BS, 2));
+        assert_eq!(r.copied_blocks, 0, "{r:?}");
+    }
+
+    #[test]
+    fn copying_is_the_same_for_any_jobs() {
+        let (input, _) = write(&sample(), &params(xz(0, BS as u32, false), BS, 2));
+        let t = read(input);
+        let outs: Vec<_> = [1, 2, 5]
+            .into_iter()
+            .map(|j| write(&t, &params(xz(9, BS as u32, false), BS, j)))
+            .collect();
+        assert!(outs[0].1.copied_blocks == 8, "{:?}", outs[0].1);
+        assert!(outs.iter().all(|o| o.0 == outs[0].0));
+    }
+
+    #[test]
+    fn a_short_last_block_is_copied_only_where_it_stays_a_block() {
+        let files = [("x", text(2 * BS + 300, 8)), ("y", text(BS + 1, 9))];
+        let mut p = params(xz(6, BS as u32, false), BS, 2);
+        p.fragments = false;
+        let t = read(write(&tree_of(&files), &p).0);
+        // Into an image with fragments: the short last blocks become fragment tails.
+        let (out, r) = write(&t, &params(xz(6, BS as u32, false), BS, 2));
+        assert_eq!((r.copied_blocks, r.compressed_blocks), (3, 0), "{r:?}");
+        assert_eq!(r.fragment_blocks, 1);
+        let back = stored(&read(out));
+        assert_eq!(back[0].2.len(), 2);
+        assert_eq!(back[0].1, files[0].1);
+        // Into an image without fragments: every block, the short ones too, is copied.
+        let (out, r) = write(&t, &p);
+        assert_eq!((r.copied_blocks, r.compressed_blocks), (5, 0), "{r:?}");
+        assert_eq!(stored(&read(out)), stored(&t));
+    }
+
+    #[test]
+    fn a_repack_copies_mksquashfs_blocks() {
+        if !crate::squashfs::testkit::have("mksquashfs") {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        std::fs::create_dir(&src).unwrap();
+        std::fs::write(src.join("big"), text(5 * BS + 9, 10)).unwrap();
+        std::fs::write(src.join("small"), text(99, 11)).unwrap();
+        let img = crate::squashfs::testkit::mksquashfs(
+            &src,
+            &dir.path().join("m.sqfs"),
+            &["-comp", "xz", "-Xbcj", "x86", "-b", "4K"],
+        );
+        let t = read(std::fs::read(img).unwrap());
+        let (out, r) = write(&t, &params(xz(6, BS as u32, true), BS, 2));
+        // mksquashfs keeps the 9-byte tail of `big` as a sixth block; here it is a fragment.
+        assert_eq!((r.copied_blocks, r.compressed_blocks), (5, 0), "{r:?}");
+        let (before, after) = (stored(&t), stored(&read(out)));
+        assert_eq!(before[0].2.len(), 6);
+        assert_eq!(
+            before[0].3[..5],
+            after[0].3[..],
+            "the full blocks are copied"
+        );
+        assert_eq!(before[0].1, after[0].1);
+        assert_eq!(before[1].1, after[1].1);
+    }
+
+    /// An image whose reads of one range return corrupted bytes from the `after`-th read on
+    /// (an input that changes between the producer's decoding and the block copy).
+    struct Flaky {
+        bytes: Vec<u8>,
+        at: u64,
+        after: usize,
+        reads: Mutex<usize>,
+    }
+
+    impl crate::io::ReadAt for Flaky {
+        fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+            self.bytes.read_exact_at(buf, offset)?;
+            let end = offset + buf.len() as u64;
+            if (offset..end).contains(&self.at) {
+                let mut n = self.reads.lock().unwrap();
+                *n += 1;
+                if *n > self.after {
+                    buf[(self.at - offset) as usize] ^= 0x55;
+                }
+            }
+            Ok(())
+        }
+        fn len(&self) -> u64 {
+            self.bytes.len() as u64
+        }
+    }
+
+    #[test]
+    fn a_copied_block_that_does_not_decode_to_the_file_is_refused() {
+        for c in [xz(6, BS as u32, false), Compressor::Zstd { level: 3 }] {
+            for stored_block in [false, true] {
+                let data = if stored_block {
+                    noise(12)
+                } else {
+                    text(BS, 12)
+                };
+                let (input, _) = write(&tree_of(&[("f", data)]), &params(c.clone(), BS, 2));
+                let s = stored(&read(input.clone()));
+                let raw = &s[0].3[0];
+                let start = input.windows(raw.len()).position(|w| w == raw).unwrap() as u64;
+                let len = raw.len() as u64;
+                let image = Flaky {
+                    bytes: input,
+                    at: start + len / 2,
+                    after: 1,
+                    reads: Mutex::new(0),
+                };
+                let a = Archive::from_image(Arc::new(image), "in.sqfs".into()).unwrap();
+                let t = a.read_tree().unwrap();
+                let mut out = Cursor::new(Vec::new());
+                let err = write_image(&t, &params(c.clone(), BS, 2), &mut out, &|_| {})
+                    .unwrap_err()
+                    .to_string();
+                assert!(
+                    err.contains(
+                        "in.sqfs:/f: block 0: the block copied from the input image \
+                         does not decode to the file's bytes"
+                    ),
+                    "{err}"
+                );
+            }
+        }
     }
 }

@@ -165,6 +165,54 @@ impl Compressor {
         }
     }
 
+    /// The compressor-options payload with every field spelled out, defaults included (what
+    /// [`Compressor::options`] writes, or the defaults an absent payload stands for). Two images
+    /// whose compressor ids, block sizes and declared options are equal are block sources for each
+    /// other (see `blocks`): settings no image records (the xz preset) are not part of it.
+    pub fn declared_options(&self) -> Vec<u8> {
+        match *self {
+            Compressor::Gzip { level } => {
+                let mut v = level.to_le_bytes().to_vec();
+                v.extend_from_slice(&15u16.to_le_bytes());
+                v.extend_from_slice(&0u16.to_le_bytes());
+                v
+            }
+            Compressor::Xz {
+                dict_size, bcj_x86, ..
+            } => {
+                let mut v = dict_size.to_le_bytes().to_vec();
+                v.extend_from_slice(&(if bcj_x86 { XZ_FILTER_X86 } else { 0 }).to_le_bytes());
+                v
+            }
+            Compressor::Zstd { level } => level.to_le_bytes().to_vec(),
+            Compressor::Lz4 | Compressor::Lzma | Compressor::Lzo => Vec::new(),
+        }
+    }
+
+    /// True when a stored (compressed) block made by another encoder passes the kernel traps of
+    /// the module doc, so it may be copied into an image: an xz stream with check CRC32 or none,
+    /// a zstd frame whose window is at most max(`block_size`, 8 KiB), a zlib stream. Anything
+    /// else is compressed again instead.
+    pub fn kernel_safe_block(&self, block: &[u8], block_size: u32) -> bool {
+        match self {
+            Compressor::Xz { .. } => {
+                block.len() >= 12
+                    && block[..6] == [0xFD, b'7', b'z', b'X', b'Z', 0]
+                    && block[6] == 0
+                    && matches!(block[7], 0 | 1)
+            }
+            Compressor::Zstd { .. } => zstd_window_ok(block, block_size.max(8192) as u64),
+            Compressor::Gzip { .. } => {
+                // zlib header: deflate, window at most 2^15, header checksum.
+                block.len() >= 2
+                    && block[0] & 0x0F == 8
+                    && block[0] >> 4 <= 7
+                    && u16::from_be_bytes([block[0], block[1]]) % 31 == 0
+            }
+            Compressor::Lz4 | Compressor::Lzma | Compressor::Lzo => false,
+        }
+    }
+
     /// The compressor an image declares: its id and optional options payload. Settings that do not
     /// matter for reading (levels) are filled with defaults when absent.
     pub fn from_image(id: u16, options: Option<&[u8]>, block_size: u32) -> Result<Compressor> {
@@ -318,6 +366,41 @@ impl Compressor {
     }
 }
 
+/// True when `frame` starts a zstd frame whose declared window is at most `max` bytes (a
+/// single-segment frame's window is its content size).
+fn zstd_window_ok(frame: &[u8], max: u64) -> bool {
+    if frame.len() < 6 || frame[..4] != [0x28, 0xB5, 0x2F, 0xFD] {
+        return false;
+    }
+    let fhd = frame[4];
+    if fhd & 0x08 != 0 {
+        // Reserved bit set: not a frame this encoder family writes.
+        return false;
+    }
+    if fhd & 0x20 != 0 {
+        // Single segment: the window is the content size, which follows the optional
+        // dictionary id.
+        let did_len = [0usize, 1, 2, 4][(fhd & 3) as usize];
+        let fcs_len = [1usize, 2, 4, 8][(fhd >> 6) as usize];
+        let at = 5 + did_len;
+        let Some(b) = frame.get(at..at + fcs_len) else {
+            return false;
+        };
+        let mut v = [0u8; 8];
+        v[..fcs_len].copy_from_slice(b);
+        let mut size = u64::from_le_bytes(v);
+        if fcs_len == 2 {
+            size += 256;
+        }
+        return size <= max;
+    }
+    let wd = frame[5];
+    let exponent = (wd >> 3) as u32;
+    let base = 1u64 << (10 + exponent);
+    let window = base + (base / 8) * (wd & 7) as u64;
+    window <= max
+}
+
 fn read_bounded(r: impl Read, out: &mut Vec<u8>, max_out: usize, what: &str) -> Result<()> {
     let n = r
         .take(max_out as u64 + 1)
@@ -458,5 +541,38 @@ mod tests {
             Compressor::from_image(id::ZSTD, z.options(4096).as_deref(), 4096).unwrap(),
             z
         );
+    }
+
+    #[test]
+    fn only_blocks_the_kernel_reads_are_copyable() {
+        let data = sample();
+        let bs = 1 << 20;
+        let ours_xz = Compressor::Xz {
+            level: 6,
+            dict_size: bs,
+            bcj_x86: true,
+        };
+        let z = ours_xz.compress(&data).unwrap().unwrap();
+        assert!(ours_xz.kernel_safe_block(&z, bs));
+        // liblzma's default check, CRC64, fails in the kernel.
+        let mut crc64 = Vec::new();
+        liblzma::read::XzEncoder::new(&data[..], 6)
+            .read_to_end(&mut crc64)
+            .unwrap();
+        assert!(!ours_xz.kernel_safe_block(&crc64, bs));
+        assert!(!ours_xz.kernel_safe_block(&z[..5], bs));
+
+        let zs = Compressor::Zstd { level: 3 };
+        let one_shot = zs.compress(&data[..4096]).unwrap().unwrap();
+        assert!(zs.kernel_safe_block(&one_shot, 4096));
+        // A streaming frame declares a window of the level's size, far above a 4 KiB block.
+        let streamed = zstd::stream::encode_all(&data[..4096], 19).unwrap();
+        assert!(!zs.kernel_safe_block(&streamed, 4096));
+        assert!(zs.kernel_safe_block(&streamed, 8 << 20) || streamed[4] & 0x20 != 0);
+
+        let gz = Compressor::Gzip { level: 9 };
+        let g = gz.compress(&data).unwrap().unwrap();
+        assert!(gz.kernel_safe_block(&g, bs));
+        assert!(!gz.kernel_safe_block(&z, bs));
     }
 }

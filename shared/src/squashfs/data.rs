@@ -7,13 +7,14 @@ use std::io::{self, Read};
 use std::sync::{Arc, Mutex};
 
 use super::archive::{wrap, Archive};
+use super::compress::Compressor;
 use super::inode::{DiskInode, InodeBody, BLOCK_UNCOMPRESSED};
 use super::meta::MetaReader;
 use super::table::FragmentEntry;
 use super::{Result, SqfsError, INVALID_U32};
 use crate::corrupt;
 use crate::io::ReadAt;
-use crate::tree::ContentSource;
+use crate::tree::{Content, ContentSource};
 
 /// Decompressed fragment blocks kept per archive (at most 1 MiB each).
 const FRAGMENT_CACHE: usize = 16;
@@ -190,6 +191,153 @@ impl ContentSource for ArchiveFile {
             self.archive.clone(),
             self.layout.clone(),
         )))
+    }
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
+    }
+}
+
+/// A file inside an image seen as its stored bytes: its full-block list as the image holds it
+/// (compressed or stored, sparse entries included) and its tail. The writer copies such blocks
+/// verbatim (block sources, [`super::blocks`]); the diff compares them to skip decoding files
+/// whose stored bytes are identical (identical stored bytes decode to identical content).
+pub struct StoredFile<'a> {
+    file: &'a ArchiveFile,
+    /// Where each entry of the block list starts in the image.
+    starts: Vec<u64>,
+}
+
+impl<'a> StoredFile<'a> {
+    /// The stored view of `content`, when it is a file inside a SquashFS image.
+    pub fn of(content: &'a Content) -> Option<StoredFile<'a>> {
+        let file = content.source.as_any()?.downcast_ref::<ArchiveFile>()?;
+        let mut at = file.layout.blocks_start;
+        let starts = file
+            .layout
+            .block_sizes
+            .iter()
+            .map(|s| {
+                let here = at;
+                // Cannot saturate: file_layout checked that the stored sizes add up.
+                at = at.saturating_add((s & !BLOCK_UNCOMPRESSED) as u64);
+                here
+            })
+            .collect();
+        Some(StoredFile { file, starts })
+    }
+
+    /// The image's compressor, as its superblock declares it.
+    pub fn compressor(&self) -> &Compressor {
+        &self.file.archive.comp
+    }
+
+    /// The image's data block size.
+    pub fn block_size(&self) -> u32 {
+        self.file.archive.sb.block_size
+    }
+
+    /// The image's compressor options with every field spelled out (an absent payload stands
+    /// for the defaults), as [`Compressor::declared_options`] gives them for a writer.
+    pub fn declared_options(&self) -> Vec<u8> {
+        match self.file.archive.compressor_options() {
+            Some(o) => o.to_vec(),
+            None => self.file.archive.comp.declared_options(),
+        }
+    }
+
+    /// The file's size in bytes.
+    pub fn size(&self) -> u64 {
+        self.file.layout.size
+    }
+
+    /// The stored size of each entry of the block list ([`BLOCK_UNCOMPRESSED`] set: stored as
+    /// is; 0: sparse).
+    pub fn block_sizes(&self) -> &[u32] {
+        &self.file.layout.block_sizes
+    }
+
+    /// Whether the file's tail lies in a fragment block.
+    pub fn has_fragment_tail(&self) -> bool {
+        self.file.layout.tail.is_some()
+    }
+
+    /// The input the file is read from, for messages (`image:/path`).
+    pub fn describe(&self) -> &str {
+        &self.file.layout.what
+    }
+
+    /// The bytes entry `i` of the block list occupies in the image, as they lie there (empty
+    /// for a sparse entry).
+    pub fn raw_block(&self, i: usize) -> Result<Vec<u8>> {
+        let (Some(&s), Some(&at)) = (self.block_sizes().get(i), self.starts.get(i)) else {
+            return Err(corrupt!(
+                "{}: block {i} lies past the end of the file",
+                self.describe()
+            ));
+        };
+        let mut raw = vec![0u8; (s & !BLOCK_UNCOMPRESSED) as usize];
+        self.file
+            .archive
+            .image
+            .read_exact_at(&mut raw, at)
+            .map_err(|e| {
+                SqfsError::io(format!("{}: data block {i} at {at}", self.describe()), e)
+            })?;
+        Ok(raw)
+    }
+
+    /// The entries of the block list that hold whole blocks (the first size / block size),
+    /// or None when the list is shorter than that (a damaged file: never compared).
+    pub fn full_blocks(&self) -> Option<&[u32]> {
+        let full = usize::try_from(self.size() / self.block_size() as u64).ok()?;
+        self.block_sizes().get(..full)
+    }
+
+    /// The file's bytes past its whole blocks, decoded: from its fragment block, or from a short
+    /// last entry of its block list (an image written without fragments, or mksquashfs's tail of
+    /// a file larger than a block); empty when the size is a multiple of the block size.
+    pub fn tail(&self) -> Result<Vec<u8>> {
+        let l = &*self.file.layout;
+        if let Some(t) = &l.tail {
+            let (block, start, end) =
+                tail_bytes(&self.file.archive, t).map_err(|e| wrap(e, self.describe()))?;
+            return Ok(block[start..end].to_vec());
+        }
+        let full = self.full_blocks().map_or(0, <[u32]>::len);
+        let (Some(_), Some(&at)) = (l.block_sizes.get(full), self.starts.get(full)) else {
+            return Ok(Vec::new());
+        };
+        let data = decode_block(&self.file.archive, l, full, at, Vec::new())
+            .map_err(|e| wrap(e, self.describe()))?;
+        Ok(data.unwrap_or_else(|| {
+            vec![0; block_len(l.size, l.block_size, full).unwrap_or(0) as usize]
+        }))
+    }
+
+    /// A digest of the file's stored form: compressor id, block size, size, the stored size and
+    /// bytes of every whole block, and the decoded tail (wherever it lies). Two files with equal
+    /// stored digests have equal content; only the tail is decoded. None for a damaged file.
+    pub fn stored_digest(&self) -> Result<Option<[u8; 32]>> {
+        use sha2::{Digest, Sha256};
+        let Some(full) = self.full_blocks() else {
+            return Ok(None);
+        };
+        let mut h = Sha256::new();
+        h.update(b"iuk-stored-file-v1\n");
+        h.update(self.compressor().id().to_le_bytes());
+        h.update(self.block_size().to_le_bytes());
+        h.update(self.size().to_le_bytes());
+        h.update((full.len() as u64).to_le_bytes());
+        for s in full {
+            h.update(s.to_le_bytes());
+        }
+        for i in 0..full.len() {
+            h.update(self.raw_block(i)?);
+        }
+        let tail = self.tail()?;
+        h.update((tail.len() as u64).to_le_bytes());
+        h.update(&tail);
+        Ok(Some(h.finalize().into()))
     }
 }
 

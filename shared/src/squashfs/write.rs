@@ -10,6 +10,14 @@
 //!    all-zero block is sparse (not stored). Tails shorter than a block are packed into fragment
 //!    blocks in the same order; a fragment block is emitted when the next tail does not fit.
 //!    A file whose (size, sha256) equals an earlier file's reuses that file's blocks and tail.
+//!    Block sources: when a file's content is a file inside an input SquashFS image whose
+//!    compressor id, block size and declared compressor options ([`Compressor::declared_options`]:
+//!    an absent options payload stands for the defaults; the xz preset, which no image records,
+//!    is not compared) equal this image's, and every block is to be compressed, each of its
+//!    full-block-list entries that covers the same byte range here and is neither sparse nor
+//!    all zeros is copied verbatim (compressed or stored, as the input has it) instead of being
+//!    compressed, provided a compressed one passes the kernel traps; it is checked to decode to
+//!    the file's bytes first. Tails are always packed into fragments and compressed here.
 //! 3. Inode table: inodes in post-order (each directory's children in name order, a subdirectory's
 //!    whole subtree before the next sibling, the directory itself last; a hard-linked inode at
 //!    its first entry). Inode numbers follow this order from 1; the root's parent is count + 1.
@@ -42,7 +50,8 @@ pub use super::blocks::DataCompression;
 
 /// The writer format version: fixes the bytes emitted for given parameters (layout rules above
 /// plus the exact vendored compressor versions and settings).
-pub const WRITER_FORMAT_VERSION: u32 = 1;
+/// Version 2: data blocks are copied from input images (block sources, rule 2).
+pub const WRITER_FORMAT_VERSION: u32 = 2;
 
 /// Everything that shapes the image bytes, plus `jobs`, which never does.
 #[derive(Clone, Debug)]
@@ -115,6 +124,10 @@ pub struct WriteReport {
     pub duplicates: u64,
     /// Data blocks written (not counting sparse ones).
     pub data_blocks: u64,
+    /// Data blocks copied verbatim from an input image (block sources, rule 2).
+    pub copied_blocks: u64,
+    /// Data blocks this writer compressed (kept compressed, or stored when that did not shrink).
+    pub compressed_blocks: u64,
     /// Fragment blocks written.
     pub fragment_blocks: u64,
 }
@@ -175,6 +188,8 @@ pub fn write_image<W: Write + Seek + Send>(
         bytes_out: padded,
         duplicates: data.duplicates,
         data_blocks: data.data_blocks,
+        copied_blocks: data.copied_blocks,
+        compressed_blocks: data.compressed_blocks,
         fragment_blocks: data.fragments.len() as u64,
     })
 }

@@ -1,0 +1,235 @@
+//! Hashing a tree without decoding the files another hashed tree already knows: a file whose
+//! stored form in its SquashFS image equals a known file's has that file's content (see
+//! [`super::HashedTree::new_reusing`]).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use rayon::prelude::*;
+
+use super::HashedTree;
+use crate::squashfs::data::StoredFile;
+use crate::tree::{Content, InodeId, InodeKind, Tree, TreeError};
+
+/// What two files with the same stored form share before their stored bytes are read:
+/// compressor id, block size, size and the stored size of every whole block.
+type LayoutKey = (u16, u32, u64, Vec<u32>);
+
+/// The layout key of a file stored in an image with at least one whole block (smaller files
+/// are cheaper to decode than to compare).
+fn layout_key(c: &Content) -> Option<LayoutKey> {
+    let s = StoredFile::of(c)?;
+    let full = s.full_blocks()?;
+    if full.is_empty() {
+        return None;
+    }
+    Some((s.compressor().id(), s.block_size(), s.size(), full.to_vec()))
+}
+
+/// The known files by layout key, and their stored digests once computed.
+struct Known<'a> {
+    tree: &'a HashedTree,
+    by_layout: HashMap<LayoutKey, Vec<InodeId>>,
+    digests: Mutex<HashMap<InodeId, Option<[u8; 32]>>>,
+}
+
+impl<'a> Known<'a> {
+    fn new(tree: &'a HashedTree) -> Known<'a> {
+        let mut by_layout: HashMap<LayoutKey, Vec<InodeId>> = HashMap::new();
+        for i in 0..tree.tree.inode_count() {
+            let id = InodeId(i as u32);
+            if let InodeKind::File(c) = &tree.tree.inode(id).kind {
+                if let Some(k) = layout_key(c) {
+                    by_layout.entry(k).or_default().push(id);
+                }
+            }
+        }
+        Known {
+            tree,
+            by_layout,
+            digests: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The stored digest of known file `id` (None when it cannot be read: then it is never
+    /// reused).
+    fn digest(&self, id: InodeId) -> Option<[u8; 32]> {
+        if let Some(d) = self.lock().get(&id) {
+            return *d;
+        }
+        let d = match &self.tree.tree.inode(id).kind {
+            InodeKind::File(c) => StoredFile::of(c).and_then(|s| s.stored_digest().ok().flatten()),
+            _ => None,
+        };
+        self.lock().insert(id, d);
+        d
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<InodeId, Option<[u8; 32]>>> {
+        self.digests.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The sha256 of `c` when a known file has the same stored form.
+    fn reuse(&self, c: &Content) -> Option<[u8; 32]> {
+        let key = layout_key(c)?;
+        let candidates = self.by_layout.get(&key)?;
+        let mine = StoredFile::of(c)?.stored_digest().ok()??;
+        candidates
+            .iter()
+            .find(|id| self.digest(**id) == Some(mine))
+            .and_then(|id| self.tree.hashes.get(id.0 as usize).copied().flatten())
+    }
+}
+
+/// [`crate::tree::content_hashes`], taking the hash of every file whose stored form equals a
+/// file of `known` from `known`; the files are handled in parallel on the current rayon pool.
+pub(super) fn content_hashes_reusing(
+    tree: &Tree,
+    known: &HashedTree,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<Vec<Option<[u8; 32]>>, TreeError> {
+    let known = Known::new(known);
+    let done = AtomicU64::new(0);
+    (0..tree.inode_count())
+        .into_par_iter()
+        .map(|i| {
+            let InodeKind::File(c) = &tree.inode(InodeId(i as u32)).kind else {
+                return Ok(None);
+            };
+            if let Some(h) = known.reuse(c) {
+                progress(done.fetch_add(c.size, Ordering::Relaxed) + c.size);
+                return Ok(Some(h));
+            }
+            let h = c
+                .sha256_with(|n| progress(done.fetch_add(n, Ordering::Relaxed) + n))
+                .map_err(|e| TreeError::Read {
+                    what: c.source.describe(),
+                    source: e,
+                })?;
+            Ok(Some(h))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::squashfs::archive::Archive;
+    use crate::squashfs::compress::Compressor;
+    use crate::squashfs::write::{write_image, WriterParams};
+    use crate::tree::{Inode, Metadata};
+    use std::io::Cursor;
+    use std::sync::Arc;
+
+    fn text(len: usize, seed: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut i = 0u64;
+        while out.len() < len {
+            out.extend_from_slice(format!("{seed}:{i}\n").as_bytes());
+            i += 1;
+        }
+        out.truncate(len);
+        out
+    }
+
+    /// The tree of an image of `files`, read back from the image.
+    fn image_tree(files: &[(&str, Vec<u8>)], fragments: bool) -> Tree {
+        let mut t = Tree::new(Metadata {
+            perm: 0o755,
+            ..Default::default()
+        });
+        let root = t.root();
+        for (name, data) in files {
+            let inode = Inode {
+                meta: Metadata {
+                    perm: 0o644,
+                    ..Default::default()
+                },
+                kind: InodeKind::File(Content::from_bytes(data.clone())),
+            };
+            t.add(root, name.as_bytes(), inode).unwrap();
+        }
+        let mut out = Cursor::new(Vec::new());
+        let c = Compressor::Zstd { level: 3 };
+        let mut p = WriterParams::new(c, 4096, 0);
+        p.fragments = fragments;
+        write_image(&t, &p, &mut out, &|_| {}).unwrap();
+        let a = Archive::from_image(Arc::new(out.into_inner()), "img".into()).unwrap();
+        a.read_tree().unwrap()
+    }
+
+    fn hash_of(h: &HashedTree, name: &str) -> [u8; 32] {
+        let node = h.tree.node(h.tree.root()).children.iter().copied();
+        let n = node
+            .into_iter()
+            .find(|n| h.tree.node(*n).name == name.as_bytes())
+            .unwrap();
+        h.hashes[h.tree.node(n).inode.0 as usize].unwrap()
+    }
+
+    #[test]
+    fn identical_stored_files_are_not_decoded() {
+        let same = text(3 * 4096 + 10, 1);
+        let tail_only = text(100, 2);
+        let old = image_tree(
+            &[
+                ("same", same.clone()),
+                ("changed", text(2 * 4096, 3)),
+                ("small", tail_only.clone()),
+            ],
+            true,
+        );
+        let new = image_tree(
+            &[
+                ("changed", text(2 * 4096, 4)),
+                ("same", same.clone()),
+                ("small", tail_only),
+            ],
+            true,
+        );
+        let mut known = HashedTree::new(new, &|_| {}).unwrap();
+        let truth = HashedTree::new(old.clone(), &|_| {}).unwrap();
+        // Known hashes replaced by markers: a reused hash shows its marker, a decoded one not.
+        for (i, h) in known.hashes.iter_mut().enumerate() {
+            if h.is_some() {
+                *h = Some([i as u8; 32]);
+            }
+        }
+        let got = HashedTree::new_reusing(old, &known, &|_| {}).unwrap();
+        assert_eq!(hash_of(&got, "same"), hash_of(&known, "same"));
+        assert_ne!(hash_of(&got, "same"), hash_of(&truth, "same"));
+        // Different stored bytes, or no blocks at all: decoded and hashed.
+        assert_eq!(hash_of(&got, "changed"), hash_of(&truth, "changed"));
+        assert_eq!(hash_of(&got, "small"), hash_of(&truth, "small"));
+        // With true known hashes, the result equals a full hash of the tree.
+        let known = HashedTree::new(known.tree, &|_| {}).unwrap();
+        let got = HashedTree::new_reusing(truth.tree.clone(), &known, &|_| {}).unwrap();
+        assert_eq!(got.hashes, truth.hashes);
+    }
+
+    /// A tail kept as a short last block in one image and in a fragment in the other: the
+    /// whole blocks are compared stored, the tails decoded.
+    #[test]
+    fn a_tail_block_and_a_fragment_tail_compare_by_content() {
+        let data = text(2 * 4096 + 77, 5);
+        let other = {
+            let mut d = data.clone();
+            let n = d.len();
+            d[n - 1] ^= 1;
+            d
+        };
+        let old = image_tree(&[("f", data.clone()), ("g", other)], false);
+        let new = image_tree(&[("f", data.clone()), ("g", data)], true);
+        let mut known = HashedTree::new(new, &|_| {}).unwrap();
+        let truth = HashedTree::new(old.clone(), &|_| {}).unwrap();
+        for (i, h) in known.hashes.iter_mut().enumerate() {
+            if h.is_some() {
+                *h = Some([i as u8; 32]);
+            }
+        }
+        let got = HashedTree::new_reusing(old, &known, &|_| {}).unwrap();
+        assert_eq!(hash_of(&got, "f"), hash_of(&known, "f"));
+        assert_eq!(hash_of(&got, "g"), hash_of(&truth, "g"));
+    }
+}
