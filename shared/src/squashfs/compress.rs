@@ -262,15 +262,33 @@ impl Compressor {
     /// Decompresses one block whose uncompressed size is at most `max_out` bytes. Output beyond
     /// `max_out` is an error, so a hostile block cannot make the reader allocate without bound.
     pub fn decompress(&self, input: &[u8], max_out: usize) -> Result<Vec<u8>> {
+        self.decode(input, max_out, false)
+    }
+
+    /// Like [`Compressor::decompress`], and also refuses a block whose stream ends before its
+    /// stored bytes do (for gzip, zstd, xz and lzma: writers store exactly the stream, so bytes
+    /// left over mean a wrong stored size). Used by the full check of an image.
+    pub fn decompress_exact(&self, input: &[u8], max_out: usize) -> Result<Vec<u8>> {
+        self.decode(input, max_out, true)
+    }
+
+    fn decode(&self, input: &[u8], max_out: usize, exact: bool) -> Result<Vec<u8>> {
         let mut out = Vec::with_capacity(max_out.min(1 << 20));
+        let left_over = |what: &str, used: u64| {
+            if exact && used != input.len() as u64 {
+                Err(corrupt!(
+                    "{what} block: the stream ends after {used} of its {} stored bytes",
+                    input.len()
+                ))
+            } else {
+                Ok(())
+            }
+        };
         match self {
             Compressor::Gzip { .. } => {
-                read_bounded(
-                    flate2::read::ZlibDecoder::new(input),
-                    &mut out,
-                    max_out,
-                    "zlib",
-                )?;
+                let mut dec = flate2::read::ZlibDecoder::new(input);
+                read_bounded(&mut dec, &mut out, max_out, "zlib")?;
+                left_over("zlib", dec.total_in())?;
             }
             Compressor::Zstd { .. } => {
                 let mut dec = zstd::stream::read::Decoder::with_buffer(input)
@@ -279,27 +297,23 @@ impl Compressor {
                 // Blocks are at most 1 MiB: refuse frames that ask for a larger window.
                 dec.window_log_max(21)
                     .map_err(|e| SqfsError::io("zstd", e))?;
-                read_bounded(dec, &mut out, max_out, "zstd")?;
+                read_bounded(&mut dec, &mut out, max_out, "zstd")?;
+                let rest = dec.finish().len() as u64;
+                left_over("zstd", input.len() as u64 - rest.min(input.len() as u64))?;
             }
             Compressor::Xz { .. } => {
                 let stream = liblzma::stream::Stream::new_stream_decoder(64 << 20, 0)
                     .map_err(|e| corrupt!("xz decoder: {e}"))?;
-                read_bounded(
-                    liblzma::read::XzDecoder::new_stream(input, stream),
-                    &mut out,
-                    max_out,
-                    "xz",
-                )?;
+                let mut dec = liblzma::read::XzDecoder::new_stream(input, stream);
+                read_bounded(&mut dec, &mut out, max_out, "xz")?;
+                left_over("xz", dec.total_in())?;
             }
             Compressor::Lzma => {
                 let stream = liblzma::stream::Stream::new_lzma_decoder(64 << 20)
                     .map_err(|e| corrupt!("lzma decoder: {e}"))?;
-                read_bounded(
-                    liblzma::read::XzDecoder::new_stream(input, stream),
-                    &mut out,
-                    max_out,
-                    "lzma",
-                )?;
+                let mut dec = liblzma::read::XzDecoder::new_stream(input, stream);
+                read_bounded(&mut dec, &mut out, max_out, "lzma")?;
+                left_over("lzma", dec.total_in())?;
             }
             Compressor::Lzo => {
                 out.resize(max_out, 0);
