@@ -25,9 +25,10 @@ use iuk::squashfs::inspect::{self, Report};
 /// With --deep, also decodes every data block (once, even when duplicate files share it) and
 /// every fragment block, one block at a time per thread: each must decompress, using exactly its
 /// stored bytes, to exactly the size its file (or the block size) says, and hold the tails stored
-/// in it. Cost: about 1.5 s per GB of file data on one core of a 2020s x86-64 machine with xz
-/// (divided by the cores used), less with zstd or gzip. Even --deep checks no content against a
-/// hash: SquashFS stores none.
+/// in it. Cost, measured on /usr/lib/llvm-14 (371 MB of files, x86-64): about 10 s of CPU per
+/// GB of file data with xz (60 s per GB of that 64 MB xz image), 2 s with zstd level 3, spread
+/// over the cores; memory stays at a few MB. Without --deep: 0.01 s for that image. Even --deep
+/// compares no content with a hash: SquashFS stores none.
 ///
 /// With --list, every entry with its metadata, like `unsquashfs -lln` (numeric owners, UTC times).
 /// An image that fails a check gives a one-line error naming the image and what is wrong (table,
