@@ -41,7 +41,7 @@ use super::archive::{lossy, wrap, Archive};
 use super::data::block_len;
 use super::inode::{DiskInode, InodeBody, BLOCK_UNCOMPRESSED};
 use super::meta::{MetaReader, MetaRef};
-use super::read_tree::WalkEntry;
+use super::read_tree::{WalkEntry, MAX_TREE_XATTR_BYTES};
 use super::superblock::flags;
 use super::table::{FragmentEntry, Table};
 use super::{Result, INVALID_U32, INVALID_U64, META_SIZE};
@@ -170,6 +170,10 @@ struct Plan {
     tails: Vec<TailRef>,
     /// Every fragment table entry.
     fragments: Vec<FragmentEntry>,
+    /// Bytes (names and values) each xattr id decodes to.
+    xattr_bytes: Vec<u64>,
+    /// Bytes of xattrs attached to the inodes so far (as [`Archive::read_tree`] bounds them).
+    tree_xattr_bytes: u64,
 }
 
 /// The metadata blocks of one table, walked from its first block to its end.
@@ -288,7 +292,10 @@ fn lookup_tables(
         lookup_matches("xattr id table", t, &b, 16)?;
         for i in 0..t.count() {
             let idx = u32::try_from(i).map_err(|_| corrupt!("xattr id {i} overflows"))?;
-            archive.xattrs_in(meta, idx)?;
+            let set = archive.xattrs_in(meta, idx)?;
+            // A set decodes to at most xattr::MAX_SET_BYTES.
+            let bytes: usize = set.iter().map(|x| x.name.len() + x.value.len()).sum();
+            plan.xattr_bytes.push(bytes as u64);
         }
         s.xattr_ids = t.count();
     }
@@ -369,6 +376,7 @@ fn metadata(archive: &Archive, meta: &MetaReader<'_>) -> Result<(CheckSummary, P
     plan.blocks.sort();
     plan.blocks
         .dedup_by(|a, b| (a.start, a.word, a.expected) == (b.start, b.word, b.expected));
+    same_block_same_size(&plan)?;
     s.data_blocks = plan.blocks.len() as u64;
     s.tails = plan.tails.len() as u64;
     no_overlaps(&plan)?;
@@ -414,11 +422,19 @@ fn visit(
     archive.id(ino.header.uid_idx, "owner")?;
     archive.id(ino.header.gid_idx, "group")?;
     let x = ino.body.xattr();
-    if x != INVALID_U32 && x as u64 >= archive.xattr_id_count() {
-        return Err(corrupt!(
-            "inode {n} has xattr index {x}, outside the xattr id table ({} entries)",
-            archive.xattr_id_count()
-        ));
+    if x != INVALID_U32 {
+        let bytes = plan.xattr_bytes.get(x as usize).ok_or_else(|| {
+            corrupt!(
+                "inode {n} has xattr index {x}, outside the xattr id table ({} entries)",
+                archive.xattr_id_count()
+            )
+        })?;
+        plan.tree_xattr_bytes = plan.tree_xattr_bytes.saturating_add(*bytes);
+        if plan.tree_xattr_bytes > MAX_TREE_XATTR_BYTES {
+            return Err(corrupt!(
+                "extended attributes of the tree exceed {MAX_TREE_XATTR_BYTES} bytes"
+            ));
+        }
     }
     match &ino.body {
         InodeBody::Dir { nlink, parent, .. } => {
@@ -671,6 +687,28 @@ fn export_table(
         }
     }
     s.export_entries = t.count();
+    Ok(())
+}
+
+/// Checks that the files sharing a data block (duplicates) expect it to decode to one size
+/// (so that the deep check decodes each stored block once).
+fn same_block_same_size(plan: &Plan) -> Result<()> {
+    for w in plan.blocks.windows(2) {
+        let (a, b) = (&w[0], &w[1]);
+        if (a.start, a.word) == (b.start, b.word) {
+            let (pa, na) = &plan.paths[a.file as usize];
+            let (pb, nb) = &plan.paths[b.file as usize];
+            return Err(corrupt!(
+                "data block {} of {pa} (inode {na}) and data block {} of {pb} (inode {nb}) are \
+                 the same stored block at {}, but one expects {} bytes, the other {}",
+                a.index,
+                b.index,
+                a.start,
+                a.expected,
+                b.expected
+            ));
+        }
+    }
     Ok(())
 }
 

@@ -292,12 +292,17 @@ struct Patchable {
 
 impl Patchable {
     fn new() -> Option<Patchable> {
+        Patchable::of(mutation_source)
+    }
+
+    /// The image of the tree `make` builds.
+    fn of(make: fn(&Path)) -> Option<Patchable> {
         if !have("mksquashfs") {
             return None;
         }
         let dir = tempfile::tempdir().unwrap();
         let src = dir.path().join("src");
-        mutation_source(&src);
+        make(&src);
         let out = dir.path().join("img");
         mksquashfs(&src, &out, &["-comp", "gzip", "-b", "4K", "-noI", "-noX"]);
         let img = std::fs::read(&out).unwrap();
@@ -536,5 +541,37 @@ fn undecodable_data_and_fragment_blocks_are_refused_by_the_deep_check_only() {
     assert!(
         e.contains(&format!("fragment block 0 at {}: ", f.start)),
         "{e}"
+    );
+}
+
+#[test]
+fn bad_directory_index_is_refused() {
+    let Some(p) = Patchable::of(full_source) else {
+        return;
+    };
+    let (ino, at) = p.inode("many");
+    let InodeBody::Dir { index, .. } = &ino.body else {
+        panic!("many is not a directory")
+    };
+    assert!(!index.is_empty(), "{ino:?}");
+    both(&p.img);
+    // The extended directory inode: 40 bytes, then index entries (offset, block, name length - 1,
+    // name). The first entry's name changed.
+    let name_at = at + 40 + 12;
+    assert_eq!(
+        p.img[name_at..name_at + index[0].name.len()],
+        index[0].name[..]
+    );
+    refused(
+        p.patched(|m| m[name_at + 2] ^= 0x20),
+        &format!(
+            "directory inode {}: index entry 0: names ",
+            ino.header.number
+        ),
+    );
+    // Its block moved by one.
+    refused(
+        p.patched(|m| put(m, at + 44, &(index[0].start + 1).to_le_bytes())),
+        "index entry 0: says block ",
     );
 }
