@@ -11,7 +11,8 @@
 //! unsquashfs ignores: export table, directory indexes, link counts).
 //!
 //! [`check`] verifies:
-//! - the superblock (as [`Archive::open`] does) and its flags: no unknown flag bit;
+//! - the superblock (as [`Archive::open`] does) and its flags: no unknown flag bit; the regions
+//!   (data, then each table) follow each other with no gap up to `bytes_used`;
 //! - every metadata block of the inode, directory, fragment, export, id and xattr tables decodes,
 //!   the blocks of each table follow each other with no gap up to the table's end, every block but
 //!   the last holds 8 KiB, each lookup list names exactly these blocks, and each table holds
@@ -255,6 +256,29 @@ fn lookup_matches(what: &str, t: &Table, walked: &Blocks, size: u64) -> Result<(
     Ok(())
 }
 
+/// Checks that the regions of the image follow each other with no gap: each table ends where
+/// the next begins, the last one at the superblock's `bytes_used` (unsquashfs refuses gaps).
+fn tables_adjoin(archive: &Archive) -> Result<()> {
+    let mut at = archive.data_start;
+    for e in archive.extents() {
+        if e.start != at {
+            return Err(corrupt!(
+                "{} starts at {}, but the region before it ends at {at}",
+                e.name,
+                e.start
+            ));
+        }
+        at = e.end;
+    }
+    if at != archive.sb.bytes_used {
+        return Err(corrupt!(
+            "the last table ends at {at}, but the superblock says the image uses {} bytes",
+            archive.sb.bytes_used
+        ));
+    }
+    Ok(())
+}
+
 /// The tables after the directory table: fragment, id, xattr (the export table needs the walk).
 fn lookup_tables(
     archive: &Archive,
@@ -330,6 +354,7 @@ fn metadata(archive: &Archive, meta: &MetaReader<'_>) -> Result<(CheckSummary, P
             sb.flags & !KNOWN_FLAGS
         ));
     }
+    tables_adjoin(archive)?;
     let inode_blocks = table_blocks(
         meta,
         "inode table",
