@@ -694,7 +694,7 @@ fn compare_reports_an_image_failing_the_check() {
         &[
             "image: check:",
             "  B fails the image check: corrupt image: ",
-            "bad.sqfs: superblock flags 0x42c0 have unknown bits 0x4000",
+            "bad.sqfs: superblock flags 0x42c0 have unknown or unsupported bits 0x4000",
         ],
     );
     assert!(!r.stdout_text().contains("A fails"), "{r}");

@@ -11,7 +11,8 @@
 //! unsquashfs ignores: export table, directory indexes, link counts).
 //!
 //! [`check`] verifies:
-//! - the superblock (as [`Archive::open`] does) and its flags: no unknown flag bit; the regions
+//! - the superblock (as [`Archive::open`] does) and its flags: no unknown flag bit, nor the
+//!   "check data" bit readers disagree on; the regions
 //!   (data, then each table) follow each other with no gap up to `bytes_used`;
 //! - every metadata block of the inode, directory, fragment, export, id and xattr tables decodes,
 //!   the blocks of each table follow each other with no gap up to the table's end, every block but
@@ -48,10 +49,10 @@ use super::table::{FragmentEntry, Table};
 use super::{Result, INVALID_U32, INVALID_U64, META_SIZE};
 use crate::corrupt;
 
-/// Every flag bit SquashFS 4.0 defines (0x0004 is the historical "check" bit).
+/// Every flag bit of SquashFS 4.0 images, except 0x0004 ("check data": unsquashfs then expects a
+/// check byte after each metadata block header, the kernel does not; no writer sets it).
 const KNOWN_FLAGS: u16 = flags::UNCOMPRESSED_INODES
     | flags::UNCOMPRESSED_DATA
-    | 0x0004
     | flags::UNCOMPRESSED_FRAGMENTS
     | flags::NO_FRAGMENTS
     | flags::ALWAYS_FRAGMENTS
@@ -349,7 +350,7 @@ fn metadata(archive: &Archive, meta: &MetaReader<'_>) -> Result<(CheckSummary, P
     let mut plan = Plan::default();
     if sb.flags & !KNOWN_FLAGS != 0 {
         return Err(corrupt!(
-            "superblock flags {:#06x} have unknown bits {:#06x}",
+            "superblock flags {:#06x} have unknown or unsupported bits {:#06x}",
             sb.flags,
             sb.flags & !KNOWN_FLAGS
         ));

@@ -520,7 +520,15 @@ fn export_table_and_flags_are_checked() {
         p.patched(|m| m[block + 8] ^= 0x10),
         "export table: entry for inode 2 says",
     );
-    refused(p.patched(|m| m[25] |= 0x40), "superblock flags");
+    refused(
+        p.patched(|m| m[25] |= 0x40),
+        "have unknown or unsupported bits 0x4000",
+    );
+    // "Check data": unsquashfs then reads a check byte after every metadata block header.
+    refused(
+        p.patched(|m| m[24] |= 0x04),
+        "have unknown or unsupported bits 0x0004",
+    );
 }
 
 #[test]
