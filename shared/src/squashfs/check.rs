@@ -196,6 +196,7 @@ impl Blocks {
 /// Decodes every metadata block from `start` to exactly `end`: each block but the last must
 /// hold [`META_SIZE`] bytes.
 fn table_blocks(
+    archive: &Archive,
     meta: &MetaReader<'_>,
     what: &'static str,
     start: u64,
@@ -216,6 +217,7 @@ fn table_blocks(
             ));
         }
         let (data, next) = meta.block(pos, end).map_err(|e| wrap(e, what))?;
+        exact_meta_block(archive, pos, next).map_err(|e| wrap(e, what))?;
         b.starts.push(pos);
         b.bytes += data.len() as u64;
         s.metadata_blocks += 1;
@@ -225,6 +227,27 @@ fn table_blocks(
     }
     s.tables.push(what);
     Ok(b)
+}
+
+/// Decodes the compressed metadata block from `pos` to `next` again, refusing what the reader
+/// tolerates (bytes left after the stream, a zlib stream reading before its start).
+fn exact_meta_block(archive: &Archive, pos: u64, next: u64) -> Result<()> {
+    let len = usize::try_from(next - pos).map_err(|_| corrupt!("metadata block at {pos}"))?;
+    let mut raw = vec![0u8; len];
+    archive
+        .image
+        .read_exact_at(&mut raw, pos)
+        .map_err(|e| super::SqfsError::io(format!("metadata block at {pos}"), e))?;
+    let [h0, h1, stored @ ..] = raw.as_slice() else {
+        return Err(corrupt!("metadata block at {pos} has no header"));
+    };
+    if u16::from_le_bytes([*h0, *h1]) & super::meta::UNCOMPRESSED == 0 {
+        archive
+            .comp
+            .decompress_exact(stored, META_SIZE)
+            .map_err(|e| wrap(e, format_args!("metadata block at {pos}")))?;
+    }
+    Ok(())
 }
 
 /// Checks that the lookup list of table `what` names exactly the blocks walked, and that they
@@ -290,7 +313,14 @@ fn lookup_tables(
     let sb = &archive.sb;
     if let Some(t) = &archive.fragments {
         let first = t.first_block().unwrap_or(sb.fragment_table_start);
-        let b = table_blocks(meta, "fragment table", first, sb.fragment_table_start, s)?;
+        let b = table_blocks(
+            archive,
+            meta,
+            "fragment table",
+            first,
+            sb.fragment_table_start,
+            s,
+        )?;
         lookup_matches("fragment table", t, &b, 16)?;
         for i in 0..sb.fragment_count {
             plan.fragments.push(archive.fragment_in(meta, i)?);
@@ -306,14 +336,28 @@ fn lookup_tables(
         sb.id_table_start,
     )?;
     let first = ids.first_block().unwrap_or(sb.id_table_start);
-    let b = table_blocks(meta, "id table", first, sb.id_table_start, s)?;
+    let b = table_blocks(archive, meta, "id table", first, sb.id_table_start, s)?;
     lookup_matches("id table", &ids, &b, 4)?;
     s.ids = archive.ids().len() as u64;
     if let Some(x) = &archive.xattrs {
         let t = x.id_table();
-        table_blocks(meta, "xattr key/value table", x.kv_start(), x.kv_end(), s)?;
+        table_blocks(
+            archive,
+            meta,
+            "xattr key/value table",
+            x.kv_start(),
+            x.kv_end(),
+            s,
+        )?;
         let first = t.first_block().unwrap_or(sb.xattr_id_table_start);
-        let b = table_blocks(meta, "xattr id table", first, sb.xattr_id_table_start, s)?;
+        let b = table_blocks(
+            archive,
+            meta,
+            "xattr id table",
+            first,
+            sb.xattr_id_table_start,
+            s,
+        )?;
         lookup_matches("xattr id table", t, &b, 16)?;
         for i in 0..t.count() {
             let idx = u32::try_from(i).map_err(|_| corrupt!("xattr id {i} overflows"))?;
@@ -357,6 +401,7 @@ fn metadata(archive: &Archive, meta: &MetaReader<'_>) -> Result<(CheckSummary, P
     }
     tables_adjoin(archive)?;
     let inode_blocks = table_blocks(
+        archive,
         meta,
         "inode table",
         sb.inode_table_start,
@@ -365,6 +410,7 @@ fn metadata(archive: &Archive, meta: &MetaReader<'_>) -> Result<(CheckSummary, P
     )?
     .relative(sb.inode_table_start);
     let dir_blocks = table_blocks(
+        archive,
         meta,
         "directory table",
         sb.directory_table_start,
@@ -692,7 +738,7 @@ fn export_table(
         at,
     )?;
     let first = t.first_block().unwrap_or(at);
-    let b = table_blocks(meta, "export table", first, at, s)?;
+    let b = table_blocks(archive, meta, "export table", first, at, s)?;
     lookup_matches("export table", &t, &b, 8)?;
     // The walk reached exactly inode_count inodes: this loop is bounded by real inodes.
     for i in 0..t.count() {
