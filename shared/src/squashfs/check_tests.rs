@@ -276,16 +276,22 @@ fn deep_check_rejects_every_image_unsquashfs_rejects() {
         missed.is_empty(),
         "unsquashfs rejects, the deep check accepts: {missed:#?}"
     );
-    // Where we are stricter, only for structures unsquashfs does not use and the kernel does:
-    // the export table (NFS), inode numbers and types in directory entries, link counts, xattrs
-    // unsquashfs skips with a warning.
+    // Where we are stricter, only for structures unsquashfs does not use and the kernel does
+    // (the export table for NFS, inode numbers and types in directory entries, parents, link
+    // counts), xattrs unsquashfs skips with a warning, superblock flags and references it
+    // truncates to 32 bits, blocks past their table's end, zstd windows over 2 MiB. Seen in a
+    // 4,800-image run (our xz, mksquashfs zstd and gzip images): no other reason.
     let known = [
         "export table",
         "entry names inode",
         "bad directory entry",
         "link count",
+        "as its parent",
         "xattr",
-        "names inode",
+        "superblock flags",
+        "root inode",
+        "metadata block at",
+        "has stored size",
     ];
     for s in &stricter {
         assert!(
