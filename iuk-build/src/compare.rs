@@ -12,7 +12,9 @@ use iuk::compare::{compare_files, Comparison};
 /// Prints "identical" when the files hold the same bytes. Otherwise lists the differences from
 /// the top down: for kits, FORMAT, the control.yml keys that differ (nested keys named by path,
 /// e.g. layer-params.compression), the overlay files added, missing or different (size, sha256),
-/// then, for the diff layers inside and for the kit images themselves, the superblock fields,
+/// then, for the diff layers inside and for the kit images themselves, whether each fails the
+/// image check of `inspect` (every table and inode; data blocks are decoded when contents are
+/// compared, one that does not decode shows as unreadable content), the superblock fields,
 /// the entries (path and which metadata field, or the content) and the bytes (which table or
 /// data region differs, from which byte offset, and in which file's block). At most 50 lines per
 /// section, then a count of the rest.

@@ -1,25 +1,50 @@
-//! `iuk-build inspect`: what a SquashFS image holds.
+//! `iuk-build inspect`: what a SquashFS image holds, and whether it is valid.
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
+use iuk::progress::{Bars, Progress};
 use iuk::squashfs::archive::Archive;
+use iuk::squashfs::check::{self, CheckSummary};
 use iuk::squashfs::inspect::{self, Report};
 
-/// Show a SquashFS image's superblock, compressor settings, counts and table layout.
+/// Check a SquashFS image, then show its superblock, compressor settings, counts and table layout.
 ///
-/// With --list, every entry with its metadata, like `unsquashfs -lln` (numeric owners, UTC
-/// times). The image is fully validated while it is read: a truncated or corrupt image gives a
-/// one-line error and exit status 1.
+/// Always checked (reads all metadata, decodes no file data): the superblock (fields, flags,
+/// where each table lies); every metadata block of the inode, directory, fragment, export, id
+/// and xattr tables (each decodes, they follow each other to the table's end, the lookup lists
+/// name exactly them); every entry of those tables (fragment sizes and places, ids, xattr keys and
+/// values, export entries); every directory (names valid, sorted and unique, entries matching
+/// their inode's number and type, parent, link count, index); every inode reached from the root
+/// (exactly the superblock's count; owner, group and xattr indexes; link counts; a file's block
+/// list inside the data area and consistent with its size, its tail inside a valid fragment);
+/// data and fragment blocks never partly overlapping. Not checked without --deep: whether data
+/// blocks and fragment blocks decompress, so a flipped byte in file data goes unnoticed.
+///
+/// With --deep, also decodes every data block (once, even when duplicate files share it) and
+/// every fragment block, one block at a time per thread: each must decompress, using exactly its
+/// stored bytes, to exactly the size its file (or the block size) says, and hold the tails stored
+/// in it. Cost, measured on /usr/lib/llvm-14 (371 MB of files, x86-64): about 10 s of CPU per
+/// GB of file data with xz (60 s per GB of that 64 MB xz image), 2 s with zstd level 3, spread
+/// over the cores; memory stays at a few MB. Without --deep: 0.01 s for that image. Even --deep
+/// compares no content with a hash: SquashFS stores none.
+///
+/// With --list, every entry with its metadata, like `unsquashfs -lln` (numeric owners, UTC times).
+/// An image that fails a check gives a one-line error naming the image and what is wrong (table,
+/// inode or path, byte offset), and exit status 1.
 #[derive(Args)]
 pub struct InspectArgs {
     /// The image to inspect
     pub image: PathBuf,
+    /// Also decode every data block and fragment block (reads the whole image; see above)
+    #[arg(long)]
+    pub deep: bool,
     /// Also list every entry
     #[arg(long)]
     pub list: bool,
-    /// Print JSON on stdout (with --list, the entries as an array of lines)
+    /// Print JSON on stdout: the report, "check" (what was checked: level and counts) and with
+    /// --list the entries as an array of lines
     #[arg(long)]
     pub json: bool,
 }
@@ -28,6 +53,21 @@ pub struct InspectArgs {
 pub fn run(a: InspectArgs) -> Result<()> {
     let name = a.image.display().to_string();
     let archive = Archive::open(&a.image).with_context(|| name.clone())?;
+    let summary = if a.deep {
+        let bars = Bars::new("iuk-build");
+        let r = check::check_deep(&archive, &|done, total| {
+            if done == 0 {
+                bars.phase("checking data", total);
+            }
+            bars.position(done);
+        });
+        bars.finish();
+        r
+    } else {
+        check::check(&archive)
+    };
+    // Errors of the archive already name the image.
+    let summary = summary?;
     let report = inspect::report(&archive).with_context(|| name.clone())?;
     let listing = if a.list {
         Some(inspect::listing(&archive).with_context(|| name.clone())?)
@@ -36,6 +76,7 @@ pub fn run(a: InspectArgs) -> Result<()> {
     };
     if a.json {
         let mut v = serde_json::to_value(&report)?;
+        v["check"] = serde_json::to_value(&summary)?;
         if let Some(l) = &listing {
             v["entries"] = serde_json::json!(l);
         }
@@ -43,6 +84,7 @@ pub fn run(a: InspectArgs) -> Result<()> {
         return Ok(());
     }
     print_report(&report);
+    print_check(&summary);
     if let Some(l) = listing {
         println!();
         for line in l {
@@ -50,6 +92,33 @@ pub fn run(a: InspectArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// What the check covered, on two lines.
+fn print_check(s: &CheckSummary) {
+    println!(
+        "checked          {}: {} metadata blocks of {} tables ({}), {} inodes, {} entries, \
+         {} ids, {} fragment entries, {} xattr ids, {} export entries, {} data blocks located",
+        s.level,
+        s.metadata_blocks,
+        s.tables.len(),
+        s.tables.join(", "),
+        s.inodes,
+        s.entries,
+        s.ids,
+        s.fragments,
+        s.xattr_ids,
+        s.export_entries,
+        s.data_blocks
+    );
+    if s.level == "deep" {
+        println!(
+            "                 {} data blocks and {} fragment blocks decoded ({} bytes)",
+            s.data_blocks_decoded, s.fragment_blocks_decoded, s.bytes_decoded
+        );
+    } else {
+        println!("                 data and fragment blocks not decoded (--deep decodes them)");
+    }
 }
 
 fn print_report(r: &Report) {

@@ -677,3 +677,29 @@ fn compare_plain_images() {
     );
     assert!(!r.stdout_text().contains("image: entries:"), "{r}");
 }
+
+/// An image that fails the metadata check of `inspect` (an unknown superblock flag here) is
+/// named in a check section of the comparison.
+#[test]
+fn compare_reports_an_image_failing_the_check() {
+    let t = tmpdir();
+    let d = t.path().join("src");
+    fs::create_dir_all(&d).unwrap();
+    fs::write(d.join("f"), "content\n").unwrap();
+    let (good, bad) = (t.path().join("good.sqfs"), t.path().join("bad.sqfs"));
+    pack(&d, &good, EPOCH, &[]);
+    let mut bytes = fs::read(&good).unwrap();
+    bytes[25] |= 0x40;
+    fs::write(&bad, &bytes).unwrap();
+    let r = compare(&good, &bad, &[]);
+    assert_eq!(r.code, Some(1), "{r}");
+    assert_contains(
+        &r,
+        &[
+            "image: check:",
+            "  B fails the image check: corrupt image: ",
+            "bad.sqfs: superblock flags 0x42c0 have unknown or unsupported bits 0x4000",
+        ],
+    );
+    assert!(!r.stdout_text().contains("A fails"), "{r}");
+}

@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 
 use crate::io::{FileImage, ReadAt, SubImage};
 use crate::squashfs::archive::Archive;
+use crate::squashfs::check::check;
 use crate::squashfs::inode::{InodeBody, BLOCK_UNCOMPRESSED};
 use crate::squashfs::inspect::{compressor_report, flag_names, utc};
 use crate::squashfs::{superblock, SqfsError, INVALID_U32, INVALID_U64};
@@ -157,6 +158,18 @@ pub(super) fn image_sections(
     if sa.sha256 == sb.sha256 && sa.size == sb.size {
         return;
     }
+    // The metadata check (every table and inode); the data blocks are decoded below, when the
+    // contents are hashed, so a block that does not decode shows as an unreadable content.
+    let mut s = Section::new(format!("{label}: check"));
+    for (side, x) in [("A", sa), ("B", sb)] {
+        if let Err(e) = check(&x.archive) {
+            s.push(Difference::note(format!(
+                "{side} fails the image check: {e}"
+            )));
+        }
+    }
+    push_section(out, s);
+
     let mut s = Section::new(format!("{label}: superblock"));
     let fa = superblock_fields(&sa.archive);
     let fb = superblock_fields(&sb.archive);

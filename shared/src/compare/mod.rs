@@ -7,7 +7,9 @@
 //!   `overlay[live/vmlinuz].sha256`), the files under `overlay/` (added, missing, different size
 //!   or sha256, or not matching the kit's own manifest), then the diff layers inside them, then
 //!   the kit images themselves;
-//! - for each pair of differing SquashFS images: the superblock fields and compressor settings,
+//! - for each pair of differing SquashFS images: whether each fails the metadata check
+//!   ([`crate::squashfs::check::check`]: every table and inode), the superblock fields and
+//!   compressor settings,
 //!   the entries (path and which metadata field, or the content), and the bytes: which region
 //!   (superblock, data, inode table, …) differs, from which byte offset, and — inside the data
 //!   region — which file's block it belongs to.

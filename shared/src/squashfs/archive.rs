@@ -46,10 +46,10 @@ pub struct Archive {
     pub(super) comp: Compressor,
     comp_options: Option<Vec<u8>>,
     ids: Vec<u32>,
-    fragments: Option<Table>,
-    xattrs: Option<XattrReader>,
+    pub(super) fragments: Option<Table>,
+    pub(super) xattrs: Option<XattrReader>,
     pub(super) data_start: u64,
-    dir_end: u64,
+    pub(super) dir_end: u64,
     extents: Vec<TableExtent>,
     /// Decompressed fragment blocks, most recently used first (see [`super::data`]).
     pub(super) frag_cache: Mutex<Vec<(FragmentEntry, Arc<Vec<u8>>)>>,

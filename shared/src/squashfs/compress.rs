@@ -310,15 +310,36 @@ impl Compressor {
     /// Decompresses one block whose uncompressed size is at most `max_out` bytes. Output beyond
     /// `max_out` is an error, so a hostile block cannot make the reader allocate without bound.
     pub fn decompress(&self, input: &[u8], max_out: usize) -> Result<Vec<u8>> {
+        self.decode(input, max_out, false)
+    }
+
+    /// Like [`Compressor::decompress`], and also refuses a block whose stream ends before its
+    /// stored bytes do (for gzip, zstd, xz and lzma: writers store exactly the stream, so bytes
+    /// left over mean a wrong stored size). Used by the full check of an image.
+    pub fn decompress_exact(&self, input: &[u8], max_out: usize) -> Result<Vec<u8>> {
+        self.decode(input, max_out, true)
+    }
+
+    fn decode(&self, input: &[u8], max_out: usize, exact: bool) -> Result<Vec<u8>> {
         let mut out = Vec::with_capacity(max_out.min(1 << 20));
+        let left_over = |what: &str, used: u64| {
+            if exact && used != input.len() as u64 {
+                Err(corrupt!(
+                    "{what} block: the stream ends after {used} of its {} stored bytes",
+                    input.len()
+                ))
+            } else {
+                Ok(())
+            }
+        };
         match self {
             Compressor::Gzip { .. } => {
-                read_bounded(
-                    flate2::read::ZlibDecoder::new(input),
-                    &mut out,
-                    max_out,
-                    "zlib",
-                )?;
+                let mut dec = flate2::read::ZlibDecoder::new(input);
+                read_bounded(&mut dec, &mut out, max_out, "zlib")?;
+                left_over("zlib", dec.total_in())?;
+                if exact {
+                    zlib_no_reference_before_start(input, &out)?;
+                }
             }
             Compressor::Zstd { .. } => {
                 let mut dec = zstd::stream::read::Decoder::with_buffer(input)
@@ -327,27 +348,23 @@ impl Compressor {
                 // Blocks are at most 1 MiB: refuse frames that ask for a larger window.
                 dec.window_log_max(21)
                     .map_err(|e| SqfsError::io("zstd", e))?;
-                read_bounded(dec, &mut out, max_out, "zstd")?;
+                read_bounded(&mut dec, &mut out, max_out, "zstd")?;
+                let rest = dec.finish().len() as u64;
+                left_over("zstd", input.len() as u64 - rest.min(input.len() as u64))?;
             }
             Compressor::Xz { .. } => {
                 let stream = liblzma::stream::Stream::new_stream_decoder(64 << 20, 0)
                     .map_err(|e| corrupt!("xz decoder: {e}"))?;
-                read_bounded(
-                    liblzma::read::XzDecoder::new_stream(input, stream),
-                    &mut out,
-                    max_out,
-                    "xz",
-                )?;
+                let mut dec = liblzma::read::XzDecoder::new_stream(input, stream);
+                read_bounded(&mut dec, &mut out, max_out, "xz")?;
+                left_over("xz", dec.total_in())?;
             }
             Compressor::Lzma => {
                 let stream = liblzma::stream::Stream::new_lzma_decoder(64 << 20)
                     .map_err(|e| corrupt!("lzma decoder: {e}"))?;
-                read_bounded(
-                    liblzma::read::XzDecoder::new_stream(input, stream),
-                    &mut out,
-                    max_out,
-                    "lzma",
-                )?;
+                let mut dec = liblzma::read::XzDecoder::new_stream(input, stream);
+                read_bounded(&mut dec, &mut out, max_out, "lzma")?;
+                left_over("lzma", dec.total_in())?;
             }
             Compressor::Lzo => {
                 out.resize(max_out, 0);
@@ -401,6 +418,42 @@ fn zstd_window_ok(frame: &[u8], max: u64) -> bool {
     window <= max
 }
 
+/// Refuses a zlib stream that copies bytes from before its own start. The inflate vendored here
+/// reads such a back-reference as zeros, so a damaged stream can still give bytes whose checksum
+/// matches, where zlib (the kernel's, unsquashfs's) refuses it ("distance too far back"). The
+/// stream's deflate blocks are decoded again after a stored block of 32 KiB (the largest
+/// distance) of 0xFF bytes: a stream that reads before its start then gives other bytes.
+fn zlib_no_reference_before_start(input: &[u8], expected: &[u8]) -> Result<()> {
+    const HISTORY: usize = 32 << 10;
+    // A zlib stream starts with a 2-byte header (no preset dictionary in SquashFS blocks); its
+    // deflate blocks start on the next byte, as a stored block ends on a byte boundary.
+    let Some(blocks) = input.get(2..) else {
+        return Err(corrupt!(
+            "zlib block of {} bytes has no header",
+            input.len()
+        ));
+    };
+    let mut prefix = Vec::with_capacity(5 + HISTORY);
+    // BFINAL 0, BTYPE 00 (stored), then LEN and its complement.
+    prefix.push(0);
+    prefix.extend_from_slice(&(HISTORY as u16).to_le_bytes());
+    prefix.extend_from_slice(&(!(HISTORY as u16)).to_le_bytes());
+    prefix.resize(5 + HISTORY, 0xFF);
+    let mut again = Vec::with_capacity(HISTORY + expected.len());
+    read_bounded(
+        flate2::read::DeflateDecoder::new(prefix.as_slice().chain(blocks)),
+        &mut again,
+        HISTORY + expected.len(),
+        "zlib",
+    )?;
+    if again.get(HISTORY..) != Some(expected) {
+        return Err(corrupt!(
+            "zlib block copies bytes from before its start (distance too far back)"
+        ));
+    }
+    Ok(())
+}
+
 fn read_bounded(r: impl Read, out: &mut Vec<u8>, max_out: usize, what: &str) -> Result<()> {
     let n = r
         .take(max_out as u64 + 1)
@@ -442,6 +495,33 @@ fn xz_compress(input: &[u8], level: u32, dict_size: u32, x86: bool) -> Result<Ve
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A metadata block of mksquashfs (zlib) with one byte changed by the mutation test: the
+    /// changed stream copies 2 bytes from before its start, which the vendored inflate reads as
+    /// zeros, as they were: the normal reader accepts it, the exact decoder refuses it as zlib does.
+    #[test]
+    fn zlib_reference_before_start_is_refused_by_the_exact_decoder() {
+        let good = [
+            0x78, 0xda, 0x63, 0x60, 0x80, 0x00, 0x46, 0x20, 0x56, 0x00, 0x62, 0x25, 0x24, 0x3e,
+            0x0f, 0x10, 0x03, 0x00, 0x05, 0x10, 0x00, 0x51,
+        ];
+        let mut bad = good;
+        bad[5] = 0x60;
+        let c = Compressor::Gzip { level: 9 };
+        let out = c.decompress_exact(&good, 8192).unwrap();
+        assert_eq!(out.len(), 32);
+        assert_eq!(c.decompress(&bad, 8192).unwrap(), out);
+        let e = c.decompress_exact(&bad, 8192).unwrap_err().to_string();
+        assert!(e.contains("distance too far back"), "{e}");
+        let mut longer = good.to_vec();
+        longer.push(0);
+        let e = c.decompress_exact(&longer, 8192).unwrap_err().to_string();
+        assert!(
+            e.contains("the stream ends after 22 of its 23 stored bytes"),
+            "{e}"
+        );
+        assert_eq!(c.decompress(&longer, 8192).unwrap(), out);
+    }
 
     fn sample() -> Vec<u8> {
         (0..200_000u32)

@@ -143,7 +143,7 @@ impl Archive {
 
 /// Uncompressed length of full-block-list entry `i` of a file of `size` bytes: the block size,
 /// or the remainder for the last block.
-fn block_len(size: u64, bs: u64, i: usize) -> Option<u64> {
+pub(super) fn block_len(size: u64, bs: u64, i: usize) -> Option<u64> {
     let start = (i as u64).checked_mul(bs)?;
     let left = size.checked_sub(start).filter(|l| *l > 0)?;
     Some(left.min(bs))
@@ -151,21 +151,21 @@ fn block_len(size: u64, bs: u64, i: usize) -> Option<u64> {
 
 /// The tail of a file stored in a fragment block.
 #[derive(Clone, Debug)]
-struct Tail {
-    frag: FragmentEntry,
-    offset: usize,
-    len: usize,
+pub(super) struct Tail {
+    pub(super) frag: FragmentEntry,
+    pub(super) offset: usize,
+    pub(super) len: usize,
 }
 
 /// Where a file's bytes lie, checked against the image.
 #[derive(Debug)]
 pub(super) struct FileLayout {
     what: String,
-    size: u64,
-    block_size: u64,
-    blocks_start: u64,
-    block_sizes: Vec<u32>,
-    tail: Option<Tail>,
+    pub(super) size: u64,
+    pub(super) block_size: u64,
+    pub(super) blocks_start: u64,
+    pub(super) block_sizes: Vec<u32>,
+    pub(super) tail: Option<Tail>,
 }
 
 /// The content of a file inside an archive, for [`crate::tree::Content`].

@@ -5,11 +5,13 @@
 //! [`table`] (the fragment, id, export and xattr-id lookup tables), [`xattr`], [`compress`]. The
 //! [`write`] module lays out a whole image from a [`crate::tree::Tree`] (inodes and tables) with
 //! [`blocks`] as its data path; [`archive`] opens one, [`read_tree`] walks it into a tree and
-//! [`data`] reads file contents.
+//! [`data`] reads file contents; [`check`] validates a whole image (every table and inode, and
+//! with `check_deep` every data block).
 //! Every byte written is a pure function of the tree and [`write::WriterParams`] (invariant 2).
 
 pub mod archive;
 pub mod blocks;
+pub mod check;
 pub mod compress;
 pub mod data;
 pub mod dir;

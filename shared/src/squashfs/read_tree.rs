@@ -89,7 +89,7 @@ impl Archive {
         self.walk_in(&self.meta(), visit).map_err(|e| self.named(e))
     }
 
-    fn walk_in(
+    pub(super) fn walk_in(
         &self,
         meta: &MetaReader<'_>,
         mut visit: impl FnMut(&WalkEntry<'_>) -> Result<()>,

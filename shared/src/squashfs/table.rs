@@ -122,6 +122,11 @@ impl Table {
         self.count
     }
 
+    /// Absolute starts of the table's metadata blocks, as its lookup list gives them.
+    pub fn starts(&self) -> &[u64] {
+        &self.starts
+    }
+
     /// Absolute start of the table's first metadata block (the end of the table before it).
     pub fn first_block(&self) -> Option<u64> {
         self.starts.first().copied()

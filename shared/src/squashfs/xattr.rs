@@ -226,6 +226,11 @@ impl XattrReader {
         self.ids.count()
     }
 
+    /// The xattr id table.
+    pub fn id_table(&self) -> &Table {
+        &self.ids
+    }
+
     /// Absolute start of the key/value table.
     pub fn kv_start(&self) -> u64 {
         self.kv_start
