@@ -148,10 +148,11 @@ pub struct KitArgs {
     #[arg(long)]
     legacy_tails_kit: bool,
     /// First verify the stack the kit builds on as `verify --deep` does: hash every layer and
-    /// boot file and read every image to check the base's and the stacked tree digests. Costs
-    /// about a minute per GB of images on the medium (measured: 8 s of CPU for a 186 MB xz
-    /// image of 649 MB of files); without it, names, sizes and each image's superblock and
-    /// tables are checked
+    /// boot file and read every image to check the base's and the stacked tree digests; and
+    /// decode every block of the kit's layer. Costs about a minute per GB of images on the
+    /// medium (measured: 8 s of CPU for a 186 MB xz image of 649 MB of files); without it,
+    /// names, sizes and each image's superblock and tables are checked, and every table and
+    /// metadata block of the kit's layer
     #[arg(long)]
     deep: bool,
     /// Print the result as JSON

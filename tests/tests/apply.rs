@@ -895,7 +895,7 @@ fn data_extents(kit: &Path) -> BTreeMap<String, (usize, usize, bool)> {
 }
 
 /// The bytes of `overlay/<path>` in a kit, read with `unsquashfs -cat` (independent reader).
-fn kit_file(kit: &Path, path: &str) -> Vec<u8> {
+pub(crate) fn kit_file(kit: &Path, path: &str) -> Vec<u8> {
     run_ok(Command::new("unsquashfs").arg("-cat").arg(kit).arg(path)).stdout
 }
 

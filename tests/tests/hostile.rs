@@ -832,3 +832,74 @@ fn deep_yaml_at_the_size_caps_is_refused_at_once() {
     });
     time("control.yml", ia("check", &m).arg(&bad), "control.yml");
 }
+
+/// A kit whose layer is damaged but whose control.yml records the damaged bytes (a hostile or
+/// broken builder): a damaged table is refused by `check` and `apply`; a data block that does
+/// not decode is refused with `--deep` (which decodes every block of the layer).
+#[test]
+fn a_damaged_layer_with_matching_hashes_is_refused() {
+    if !require_root_or_skip() || !iuk_e2e::tools_or_skip(&["unsquashfs"]) {
+        return;
+    }
+    let work = tmpdir();
+    let w = work.path();
+    let k1 = build_kit("6.9", "6.10");
+    let m = w.join("medium");
+    init_medium(&m, "6.9");
+    let control = iuk::kit::Kit::open(&k1).unwrap().control;
+    let layer_path = control.layer_path();
+    let layer = crate::apply::kit_file(&k1, &format!("overlay/{layer_path}"));
+    // The id table lies at the end of the layer's tables; the data blocks in the middle.
+    let sb =
+        iuk::squashfs::superblock::Superblock::decode(&layer[..96], layer.len() as u64).unwrap();
+    let cases = [
+        ("a damaged id table", sb.id_table_start as usize + 1, false),
+        ("a damaged data block", layer.len() / 3, true),
+    ];
+    for (what, at, deep_only) in cases {
+        let mut bytes = layer.clone();
+        bytes[at] ^= 0x5a;
+        let bad = w.join("bad.iuk");
+        rebuild_kit(&k1, &bad, None, |c, files| {
+            for e in c.overlay.iter_mut().filter(|e| e.path == layer_path) {
+                e.size = bytes.len() as u64;
+                e.sha256 = iuk_e2e::sha256_hex(&bytes);
+            }
+            for f in files.iter_mut().filter(|f| f.path == layer_path) {
+                f.content = iuk::tree::Content::from_bytes(bytes.clone());
+            }
+        });
+        let before = listing(&m);
+        for deep in [false, true] {
+            for cmd in ["check", "apply"] {
+                let mut c = ia(cmd, &m);
+                if deep {
+                    c.arg("--deep");
+                }
+                let r = run(c.arg(&bad));
+                let w = format!("{what}, `{cmd}{}`", if deep { " --deep" } else { "" });
+                if deep_only && !deep {
+                    assert_eq!(r.code, Some(0), "{w}: {r}");
+                    if cmd == "apply" {
+                        // Undo: this test is about refusals.
+                        fs::remove_dir_all(&m).unwrap();
+                        init_medium(&m, "6.9");
+                    }
+                    continue;
+                }
+                assert_eq!(r.code, Some(1), "{w}: not refused: {r}");
+                assert_eq!(r.stderr.lines().count(), 1, "{w}: {r}");
+                assert!(r.stderr.contains(&layer_path), "{w}: {r}");
+                assert_eq!(
+                    medium_listing(&m),
+                    {
+                        let mut b = before.clone();
+                        b.remove("live/iuk.lock");
+                        b
+                    },
+                    "{w}: the medium changed"
+                );
+            }
+        }
+    }
+}

@@ -24,6 +24,8 @@ use crate::boot::{
 };
 use crate::kit::{AnyKit, Kit, FORMAT};
 use crate::progress::Progress;
+use crate::squashfs::archive::Archive;
+use crate::squashfs::check;
 use crate::tree::{hex, Content};
 use crate::version;
 
@@ -308,6 +310,7 @@ pub fn plan(
         progress,
     )?;
     check_listed_versions(&c, verified_udf.as_ref(), &listed, &bad_kit)?;
+    check_layer_image(&c, opts.deep, &bad_kit, progress)?;
     let model = check_model(medium, &state, &c, opts, &kit_name)?;
     // The stack the layer goes on: every image opens with its tables (superblock, id, fragment,
     // export and xattr tables read and checked); with `deep`, its trees are read and their
@@ -536,6 +539,34 @@ fn kit_leaves_a_bootable_medium(
         Ok(String::from_utf8_lossy(&bytes).into_owned())
     })
     .map_err(|e| bad_kit(format!("its boot tree: {e}")))
+}
+
+/// The kit's layer is a valid SquashFS image: every table and metadata block checked
+/// (`squashfs::check`, milliseconds); with `deep`, every data and fragment block decoded too.
+/// A layer that would give the device a tree the kernel cannot read is refused before any
+/// write, whatever control.yml's sha256 says.
+fn check_layer_image(
+    c: &Proposal,
+    deep: bool,
+    bad_kit: &dyn Fn(String) -> MediumError,
+    progress: &dyn Progress,
+) -> Result<(), MediumError> {
+    let name = format!("overlay/live/{}.squashfs", c.layer);
+    let image = c
+        .layer_content
+        .0
+        .source
+        .random_access()
+        .ok_or_else(|| bad_kit(format!("{name} cannot be opened in place")))?;
+    let archive = Archive::from_image(image, name.clone()).map_err(|e| bad_kit(e.to_string()))?;
+    if deep {
+        progress.phase("checking layer", archive.superblock().bytes_used);
+        check::check_deep(&archive, &|done, _| progress.position(done))
+    } else {
+        check::check(&archive)
+    }
+    .map_err(|e| bad_kit(e.to_string()))?;
+    Ok(())
 }
 
 /// Listing, continued: the UDF lists the kit for the versions it upgrades between.
