@@ -284,6 +284,7 @@ pub fn build_batch(
     let mut reports = Vec::with_capacity(kits.len());
     let count = kits.len();
     for (k, (old, old_tree, names)) in kits.into_iter().enumerate() {
+        progress.items(k as u64, count as u64);
         let steps = KitSteps {
             label: if count > 1 {
                 format!("kit {}/{count}: ", k + 1)
@@ -297,6 +298,7 @@ pub fn build_batch(
         report.seconds = start.elapsed().as_secs_f64();
         reports.push(report);
     }
+    progress.items(count as u64, count as u64);
     Ok(reports)
 }
 
@@ -787,4 +789,86 @@ fn write_kit(
 /// Default kit file name: `<product>_<target>_<from>_to_<to>.iuk` (Tails' naming).
 pub fn default_kit_name(product: &str, target: &str, from: &str, to: &str) -> String {
     format!("{product}_{target}_{from}_to_{to}.iuk")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::squashfs::compress::Compressor;
+
+    /// Records the overall items and the phases reported.
+    #[derive(Default)]
+    struct Recorder {
+        items: Mutex<Vec<(u64, u64)>>,
+        phases: Mutex<Vec<String>>,
+    }
+
+    impl Progress for Recorder {
+        fn phase(&self, name: &str, _: u64) {
+            self.phases.lock().unwrap().push(name.to_string());
+        }
+        fn position(&self, _: u64) {}
+        fn warn(&self, _: &str) {}
+        fn items(&self, done: u64, total: u64) {
+            self.items.lock().unwrap().push((done, total));
+        }
+    }
+
+    fn fixture(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../testdata")
+            .join(name)
+    }
+
+    #[test]
+    fn a_batch_reports_progress_per_kit_and_overall() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut layer = WriterParams::new(
+            Compressor::Xz {
+                level: 6,
+                dict_size: 1 << 20,
+                bcj_x86: true,
+            },
+            1 << 20,
+            1_700_000_000,
+        );
+        layer.jobs = 1;
+        let opts = BuildOptions {
+            product: None,
+            from_version: None,
+            to_version: None,
+            build_target: "amd64".into(),
+            layer_name: None,
+            layer,
+            sort_text: None,
+        };
+        let olds: Vec<OldRelease> = ["6.9", "6.10"]
+            .iter()
+            .map(|v| OldRelease {
+                path: fixture(&format!("Tails-{v}.iso")),
+                from_version: None,
+                out: None,
+            })
+            .collect();
+        let rec = Recorder::default();
+        let reports = build_batch(
+            &olds,
+            &fixture("Tails-6.11.iso"),
+            Some(dir.path()),
+            &opts,
+            &rec,
+        )
+        .unwrap();
+        assert_eq!(reports.len(), 2);
+        assert_eq!(*rec.items.lock().unwrap(), vec![(0, 2), (1, 2), (2, 2)]);
+        let phases = rec.phases.lock().unwrap();
+        for k in ["kit 1/2: ", "kit 2/2: "] {
+            assert!(
+                phases.iter().any(|p| p.starts_with(k)),
+                "no phase of {k}: {phases:?}"
+            );
+        }
+    }
 }

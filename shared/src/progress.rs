@@ -5,7 +5,7 @@
 use std::io::IsTerminal;
 use std::sync::Mutex;
 
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 /// Receives the progress of long work and the warnings it gives.
 pub trait Progress: Sync {
@@ -15,6 +15,9 @@ pub trait Progress: Sync {
     fn position(&self, done: u64);
     /// Something the user should know; the work goes on.
     fn warn(&self, message: &str);
+    /// Items of a batch done so far (`done` of `total`: the kits of a release), shown as an
+    /// overall line above the phase; ignored by default.
+    fn items(&self, _done: u64, _total: u64) {}
 }
 
 /// A progress sink that shows nothing and drops warnings (tests, library callers).
@@ -43,30 +46,57 @@ pub fn bytes_bar(total: u64, what: &str) -> ProgressBar {
     bar
 }
 
-/// The terminal view of [`Progress`]: one bar per phase (only on a TTY), warnings printed above
-/// it as `<program>: warning: <message>`. The bar is cleared when dropped.
+/// The terminal view of [`Progress`]: one bar per phase and, for a batch, an overall line of
+/// items done (only on a TTY), warnings printed above them as `<program>: warning: <message>`.
+/// The bars are cleared when dropped.
 pub struct Bars {
     program: &'static str,
+    multi: MultiProgress,
     bar: Mutex<Option<ProgressBar>>,
+    overall: Mutex<Option<ProgressBar>>,
 }
 
 impl Bars {
     /// Progress of the binary `program` (its name prefixes warnings).
     pub fn new(program: &'static str) -> Bars {
+        let multi = if std::io::stderr().is_terminal() {
+            MultiProgress::new()
+        } else {
+            MultiProgress::with_draw_target(ProgressDrawTarget::hidden())
+        };
         Bars {
             program,
+            multi,
             bar: Mutex::new(None),
+            overall: Mutex::new(None),
         }
     }
 
-    /// Clears the last bar.
+    /// Clears the bars.
     pub fn finish(&self) {
-        if let Ok(mut b) = self.bar.lock() {
-            if let Some(b) = b.take() {
-                b.finish_and_clear();
+        for m in [&self.bar, &self.overall] {
+            if let Ok(mut b) = m.lock() {
+                if let Some(b) = b.take() {
+                    b.finish_and_clear();
+                }
             }
         }
     }
+}
+
+/// The overall line of a batch: `done/total` items with elapsed time and ETA.
+fn items_bar(total: u64) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template("{msg:14} [{bar:30}] {pos}/{len} kits, {elapsed} ETA {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_message("overall");
+    bar
 }
 
 impl Drop for Bars {
@@ -80,8 +110,9 @@ impl Progress for Bars {
         if let Ok(mut b) = self.bar.lock() {
             if let Some(old) = b.take() {
                 old.finish_and_clear();
+                self.multi.remove(&old);
             }
-            *b = Some(bytes_bar(total, name));
+            *b = Some(self.multi.add(bytes_bar(total, name)));
         }
     }
     fn position(&self, done: u64) {
@@ -93,9 +124,18 @@ impl Progress for Bars {
     }
     fn warn(&self, message: &str) {
         let line = format!("{}: warning: {message}", self.program);
-        match self.bar.lock().ok().as_ref().and_then(|b| b.as_ref()) {
-            Some(b) => b.suspend(|| eprintln!("{line}")),
-            None => eprintln!("{line}"),
+        self.multi.suspend(|| eprintln!("{line}"));
+    }
+    fn items(&self, done: u64, total: u64) {
+        if total < 2 {
+            return;
+        }
+        if let Ok(mut o) = self.overall.lock() {
+            let bar = o.get_or_insert_with(|| self.multi.insert(0, items_bar(total)));
+            bar.set_position(done);
+            if done >= total {
+                bar.finish_and_clear();
+            }
         }
     }
 }
