@@ -1,13 +1,17 @@
 //! `iuk-build build`: two releases in, one deterministic FORMAT 2 kit out.
 
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 
-use anyhow::bail;
-use anyhow::Result;
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use iuk::build::{build_batch, BuildOptions, BuildReport, OldRelease};
+use iuk::output::{write_new_file, OutputError};
 use iuk::squashfs::write::WriterParams;
+use iuk::udf::describe::{describe_release, udf_path};
+use iuk::udf::{DescribeInput, Offered};
 
+use crate::describe::TypeName;
 use crate::writer_args::{BcjName, CompressionName, WriterArgs, WriterDefaults};
 use iuk::progress::Bars;
 
@@ -66,7 +70,30 @@ pub struct BuildArgs {
     /// Threads for hashing and compression [default: number of CPUs]; never changes the bytes
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub jobs: Option<u32>,
-    /// Print the summary as JSON on stdout
+    /// Also write, for each kit's from-version V, the upgrade description file for devices
+    /// first installed at V, with `describe`'s rules (the kit from V first, then the kits from
+    /// later versions of this run), to DIR/upgrade/v2/<P>/<V>/<T>/<CHANNEL>/upgrades.yml (DIR =
+    /// --out-dir). Sign each separately. No full-upgrade path is listed (use `describe`)
+    #[arg(long, requires_all = ["out_dir", "kit_url_base"])]
+    pub udf: bool,
+    /// With --udf: the URL the kits are published under (a kit's URL is this, "/", its name)
+    #[arg(long, value_name = "URL", requires = "udf")]
+    pub kit_url_base: Option<String>,
+    /// With --udf: the release notes' URL
+    #[arg(long, value_name = "URL", requires = "udf")]
+    pub details_url: Option<String>,
+    /// With --udf: the channel of the devices addressed
+    #[arg(long, value_name = "C", default_value = "stable")]
+    pub channel: String,
+    /// With --udf: the upgrade's type
+    #[arg(
+        long = "type",
+        value_enum,
+        value_name = "TYPE",
+        default_value = "minor"
+    )]
+    pub kind: TypeName,
+    /// Print the summary as JSON on stdout (with --udf: {"kits": [...], "udfs": [...]})
     #[arg(long)]
     pub json: bool,
 }
@@ -106,11 +133,11 @@ pub fn run(a: BuildArgs) -> Result<()> {
         })
         .collect();
     let opts = BuildOptions {
-        product: a.product,
+        product: a.product.clone(),
         from_version: None,
-        to_version: a.to_version,
-        build_target: a.build_target,
-        layer_name: a.layer_name,
+        to_version: a.to_version.clone(),
+        build_target: a.build_target.clone(),
+        layer_name: a.layer_name.clone(),
         layer,
         sort_text: w.sort_text,
     };
@@ -118,7 +145,23 @@ pub fn run(a: BuildArgs) -> Result<()> {
     let reports = build_batch(&olds, &a.new, a.out_dir.as_deref(), &opts, &bars);
     bars.finish();
     let reports = reports?;
-    if a.json {
+    let udfs = match (&a.out_dir, &a.kit_url_base) {
+        (Some(dir), Some(base)) if a.udf => write_udfs(&a, dir, base, &reports)?,
+        _ => Vec::new(),
+    };
+    if a.json && a.udf {
+        let udfs: Vec<serde_json::Value> = udfs
+            .iter()
+            .map(|u| {
+                serde_json::json!({
+                    "initial_install_version": u.initial_install_version,
+                    "path": u.path,
+                })
+            })
+            .collect();
+        let v = serde_json::json!({ "kits": reports, "udfs": udfs });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else if a.json {
         if a.old.len() == 1 && a.out_dir.is_none() {
             println!("{}", serde_json::to_string_pretty(&reports[0])?);
         } else {
@@ -128,8 +171,83 @@ pub fn run(a: BuildArgs) -> Result<()> {
         for r in &reports {
             print_summary(r);
         }
+        for u in &udfs {
+            println!(
+                "{}: upgrade description for devices first installed at {}",
+                u.path, u.initial_install_version
+            );
+        }
     }
     Ok(())
+}
+
+/// A UDF written by `--udf`.
+struct WrittenUdf {
+    initial_install_version: String,
+    path: String,
+}
+
+/// Writes the UDF of every kit's from-version under `dir` (see `--udf`).
+fn write_udfs(
+    a: &BuildArgs,
+    dir: &Path,
+    base: &str,
+    reports: &[BuildReport],
+) -> Result<Vec<WrittenUdf>> {
+    let Some(first) = reports.first() else {
+        return Ok(Vec::new());
+    };
+    let kits: Vec<(Offered, String)> = reports
+        .iter()
+        .map(|r| {
+            let path = PathBuf::from(&r.output);
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let url = format!("{}/{name}", base.trim_end_matches('/'));
+            (Offered { path, url }, r.from_version.clone())
+        })
+        .collect();
+    let common = DescribeInput {
+        product: first.product.clone(),
+        build_target: a.build_target.clone(),
+        channel: a.channel.clone(),
+        initial_install_version: String::new(),
+        version: first.to_version.clone(),
+        kind: a.kind.upgrade_type(),
+        details_url: a.details_url.clone(),
+        kits: Vec::new(),
+        full: None,
+    };
+    let mut out = Vec::new();
+    for (v, udf) in describe_release(&common, &kits)? {
+        let path = udf_path(
+            dir,
+            &common.product,
+            &v,
+            &common.build_target,
+            &common.channel,
+        );
+        let text = udf.to_yaml();
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("{}: cannot create", parent.display()))?;
+        }
+        write_new_file(&path, |f| {
+            f.write_all(text.as_bytes())
+                .map_err(|source| OutputError::Io {
+                    path: path.clone(),
+                    source,
+                })
+        })
+        .with_context(|| format!("{}: cannot write", path.display()))?;
+        out.push(WrittenUdf {
+            initial_install_version: v,
+            path: path.display().to_string(),
+        });
+    }
+    Ok(out)
 }
 
 /// The three summary lines of a kit.

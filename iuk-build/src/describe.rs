@@ -18,6 +18,16 @@ pub enum TypeName {
     Minor,
 }
 
+impl TypeName {
+    /// The UDF's upgrade type.
+    pub fn upgrade_type(self) -> UpgradeType {
+        match self {
+            TypeName::Major => UpgradeType::Major,
+            TypeName::Minor => UpgradeType::Minor,
+        }
+    }
+}
+
 /// Write the upgrade description file (Tails UDF v2) for devices first installed at one version.
 ///
 /// The UDF offers --version to devices whose initial-install version is
@@ -103,10 +113,7 @@ pub fn run(a: DescribeArgs) -> Result<()> {
         channel: a.channel,
         initial_install_version: a.initial_install_version,
         version: a.version,
-        kind: match a.kind {
-            TypeName::Major => UpgradeType::Major,
-            TypeName::Minor => UpgradeType::Minor,
-        },
+        kind: a.kind.upgrade_type(),
         details_url: a.details_url,
         kits: a
             .kits

@@ -2066,3 +2066,76 @@ fn a_corrupted_new_image_block_stops_the_build() {
     );
     assert!(!out.exists(), "a kit was written");
 }
+
+/// `build --udf` writes, for each kit's from-version, the UDF `describe` makes for devices first
+/// installed there from the same kits and URLs, byte for byte, at Tails' path layout.
+#[test]
+fn a_batch_writes_the_udf_of_every_initial_install_version() {
+    let s = Scene::new();
+    let base = "https://example.org/iuks/";
+    let details = "https://example.org/news/6.11";
+    let r = run_ok(
+        iuk_command("iuk-build")
+            .args(["build", "--new"])
+            .arg(iso("6.11"))
+            .args(["--old".as_ref(), iso("6.9").as_os_str()])
+            .args(["--old".as_ref(), iso("6.10").as_os_str()])
+            .arg("--out-dir")
+            .arg(&s.out)
+            .arg(format!("--source-date-epoch={EPOCH}"))
+            .args([
+                "--udf",
+                "--kit-url-base",
+                base,
+                "--details-url",
+                details,
+                "--json",
+            ]),
+    );
+    let v: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    assert_eq!(v["kits"].as_array().map(Vec::len), Some(2), "{v}");
+    let udfs = v["udfs"].as_array().expect("--json lists the UDFs");
+    assert_eq!(udfs.len(), 2);
+    let kit = |from: &str| s.out.join(format!("Tails_amd64_{from}_to_6.11.iuk"));
+    for (u, (initial, kits)) in udfs
+        .iter()
+        .zip([("6.9", vec!["6.9", "6.10"]), ("6.10", vec!["6.10"])])
+    {
+        let path = s.out.join(format!(
+            "upgrade/v2/Tails/{initial}/amd64/stable/upgrades.yml"
+        ));
+        assert_eq!(u["path"], path.to_str().unwrap());
+        assert_eq!(u["initial_install_version"], initial);
+        let mut d = iuk_command("iuk-build");
+        d.args([
+            "describe",
+            "--product",
+            "Tails",
+            "--initial-install-version",
+            initial,
+        ])
+        .args(["--version", "6.11", "--details-url", details]);
+        for from in kits {
+            let k = kit(from);
+            let url = format!("https://example.org/iuks/Tails_amd64_{from}_to_6.11.iuk");
+            d.arg("--kit").arg(&k).arg("--kit-url").arg(url);
+        }
+        let want = run_ok(&mut d).stdout;
+        assert_eq!(
+            fs::read(&path).unwrap(),
+            want,
+            "the UDF for {initial} differs from describe's"
+        );
+    }
+    // --udf needs the URL base and an output directory.
+    let r = iuk_e2e::run(
+        iuk_command("iuk-build")
+            .args(["build", "--new"])
+            .arg(iso("6.11"))
+            .arg("--old")
+            .arg(iso("6.9"))
+            .args(["--udf", "--out-dir"])
+            .arg(&s.out),
+    );
+    assert_eq!(r.code, Some(2), "{r}");
+}

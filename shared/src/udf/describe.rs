@@ -260,3 +260,36 @@ pub fn describe(input: &DescribeInput) -> Result<Udf, DescribeError> {
         }],
     })
 }
+/// The UDFs of a release's kits (a batch build): for each kit's from-version `V`, the UDF for
+/// devices first installed at `V` ([`describe`] of `common` with that initial-install version
+/// and every kit from `V` or later), in the kits' order. `common.kits` is ignored.
+pub fn describe_release(
+    common: &DescribeInput,
+    kits: &[(Offered, String)],
+) -> Result<Vec<(String, Udf)>, DescribeError> {
+    let mut out = Vec::with_capacity(kits.len());
+    for (_, v) in kits {
+        let input = DescribeInput {
+            initial_install_version: v.clone(),
+            kits: kits
+                .iter()
+                .filter(|(_, from)| compare(from, v) != Ordering::Less)
+                .map(|(k, _)| k.clone())
+                .collect(),
+            ..common.clone()
+        };
+        out.push((v.clone(), describe(&input)?));
+    }
+    Ok(out)
+}
+
+/// Where a UDF lies below a download root, as Tails publishes them:
+/// `upgrade/v2/<product>/<initial-install version>/<build target>/<channel>/upgrades.yml`.
+pub fn udf_path(root: &Path, product: &str, initial: &str, target: &str, channel: &str) -> PathBuf {
+    root.join("upgrade/v2")
+        .join(product)
+        .join(initial)
+        .join(target)
+        .join(channel)
+        .join("upgrades.yml")
+}
