@@ -302,6 +302,31 @@ pub fn build_batch(
     Ok(reports)
 }
 
+/// The build options of the library's tests: Tails' layer settings (xz, BCJ x86, 1 MiB blocks
+/// and dictionary), one thread, epoch 1,700,000,000, everything else from the releases.
+#[cfg(test)]
+pub(crate) fn fixture_options() -> BuildOptions {
+    let mut layer = WriterParams::new(
+        crate::squashfs::compress::Compressor::Xz {
+            level: 6,
+            dict_size: 1 << 20,
+            bcj_x86: true,
+        },
+        1 << 20,
+        1_700_000_000,
+    );
+    layer.jobs = 1;
+    BuildOptions {
+        product: None,
+        from_version: None,
+        to_version: None,
+        build_target: "amd64".into(),
+        layer_name: None,
+        layer,
+        sort_text: None,
+    }
+}
+
 /// Reads a release's root filesystem tree.
 fn read_root(release: &Release, fs: &Arc<Archive>) -> Result<Tree, BuildError> {
     fs.read_tree().map_err(|e| {
@@ -796,7 +821,6 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
-    use crate::squashfs::compress::Compressor;
 
     /// Records the overall items and the phases reported.
     #[derive(Default)]
@@ -825,25 +849,7 @@ mod tests {
     #[test]
     fn a_batch_reports_progress_per_kit_and_overall() {
         let dir = tempfile::tempdir().unwrap();
-        let mut layer = WriterParams::new(
-            Compressor::Xz {
-                level: 6,
-                dict_size: 1 << 20,
-                bcj_x86: true,
-            },
-            1 << 20,
-            1_700_000_000,
-        );
-        layer.jobs = 1;
-        let opts = BuildOptions {
-            product: None,
-            from_version: None,
-            to_version: None,
-            build_target: "amd64".into(),
-            layer_name: None,
-            layer,
-            sort_text: None,
-        };
+        let opts = fixture_options();
         let olds: Vec<OldRelease> = ["6.9", "6.10"]
             .iter()
             .map(|v| OldRelease {

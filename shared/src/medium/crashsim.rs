@@ -396,7 +396,7 @@ pub fn crash_states(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::build::{build, BuildOptions};
+    use crate::build::build;
     use crate::medium::apply::execute;
     use crate::medium::fsops::RealFs;
     use crate::medium::init::{init, InitOptions};
@@ -404,8 +404,6 @@ mod tests {
     use crate::medium::recover::recover;
     use crate::medium::Medium;
     use crate::progress::NoProgress;
-    use crate::squashfs::compress::Compressor;
-    use crate::squashfs::write::WriterParams;
 
     fn fixture(name: &str) -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -415,25 +413,7 @@ mod tests {
 
     fn kit(dir: &Path, from: &str, to: &str) -> PathBuf {
         let out = dir.join(format!("{from}-{to}.iuk"));
-        let mut layer = WriterParams::new(
-            Compressor::Xz {
-                level: 6,
-                dict_size: 1 << 20,
-                bcj_x86: true,
-            },
-            1 << 20,
-            1_700_000_000,
-        );
-        layer.jobs = 1;
-        let opts = BuildOptions {
-            product: None,
-            from_version: None,
-            to_version: None,
-            build_target: "amd64".into(),
-            layer_name: None,
-            layer,
-            sort_text: None,
-        };
+        let opts = crate::build::fixture_options();
         build(
             &fixture(&format!("Tails-{from}.iso")),
             &fixture(&format!("Tails-{to}.iso")),
