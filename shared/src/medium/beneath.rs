@@ -134,35 +134,14 @@ impl Beneath {
         let mut seen = self.root.clone();
         for c in comps {
             seen.push(c);
-            dir = self.openat(&dir, c, libc::O_RDONLY | libc::O_DIRECTORY, &seen)?;
+            dir = openat(
+                &dir,
+                &cstring(c)?,
+                libc::O_RDONLY | libc::O_DIRECTORY,
+                &seen,
+            )?;
         }
         Ok(dir)
-    }
-
-    /// `openat(dir, name, flags | O_NOFOLLOW | O_CLOEXEC)`, a link reported as [`SymlinkError`]
-    /// naming `shown`.
-    fn openat(&self, dir: &OwnedFd, name: &OsStr, flags: i32, shown: &Path) -> io::Result<OwnedFd> {
-        let c = cstring(name)?;
-        // SAFETY: a valid directory descriptor and NUL-terminated name; the descriptor returned
-        // is owned below. The mode is only used with O_CREAT.
-        let fd = unsafe {
-            libc::openat(
-                dir.as_raw_fd(),
-                c.as_ptr(),
-                flags | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-                0o666 as libc::c_uint,
-            )
-        };
-        match owned(fd) {
-            Ok(fd) => Ok(fd),
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP) | Some(libc::ENOTDIR)) => {
-                match stat_at(dir, &c) {
-                    Ok(md) if Kind::of(&md) == Kind::Symlink => Err(symlink(shown)),
-                    _ => Err(e),
-                }
-            }
-            Err(e) => Err(e),
-        }
     }
 
     /// The directory holding `path` and the last component's name.
@@ -216,21 +195,10 @@ impl Beneath {
         }
     }
 
-    /// True when `path` is a regular file; a link on the way fails.
-    pub fn is_file(&self, path: &Path) -> io::Result<bool> {
-        Ok(self.kind(path)? == Some(Kind::File))
-    }
-
-    /// True when `path` is a directory; a link on the way fails.
-    pub fn is_dir(&self, path: &Path) -> io::Result<bool> {
-        Ok(self.kind(path)? == Some(Kind::Dir))
-    }
-
     /// Opens a file for reading.
     pub fn open(&self, path: &Path) -> io::Result<File> {
         let (dir, name, shown) = self.parent(path)?;
-        let fd = self.openat_name(&dir, &name, libc::O_RDONLY, &shown)?;
-        Ok(File::from(fd))
+        Ok(File::from(openat(&dir, &name, libc::O_RDONLY, &shown)?))
     }
 
     /// Opens a file for writing: `create` creates it when missing, `truncate` empties it.
@@ -243,18 +211,7 @@ impl Beneath {
         if truncate {
             flags |= libc::O_TRUNC;
         }
-        let fd = self.openat_name(&dir, &name, flags, &shown)?;
-        Ok(File::from(fd))
-    }
-
-    fn openat_name(
-        &self,
-        dir: &OwnedFd,
-        name: &CStr,
-        flags: i32,
-        shown: &Path,
-    ) -> io::Result<OwnedFd> {
-        self.openat(dir, OsStr::from_bytes(name.to_bytes()), flags, shown)
+        Ok(File::from(openat(&dir, &name, flags, &shown)?))
     }
 
     /// The names in directory `path` with what each is, sorted by name.
@@ -278,9 +235,7 @@ impl Beneath {
     /// Removes the file `path` (a link there is refused, not removed).
     pub fn unlink(&self, path: &Path) -> io::Result<()> {
         let (dir, name, shown) = self.parent(path)?;
-        if Kind::of(&stat_at(&dir, &name)?) == Kind::Symlink {
-            return Err(symlink(&shown));
-        }
+        refuse_link_at(&dir, &name, &shown)?;
         // SAFETY: a valid directory descriptor and NUL-terminated name.
         check(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) })
     }
@@ -295,9 +250,7 @@ impl Beneath {
     /// Removes the empty directory `path` (a link there is refused).
     pub fn rmdir(&self, path: &Path) -> io::Result<()> {
         let (dir, name, shown) = self.parent(path)?;
-        if Kind::of(&stat_at(&dir, &name)?) == Kind::Symlink {
-            return Err(symlink(&shown));
-        }
+        refuse_link_at(&dir, &name, &shown)?;
         // SAFETY: a valid directory descriptor and NUL-terminated name.
         check(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), libc::AT_REMOVEDIR) })
     }
@@ -326,6 +279,40 @@ impl Beneath {
         }
         Ok(())
     }
+}
+
+/// `openat(dir, name, flags | O_NOFOLLOW | O_CLOEXEC)`, a link reported as [`SymlinkError`]
+/// naming `shown`.
+fn openat(dir: &OwnedFd, name: &CStr, flags: i32, shown: &Path) -> io::Result<OwnedFd> {
+    // SAFETY: a valid directory descriptor and NUL-terminated name; the descriptor returned is
+    // owned below. The mode is only used with O_CREAT.
+    let fd = unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            flags | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            0o666 as libc::c_uint,
+        )
+    };
+    match owned(fd) {
+        Ok(fd) => Ok(fd),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP) | Some(libc::ENOTDIR)) => {
+            match stat_at(dir, name) {
+                Ok(md) if Kind::of(&md) == Kind::Symlink => Err(symlink(shown)),
+                _ => Err(e),
+            }
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Fails with [`SymlinkError`] naming `shown` when `name` in `dir` is a link (unlinkat would
+/// remove the link itself: a foreign link is refused, not touched).
+fn refuse_link_at(dir: &OwnedFd, name: &CStr, shown: &Path) -> io::Result<()> {
+    if Kind::of(&stat_at(dir, name)?) == Kind::Symlink {
+        return Err(symlink(shown));
+    }
+    Ok(())
 }
 
 /// The names in an open directory, without `.` and `..`.
