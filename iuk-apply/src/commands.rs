@@ -704,9 +704,10 @@ fn verify_cmd(a: VerifyArgs) -> Result<()> {
     }
     let (s, _, _) = m.read_state()?;
     m.check_consistent(&s, a.deep)?;
-    iuk::medium::stack::check_images(&m, &s)?;
     if a.deep {
         iuk::medium::stack::verify_trees(&m, &s, &Bars::new("iuk-apply"))?;
+    } else {
+        iuk::medium::stack::check_images(&m, &s)?;
     }
     let keys = keyring::trusted_keyring(&m, &s)?;
     println!(

@@ -361,16 +361,21 @@ impl Medium {
         Ok(!self.read_dir(&self.staging())?.is_empty())
     }
 
+    /// The refusal of a medium that no longer matches its state: `what` differs, with the
+    /// advice to adopt it.
+    pub fn changed(&self, what: impl std::fmt::Display) -> MediumError {
+        MediumError::Refused(format!(
+            "{}: {what}; the medium was changed by something else than iuk-apply (run \
+             `iuk-apply adopt` to take it over again)",
+            self.root.display()
+        ))
+    }
+
     /// Checks that the medium still matches its state: module file content, base present, every
     /// layer and boot file present with its recorded size. `deep` also hashes every layer and
     /// boot file.
     pub fn check_consistent(&self, state: &State, deep: bool) -> Result<(), MediumError> {
-        let changed = |what: String| {
-            MediumError::Refused(format!(
-                "{}: {what}; the medium was changed by something else than iuk-apply (run `iuk-apply adopt` to take it over again)",
-                self.root.display()
-            ))
-        };
+        let changed = |what: String| self.changed(what);
         let module = self
             .find(&format!("live/{}", state.module_file))?
             .ok_or_else(|| changed(format!("live/{} is missing", state.module_file)))?;

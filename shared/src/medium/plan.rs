@@ -313,11 +313,12 @@ pub fn plan(
     check_layer_image(&c, opts.deep, &bad_kit, progress)?;
     let model = check_model(medium, &state, &c, opts, &kit_name)?;
     // The stack the layer goes on: every image opens with its tables (superblock, id, fragment,
-    // export and xattr tables read and checked); with `deep`, its trees are read and their
-    // digests checked against the state.
-    check_images(medium, &state)?;
+    // export and xattr tables read and checked); with `deep`, its trees are read too (which
+    // opens each image the same way) and their digests checked against the state.
     if opts.deep {
         verify_trees(medium, &state, progress)?;
+    } else {
+        check_images(medium, &state)?;
     }
     let writes = boot_writes(medium, &state, &c, &bad_kit)?;
     let deletes = plan_deletes(medium, &state, &c, model, &writes)?;

@@ -14,51 +14,53 @@ use crate::progress::Progress;
 use crate::squashfs::archive::Archive;
 use crate::tree::{hex, Tree};
 
+/// The refusal of an image the reader cannot read (`e` names the image).
+fn damaged(e: impl std::fmt::Display) -> MediumError {
+    refuse(format!(
+        "{e}; an image on the medium is unreadable (damaged medium?): reinstall the medium"
+    ))
+}
+
 /// The tree of the SquashFS image at `path` on the medium (the reader's errors name the image;
 /// the refusal says the medium is damaged). The image is opened without following links.
 pub fn read_image_tree(medium: &Medium, path: &Path) -> Result<Tree, MediumError> {
-    let archive = open_image(medium, path)?;
-    read_raw(&archive).map_err(|e| {
-        refuse(format!(
-            "{e}; an image on the medium is unreadable (damaged medium?): reinstall the medium"
-        ))
-    })
+    open_image(medium, path)?.read_tree().map_err(damaged)
 }
 
 /// Opens the image at `path` on the medium (never through a link) with the reader's checks.
 pub fn open_image(medium: &Medium, path: &Path) -> Result<Arc<Archive>, MediumError> {
-    let file = medium.open(path)?;
-    let image = FileImage::new(file).map_err(|e| super::io_err(path, e))?;
-    Archive::from_image(Arc::new(image), path.display().to_string()).map_err(|e| {
-        refuse(format!(
-            "{e}; an image on the medium is unreadable (damaged medium?): reinstall the medium"
-        ))
-    })
+    open_image_or(medium, path, damaged)
 }
 
-/// The tree of an open image, or the reader's own message (which names the image).
-fn read_raw(archive: &Arc<Archive>) -> Result<Tree, String> {
-    archive.read_tree().map_err(|e| e.to_string())
+/// [`open_image`], the reader's errors (which name the image) turned into `bad`'s refusal.
+fn open_image_or(
+    medium: &Medium,
+    path: &Path,
+    bad: impl Fn(String) -> MediumError,
+) -> Result<Arc<Archive>, MediumError> {
+    let file = medium.open(path)?;
+    let image = FileImage::new(file).map_err(|e| super::io_err(path, e))?;
+    Archive::from_image(Arc::new(image), path.display().to_string()).map_err(|e| bad(e.to_string()))
+}
+
+/// The base and every layer the state lists, bottom first, relative to the medium root.
+fn stack_rels(state: &State) -> impl Iterator<Item = String> + '_ {
+    std::iter::once(BASE.to_string()).chain(
+        state
+            .layers
+            .iter()
+            .map(|l| format!("live/{}.squashfs", l.name)),
+    )
 }
 
 /// Opens the base and every layer the state lists with the reader's checks (superblock and
 /// tables), so that a stack whose images are visibly damaged is refused (`verify`, `apply`).
 /// Data blocks are not decoded: [`verify_trees`] does that.
 pub fn check_images(medium: &Medium, state: &State) -> Result<(), MediumError> {
-    let rels = std::iter::once(BASE.to_string()).chain(
-        state
-            .layers
-            .iter()
-            .map(|l| format!("live/{}.squashfs", l.name)),
-    );
-    for rel in rels {
-        let p = medium.find(&rel)?.ok_or_else(|| {
-            refuse(format!(
-                "{}: {rel} is missing; the medium was changed by something else than iuk-apply \
-                 (run `iuk-apply adopt` to take it over again)",
-                medium.root.display()
-            ))
-        })?;
+    for rel in stack_rels(state) {
+        let p = medium
+            .find(&rel)?
+            .ok_or_else(|| medium.changed(format!("{rel} is missing")))?;
         open_image(medium, &p)?;
     }
     Ok(())
@@ -71,23 +73,14 @@ pub fn verify_trees(
     state: &State,
     progress: &dyn Progress,
 ) -> Result<(), MediumError> {
-    let changed = |what: String| {
-        refuse(format!(
-            "{}: {what}; the medium was changed by something else than iuk-apply (run \
-             `iuk-apply adopt` to take it over again)",
-            medium.root.display()
-        ))
-    };
+    let changed = |what: String| medium.changed(what);
     let open = |rel: &str| -> Result<HashedTree, MediumError> {
         let p = medium
             .find(rel)?
             .ok_or_else(|| changed(format!("{rel} is missing")))?;
-        let file = medium.open(&p)?;
-        let image = FileImage::new(file).map_err(|e| super::io_err(&p, e))?;
-        let tree = Archive::from_image(Arc::new(image), p.display().to_string())
-            .map_err(|e| e.to_string())
-            .and_then(|a| read_raw(&a))
-            .map_err(changed)?;
+        let tree = open_image_or(medium, &p, changed)?
+            .read_tree()
+            .map_err(|e| changed(e.to_string()))?;
         hash_tree(tree, &format!("hashing {rel}"), progress).map_err(|e| changed(e.to_string()))
     };
     let mut stack = open(BASE)?;
@@ -97,8 +90,7 @@ pub fn verify_trees(
             state.base_version
         )));
     }
-    for l in &state.layers {
-        let rel = format!("live/{}.squashfs", l.name);
+    for rel in stack_rels(state).skip(1) {
         stack = stack_layer(&stack, &open(&rel)?, &rel)?;
     }
     if hex(&stack.digest()) != state.current_tree_digest {
