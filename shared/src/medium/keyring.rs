@@ -21,7 +21,7 @@ use super::fsops::{write_file, MediumFs};
 use super::journal::{Delete, Journal};
 use super::state::State;
 use super::{
-    io_err, is_keyring_name, refuse, Medium, MediumError, JOURNAL_FILE, KEYRING_PREFIX,
+    io_err, io_err_or, is_keyring_name, refuse, Medium, MediumError, JOURNAL_FILE, KEYRING_PREFIX,
     KEYRING_SUFFIX, MAX_MODULE,
 };
 use crate::sign::{Keyring, MAX_KEYRING};
@@ -111,13 +111,9 @@ pub fn trusted_keyring(medium: &Medium, state: &State) -> Result<Option<Trusted>
     let path = medium
         .find(&format!("live/{name}"))?
         .ok_or_else(|| damaged("is missing".into()))?;
-    let bytes =
-        medium
-            .read_capped(&path, MAX_KEYRING as u64)
-            .map_err(|e| match io_err(&path, e) {
-                MediumError::Io { error, .. } => damaged(format!("is unreadable: {error}")),
-                other => other,
-            })?;
+    let bytes = medium
+        .read_capped(&path, MAX_KEYRING as u64)
+        .map_err(|e| io_err_or(e, |e| damaged(format!("is unreadable: {e}"))))?;
     if !keyring_name(&bytes).eq_ignore_ascii_case(name) {
         return Err(damaged("does not have the sha256 its name says".into()));
     }

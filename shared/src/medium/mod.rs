@@ -123,12 +123,18 @@ pub fn is_keyring_name(name: &str) -> bool {
 /// Shorthand for an I/O error on a path; a link met on the way becomes [`MediumError::Symlink`]
 /// naming the link.
 pub fn io_err(path: &Path, error: io::Error) -> MediumError {
-    if let Some(link) = beneath::symlink_of(&error) {
-        return MediumError::Symlink(link.to_path_buf());
-    }
-    MediumError::Io {
+    io_err_or(error, |error| MediumError::Io {
         path: path.to_path_buf(),
         error,
+    })
+}
+
+/// A link met on the way as [`MediumError::Symlink`] naming it; any other I/O error as
+/// `other` says it (a refusal in the caller's words).
+pub fn io_err_or(error: io::Error, other: impl FnOnce(io::Error) -> MediumError) -> MediumError {
+    match beneath::symlink_of(&error) {
+        Some(link) => MediumError::Symlink(link.to_path_buf()),
+        None => other(error),
     }
 }
 
@@ -291,18 +297,15 @@ impl Medium {
     /// Takes the exclusive lock on `live/iuk.lock` (which init and adopt create).
     pub fn lock(&self) -> Result<Lock, MediumError> {
         let path = self.live_file(LOCK_FILE);
-        let file = self
-            .beneath()
-            .open(&path)
-            .map_err(|e| match io_err(&path, e) {
-                MediumError::Io { error: e, .. } => MediumError::State {
-                    path: self.root.clone(),
-                    problem: format!(
-                "no {LOCK_FILE} ({e}); is this a medium made by `iuk-apply init` or `adopt`?"
-            ),
-                },
-                other => other,
-            })?;
+        let file = self.beneath().open(&path).map_err(|e| {
+            io_err_or(e, |e| MediumError::State {
+                path: self.root.clone(),
+                problem: format!(
+                    "no {LOCK_FILE} ({e}); is this a medium made by `iuk-apply init` or \
+                         `adopt`?"
+                ),
+            })
+        })?;
         // SAFETY: a valid descriptor; flock only takes an advisory lock.
         let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
         if r != 0 {
@@ -317,10 +320,7 @@ impl Medium {
         let bytes = self
             .read_capped(&path, state::MAX_STATE as u64)
             .map_err(|e| {
-                if let Some(link) = beneath::symlink_of(&e) {
-                    return MediumError::Symlink(link.to_path_buf());
-                }
-                MediumError::State {
+                io_err_or(e, |e| MediumError::State {
                     path: self.root.clone(),
                     problem: match e.kind() {
                         io::ErrorKind::NotFound => format!(
@@ -333,7 +333,7 @@ impl Medium {
                     ),
                         _ => format!("live/{STATE_FILE}: {e}"),
                     },
-                }
+                })
             })?;
         let sha: [u8; 32] = Sha256::digest(&bytes).into();
         let text = String::from_utf8(bytes).map_err(|_| MediumError::State {
@@ -381,12 +381,7 @@ impl Medium {
             .ok_or_else(|| changed(format!("live/{} is missing", state.module_file)))?;
         let text = self
             .read_capped(&module, MAX_MODULE)
-            .map_err(|e| match io_err(&module, e) {
-                MediumError::Io { error, .. } => {
-                    changed(format!("live/{}: {error}", state.module_file))
-                }
-                other => other,
-            })?;
+            .map_err(|e| io_err_or(e, |e| changed(format!("live/{}: {e}", state.module_file))))?;
         let lines = |t: &str| -> Vec<String> {
             t.lines()
                 .map(|l| l.trim().to_lowercase())
