@@ -1,4 +1,4 @@
-//! `iuk-build build`: two releases in, one deterministic FORMAT 2 kit out.
+//! `iuk-build build`: two releases in, one deterministic kit out (FORMAT 2, or 3 with --deltas).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -93,6 +93,13 @@ pub struct BuildArgs {
         default_value = "minor"
     )]
     pub kind: TypeName,
+    /// Write a binary-delta kit (FORMAT 3) when it is smaller than the FORMAT 2 kit: the layer
+    /// travels as a recipe — each file copied from an old file with the same content, patched
+    /// from an old file (zstd patch-from or bsdiff, the smaller), or whole — and the device
+    /// rebuilds the exact layer tree. Tails' installer reads only FORMAT 2: publish both. Costs
+    /// build time (patch trials) and up to about 1 GiB of memory on large files
+    #[arg(long)]
+    pub deltas: bool,
     /// Print the summary as JSON on stdout (with --udf: {"kits": [...], "udfs": [...]})
     #[arg(long)]
     pub json: bool,
@@ -140,6 +147,7 @@ pub fn run(a: BuildArgs) -> Result<()> {
         layer_name: a.layer_name.clone(),
         layer,
         sort_text: w.sort_text,
+        deltas: a.deltas,
     };
     let bars = Bars::new("iuk-build");
     let reports = build_batch(&olds, &a.new, a.out_dir.as_deref(), &opts, &bars);
@@ -275,5 +283,21 @@ fn print_summary(r: &BuildReport) {
         "layer data blocks: {} copied from the new image, {} compressed",
         r.layer_copied_blocks, r.layer_compressed_blocks
     );
+    if let Some(recipe) = r.recipe_bytes {
+        let kinds: Vec<String> = r
+            .sources
+            .iter()
+            .map(|s| {
+                format!(
+                    "{} {} files ({} bytes, {} carried)",
+                    s.kind, s.files, s.bytes, s.payload_bytes
+                )
+            })
+            .collect();
+        println!(
+            "FORMAT 3: recipe {recipe} bytes instead of the layer; {}",
+            kinds.join(", ")
+        );
+    }
     println!("sha256 {}", r.kit_sha256);
 }

@@ -22,6 +22,9 @@ use std::time::Instant;
 use sha2::{Digest, Sha256};
 
 use crate::boot::{self, BootError, BootFile, WHOLE_DIRS};
+use crate::delta::choose::{choose, LayerCompression};
+use crate::delta::recipe::{recipe_tree, Recipe, SourceKind, RECIPE_VERSION};
+use crate::delta::DeltaError;
 use crate::diff::{self, DiffError, DiffStats, HashedTree};
 use crate::kit::{self, Control, FileEntry, KitError, LayerParams, OverlayFile, GENERATOR};
 use crate::output::{write_new_file, OutputError};
@@ -30,7 +33,7 @@ use crate::release::{self, hex_opt, Release, ReleaseError};
 use crate::squashfs::archive::Archive;
 use crate::squashfs::write::{write_image, WriteReport, WriterParams, WRITER_FORMAT_VERSION};
 use crate::squashfs::SqfsError;
-use crate::tree::{hex, Tree, TreeError};
+use crate::tree::{hex, Content, Tree, TreeError};
 use crate::version;
 
 /// Errors of a build; every message names the input or output concerned.
@@ -57,6 +60,9 @@ pub enum BuildError {
     /// The output could not be written.
     #[error("{0}")]
     Output(#[from] OutputError),
+    /// A FORMAT 3 recipe could not be made.
+    #[error("{0}")]
+    Delta(#[from] DeltaError),
     /// The request is refused before any output is written.
     #[error("{0}")]
     Refused(String),
@@ -79,6 +85,9 @@ pub struct BuildOptions {
     pub layer: WriterParams,
     /// The sort file's text, recorded in control.yml.
     pub sort_text: Option<String>,
+    /// Write a FORMAT 3 kit (the layer as a recipe of per-file sources) when it is smaller
+    /// than the FORMAT 2 kit; FORMAT 2 otherwise.
+    pub deltas: bool,
 }
 
 /// What a build produced, for the summary line and `--json`.
@@ -104,6 +113,14 @@ pub struct BuildReport {
     pub layer_copied_blocks: u64,
     /// Data blocks of the layer compressed by the build.
     pub layer_compressed_blocks: u64,
+    /// The kit's FORMAT: `2` (whole files) or `3` (a recipe of per-file sources).
+    pub format: String,
+    /// FORMAT 3: files, bytes re-created and bytes carried, per source kind.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<SourceReport>,
+    /// FORMAT 3: size of the recipe image.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recipe_bytes: Option<u64>,
     /// Size of the kit.
     pub kit_bytes: u64,
     /// Size of the new release (the ISO file, or the root filesystem image for a directory).
@@ -120,6 +137,20 @@ pub struct BuildReport {
     pub new_tree_digest: String,
     /// Wall-clock seconds.
     pub seconds: f64,
+}
+
+/// Files and bytes of one source kind of a FORMAT 3 kit.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct SourceReport {
+    /// `copy`, `zstd`, `bsdiff` or `whole`.
+    pub kind: String,
+    /// Files of this kind.
+    pub files: u64,
+    /// Bytes they re-create.
+    pub bytes: u64,
+    /// Bytes the recipe image holds for them before its own compression (patches, whole
+    /// contents; 0 for copies).
+    pub payload_bytes: u64,
 }
 
 fn refuse(msg: impl Into<String>) -> BuildError {
@@ -324,6 +355,7 @@ pub(crate) fn fixture_options() -> BuildOptions {
         layer_name: None,
         layer,
         sort_text: None,
+        deltas: false,
     }
 }
 
@@ -437,7 +469,7 @@ impl KitSteps<'_> {
         let written = write_layer(&layer_tree, &opts.layer, &layer_tmp.0, progress)?;
         self.phase("verifying", stats.content_bytes);
         let inputs = [old.path(), new.release.path()];
-        verify_layer(
+        let layer_read = verify_layer(
             &old_root,
             &new.root,
             &layer_tmp.0,
@@ -448,10 +480,13 @@ impl KitSteps<'_> {
 
         self.phase("boot files", 0);
         let old_boot = boot::boot_tree(old)?;
-        let Overlay { files, layer_bytes } =
-            overlay_files(&old_boot, &new.boot, &layer_tmp.0, &names.layer_path)?;
+        let Overlay {
+            mut files,
+            layer_bytes,
+            layer_sha256,
+        } = overlay_files(&old_boot, &new.boot, &layer_tmp.0, &names.layer_path)?;
         let delete_files = boot::delete_files(old, &new.release);
-        let control = Control {
+        let mut control = Control {
             delete_files: delete_files.clone(),
             generator: GENERATOR.to_string(),
             writer_format: WRITER_FORMAT_VERSION,
@@ -467,16 +502,50 @@ impl KitSteps<'_> {
             new_tree_digest: hex(&new.digest),
             overlay: files.iter().map(|(_, e)| e.clone()).collect(),
             boot_tree: new.boot.files.iter().map(BootFile::entry).collect(),
+            recipe: None,
         };
+
+        let recipe_tmp = TempFile(recipe_temp_path(out));
+        let mut sources = Vec::new();
+        let mut recipe_image = None;
+        if opts.deltas {
+            let made = self.recipe(
+                &old_root,
+                &layer_read,
+                (layer_bytes, layer_sha256.clone()),
+                &recipe_tmp.0,
+            )?;
+            // FORMAT 3 only when smaller: the recipe image and its control.yml records against
+            // the layer (every other part of the two kits is the same).
+            let mut with = control.clone();
+            with.recipe = Some(made.recipe.clone());
+            let grows = with.to_yaml().len() as u64 - control.to_yaml().len() as u64;
+            if made.recipe.image_size + grows < layer_bytes {
+                files.retain(|(f, _)| f.path != names.layer_path);
+                with.overlay = files.iter().map(|(_, e)| e.clone()).collect();
+                control = with;
+                sources = made.sources;
+                recipe_image = Some(made.image);
+            } else {
+                progress.warn(&format!(
+                    "{}: a FORMAT 3 kit would not be smaller (recipe {} bytes + {grows} bytes of \
+                     control.yml, layer {layer_bytes} bytes): writing FORMAT 2",
+                    out.display(),
+                    made.recipe.image_size
+                ));
+            }
+        }
+        let recipe_bytes = recipe_image.as_ref().map(|c: &Content| c.size);
         let files: Vec<OverlayFile> = files.into_iter().map(|(f, _)| f).collect();
-        let kit_total: u64 = files.iter().map(|f| f.content.size).sum();
+        let kit_total: u64 =
+            files.iter().map(|f| f.content.size).sum::<u64>() + recipe_bytes.unwrap_or(0);
         self.phase("writing kit", kit_total);
         let kit_sha = write_kit(
             out,
             &control,
             &files,
+            recipe_image,
             opts.layer.jobs,
-            &names.layer_path,
             progress,
         )?;
 
@@ -492,6 +561,9 @@ impl KitSteps<'_> {
             layer_bytes,
             layer_copied_blocks: written.copied_blocks,
             layer_compressed_blocks: written.compressed_blocks,
+            format: control.format().to_string(),
+            sources,
+            recipe_bytes,
             kit_bytes,
             new_image_bytes: new.image_bytes,
             ratio: if new.image_bytes > 0 {
@@ -701,6 +773,7 @@ fn write_layer(
 
 /// Step 4: reads the layer back, stacks it on the old root in userspace and requires the
 /// result's tree digest to equal the new root's (invariant 1, before anything is published).
+/// Returns the layer as read back, with its content hashes.
 /// A layer file whose stored blocks and tail are identical to a file of the new image (its
 /// blocks were copied) has that file's content without being decoded; every other layer file
 /// is decoded and hashed.
@@ -711,7 +784,7 @@ fn verify_layer(
     new_digest: &[u8; 32],
     [old_path, new_path]: [&Path; 2],
     progress: &dyn Progress,
-) -> Result<(), BuildError> {
+) -> Result<HashedTree, BuildError> {
     let layer_archive = Archive::open(layer)?;
     let layer_read = HashedTree::new_reusing(layer_archive.read_tree()?, new_root, &|n| {
         progress.position(n)
@@ -723,7 +796,7 @@ fn verify_layer(
             new_path.display()
         )));
     }
-    Ok(())
+    Ok(layer_read)
 }
 
 /// The kit's `overlay/` as [`overlay_files`] decides it.
@@ -732,6 +805,8 @@ struct Overlay {
     files: Vec<(OverlayFile, FileEntry)>,
     /// Size of the diff layer image.
     layer_bytes: u64,
+    /// Its sha256, in hex.
+    layer_sha256: String,
 }
 
 /// Step 5: the files of the kit's `overlay/`: the layer, every boot file of the new release that
@@ -780,7 +855,84 @@ fn overlay_files(
     Ok(Overlay {
         files: overlay,
         layer_bytes: layer_content.size,
+        layer_sha256: hex(&layer_sha),
     })
+}
+
+/// A FORMAT 3 recipe as the builder made it.
+struct MadeRecipe {
+    /// control.yml's `recipe`.
+    recipe: Recipe,
+    /// The recipe image (a temporary file).
+    image: Content,
+    /// Per source kind, for the report.
+    sources: Vec<SourceReport>,
+}
+
+impl KitSteps<'_> {
+    /// Step 5b (`--deltas`): chooses every layer file's source against the old root, writes the
+    /// recipe image with the layer's parameters to `path` and records the recipe.
+    fn recipe(
+        &self,
+        old_root: &HashedTree,
+        layer: &HashedTree,
+        (layer_bytes, layer_sha256): (u64, String),
+        path: &Path,
+    ) -> Result<MadeRecipe, BuildError> {
+        let (opts, progress) = (self.opts, self.progress);
+        self.phase("choosing sources", layer.tree.content_bytes());
+        let done = std::sync::atomic::AtomicU64::new(0);
+        let (chosen, _) = choose(
+            layer.hashed(),
+            old_root.hashed(),
+            LayerCompression {
+                compressor: &opts.layer.compressor,
+                block_size: opts.layer.block_size,
+            },
+            &|n| progress.position(done.fetch_add(n, std::sync::atomic::Ordering::Relaxed) + n),
+        )?;
+        let tree = recipe_tree(&layer.tree, &chosen)?;
+        self.phase("writing recipe", tree.content_bytes());
+        write_layer(&tree, &opts.layer, path, progress)?;
+        let io = |e: std::io::Error| OutputError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        };
+        let image = release::host_content(path.to_path_buf()).map_err(io)?;
+        let sha = image.sha256().map_err(io)?;
+        let sources = SourceKind::ALL
+            .iter()
+            .map(|&k| {
+                let of_kind = chosen.iter().filter(|c| c.record.source == k);
+                SourceReport {
+                    kind: k.name().to_string(),
+                    files: of_kind.clone().count() as u64,
+                    bytes: of_kind.clone().map(|c| c.record.size).sum(),
+                    payload_bytes: of_kind.map(|c| c.payload.size).sum(),
+                }
+            })
+            .collect();
+        Ok(MadeRecipe {
+            recipe: Recipe {
+                version: RECIPE_VERSION,
+                layer_tree_digest: hex(&layer.digest()),
+                layer_size: layer_bytes,
+                layer_sha256,
+                image_size: image.size,
+                image_sha256: hex(&sha),
+                files: chosen.into_iter().map(|c| c.record).collect(),
+            },
+            image,
+            sources,
+        })
+    }
+}
+
+/// Where the recipe image is written while the kit is built: a hidden name beside the output.
+fn recipe_temp_path(out: &Path) -> PathBuf {
+    let mut p = layer_temp_path(out).into_os_string();
+    p.push(".recipe");
+    PathBuf::from(p)
 }
 
 /// Step 6: writes the kit container to `out` (through a temporary file renamed into place) and
@@ -789,12 +941,16 @@ fn write_kit(
     out: &Path,
     control: &Control,
     files: &[OverlayFile],
+    recipe_image: Option<Content>,
     jobs: usize,
-    layer_path: &str,
     progress: &dyn Progress,
 ) -> Result<[u8; 32], BuildError> {
-    let kit_tree = kit::container_tree(control, files)?;
-    let params = kit::container_params(control.layer_params.source_date_epoch, jobs, layer_path);
+    let kit_tree = kit::container_tree_with(control, files, recipe_image)?;
+    let params = kit::container_params(
+        control.layer_params.source_date_epoch,
+        jobs,
+        &control.stored_path(),
+    );
     write_new_file(out, |f| -> Result<[u8; 32], BuildError> {
         let io = |e: std::io::Error| OutputError::Io {
             path: out.to_path_buf(),

@@ -19,6 +19,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::delta::recipe::{Recipe, RECIPE_IMAGE};
 use crate::io::read_capped_from;
 use crate::squashfs::archive::Archive;
 use crate::squashfs::compress::Compressor;
@@ -28,8 +29,11 @@ use crate::squashfs::SqfsError;
 use crate::tree::{Content, Inode, InodeKind, Metadata, NodeId, Tree, TreeError};
 use crate::yaml::YamlWriter;
 
-/// The kit format this module writes.
+/// The kit format of whole-file kits (Tails' installer reads only this one).
 pub const FORMAT: &str = "2";
+/// The kit format of binary-delta kits: the layer travels as a recipe (DESIGN.md, "Binary
+/// deltas (FORMAT 3)").
+pub const FORMAT_DELTA: &str = "3";
 /// The `generator` value of our kits.
 pub const GENERATOR: &str = "iuk";
 /// Largest control.yml accepted when reading: parsing one this large takes about 0.25 s and
@@ -189,12 +193,34 @@ pub struct Control {
     pub overlay: Vec<FileEntry>,
     /// The new release's whole boot tree as installed, sorted.
     pub boot_tree: Vec<FileEntry>,
+    /// FORMAT 3 only: the layer's recipe (the kit carries `recipe.squashfs` instead of the layer,
+    /// and `overlay` lists only boot files).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipe: Option<Recipe>,
 }
 
 impl Control {
-    /// Path of the layer relative to `overlay/`.
+    /// Path of the layer relative to `overlay/` (FORMAT 2) or the medium's root.
     pub fn layer_path(&self) -> String {
         format!("live/{}.squashfs", self.layer)
+    }
+
+    /// The FORMAT a kit with this control.yml has: 3 with a recipe, else 2.
+    pub fn format(&self) -> &'static str {
+        if self.recipe.is_some() {
+            FORMAT_DELTA
+        } else {
+            FORMAT
+        }
+    }
+
+    /// The container path stored as it is (compressed already): the layer, or the recipe image.
+    pub fn stored_path(&self) -> String {
+        if self.recipe.is_some() {
+            RECIPE_IMAGE.to_string()
+        } else {
+            format!("overlay/{}", self.layer_path())
+        }
     }
 
     /// The deterministic YAML text ([`crate::yaml`]): keys in a fixed order, every string
@@ -231,6 +257,9 @@ impl Control {
         w.string("new-tree-digest", &self.new_tree_digest);
         w.list("overlay", &self.overlay, FileEntry::write_yaml);
         w.list("boot-tree", &self.boot_tree, FileEntry::write_yaml);
+        if let Some(r) = &self.recipe {
+            r.write_yaml(&mut w);
+        }
         w.finish()
     }
 
@@ -251,9 +280,10 @@ pub struct OverlayFile {
     pub mtime: Option<u32>,
 }
 
-/// The writer parameters of every kit container (see the module doc): the layer at
-/// `layer_path` stored as it is, every other file compressed when its first block shrinks.
-pub fn container_params(epoch: u32, jobs: usize, layer_path: &str) -> WriterParams {
+/// The writer parameters of every kit container (see the module doc): the file at `stored`
+/// ([`Control::stored_path`]: the layer, or the recipe image) stored as it is, every other file
+/// compressed when its first block shrinks.
+pub fn container_params(epoch: u32, jobs: usize, stored: &str) -> WriterParams {
     let mut p = WriterParams::new(
         Compressor::Xz {
             level: 6,
@@ -266,13 +296,22 @@ pub fn container_params(epoch: u32, jobs: usize, layer_path: &str) -> WriterPara
     p.fragments = false;
     p.exportable = false;
     p.data = DataCompression::Probe;
-    p.stored_paths = vec![format!("overlay/{layer_path}").into_bytes()];
+    p.stored_paths = vec![stored.as_bytes().to_vec()];
     p.jobs = jobs;
     p
 }
 
 /// The container tree: `FORMAT`, `control.yml`, `overlay/…`, all root-owned with fixed modes.
 pub fn container_tree(control: &Control, files: &[OverlayFile]) -> Result<Tree, KitError> {
+    container_tree_with(control, files, None)
+}
+
+/// [`container_tree`] with, for a FORMAT 3 kit, the recipe image at [`RECIPE_IMAGE`].
+pub fn container_tree_with(
+    control: &Control,
+    files: &[OverlayFile],
+    recipe_image: Option<Content>,
+) -> Result<Tree, KitError> {
     let epoch = control.layer_params.source_date_epoch;
     let dir_meta = Metadata {
         perm: 0o755,
@@ -297,13 +336,19 @@ pub fn container_tree(control: &Control, files: &[OverlayFile]) -> Result<Tree, 
     t.add(
         root,
         b"FORMAT",
-        file(Content::from_bytes(FORMAT.as_bytes().to_vec()), None),
+        file(
+            Content::from_bytes(control.format().as_bytes().to_vec()),
+            None,
+        ),
     )?;
     t.add(
         root,
         b"control.yml",
         file(Content::from_bytes(control.to_yaml().into_bytes()), None),
     )?;
+    if let Some(c) = recipe_image {
+        t.add(root, RECIPE_IMAGE.as_bytes(), file(c, None))?;
+    }
     let overlay = t.add(
         root,
         b"overlay",
@@ -573,6 +618,7 @@ mod tests {
                 sha256: "22".repeat(32),
             }],
             boot_tree: vec![],
+            recipe: None,
         }
     }
 

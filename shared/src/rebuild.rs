@@ -178,11 +178,12 @@ fn read_kit(path: &Path) -> Result<KitFiles, RebuildError> {
 pub fn rebuildable_control(kit_path: &Path) -> Result<Control, RebuildError> {
     let k = read_kit(kit_path)?;
     let name = kit_path.display();
-    if k.format != kit::FORMAT.as_bytes() {
+    if k.format != kit::FORMAT.as_bytes() && k.format != kit::FORMAT_DELTA.as_bytes() {
         return Err(refuse(format!(
-            "{name}: kit FORMAT {:?}: this iuk rebuilds FORMAT {} kits only",
+            "{name}: kit FORMAT {:?}: this iuk rebuilds FORMAT {} and {} kits only",
             String::from_utf8_lossy(&k.format),
-            kit::FORMAT
+            kit::FORMAT,
+            kit::FORMAT_DELTA
         )));
     }
     let v: Value = crate::yaml::parse(&k.control_text)
@@ -231,10 +232,22 @@ pub fn rebuildable_control(kit_path: &Path) -> Result<Control, RebuildError> {
         }
         Some(Some(_)) => {}
     }
-    Control::from_yaml(&k.control_text).map_err(|e| RebuildError::Kit {
+    let control = Control::from_yaml(&k.control_text).map_err(|e| RebuildError::Kit {
         path: name.to_string(),
         source: e,
-    })
+    })?;
+    if control.format().as_bytes() != k.format.as_slice() {
+        return Err(refuse(format!(
+            "{name}: FORMAT {:?} but control.yml {} a recipe: a damaged kit",
+            String::from_utf8_lossy(&k.format),
+            if control.recipe.is_some() {
+                "has"
+            } else {
+                "has no"
+            }
+        )));
+    }
+    Ok(control)
 }
 
 fn check_input(
@@ -396,6 +409,7 @@ pub fn rebuild(
         layer_name: Some(control.layer.clone()),
         layer,
         sort_text: control.layer_params.sort_file.clone(),
+        deltas: control.recipe.is_some(),
     };
     let temp;
     let out: PathBuf = match &opts.keep {

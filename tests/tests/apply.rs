@@ -1287,7 +1287,7 @@ pub(crate) fn rebuild_kit(
     let params = container_params(
         control.layer_params.source_date_epoch,
         1,
-        &control.layer_path(),
+        &control.stored_path(),
     );
     let mut f = fs::File::create(out).unwrap();
     write_image(&tree, &params, &mut f, &|_| {}).unwrap();

@@ -4,7 +4,9 @@
 //! the device runs ([`source`]). Everything here is a pure function of the bytes and the
 //! documented caps, so a kit stays reproducible.
 
+pub mod choose;
 pub mod matching;
+pub mod recipe;
 pub mod source;
 
 /// Errors of delta making and reconstruction.
@@ -26,6 +28,16 @@ pub enum DeltaError {
         /// What went wrong.
         msg: String,
     },
+    /// A recipe that this iuk cannot use (malformed, another version, inconsistent with its
+    /// image).
+    #[error("recipe: {0}")]
+    Recipe(String),
+    /// A base file of the recipe is missing from the medium's stack or differs from the recipe.
+    #[error("{0}")]
+    Base(String),
+    /// Reading a file the recipe needs failed.
+    #[error("{0}")]
+    Read(String),
     /// The re-created content does not have the recorded sha256 (or size).
     #[error("re-created content differs from the recorded sha256 ({size} bytes)")]
     Mismatch {

@@ -23,8 +23,10 @@ use std::path::Path;
 use super::commit::{copy_in, finish, sync_dirs};
 use super::fsops::{parent_of, write_file, MediumFs};
 use super::plan::{direct_target, intent_text, plan_journal, Model, Plan};
+use super::rebuild::{self, LayerWrite};
 use super::{io_err, refuse, Medium, MediumError, INTENT_FILE, JOURNAL_FILE};
 use crate::progress::Progress;
+use crate::tree::hex;
 
 /// What an apply did.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -88,7 +90,7 @@ pub fn execute(
     progress: &dyn Progress,
 ) -> Result<ApplyReport, MediumError> {
     let total = sum_sizes(
-        std::iter::once(plan.layer.0.size).chain(plan.writes.iter().map(|w| w.content.size)),
+        std::iter::once(plan.layer.size()).chain(plan.writes.iter().map(|w| w.content.size)),
     )?;
     let staged = plan.writes.iter().filter(|w| !w.direct);
     let bytes_written = sum_sizes(std::iter::once(total).chain(staged.map(|w| w.content.size)))?;
@@ -105,24 +107,39 @@ pub fn execute(
     write_file(fs, &intent, intent_text.as_bytes()).map_err(|e| io_err(&intent, e))?;
     fs.fsync_dir(&staging).map_err(|e| io_err(&staging, e))?;
 
-    progress.phase("staging", total);
     let mut done = 0u64;
     let layer_path = medium.root.join(&plan.layer_rel);
-    let (sha, size) = copy_in(fs, &layer_path, &plan.layer.0, progress, &mut done)?;
-    fs.fsync_dir(&live).map_err(|e| io_err(&live, e))?;
-    if sha != plan.layer.1 || size != plan.layer.0.size {
-        return Err(refuse(format!(
-            "{}: {changed}",
-            plan.layer_rel,
-            changed = KIT_CHANGED
-        )));
+    let mut new_state = plan.new_state.clone();
+    match &plan.layer {
+        LayerWrite::Copy(content, want) => {
+            progress.phase("staging", total);
+            let (sha, size) = copy_in(fs, &layer_path, content, progress, &mut done)?;
+            fs.fsync_dir(&live).map_err(|e| io_err(&live, e))?;
+            if sha != *want || size != content.size {
+                return Err(refuse(format!(
+                    "{}: {changed}",
+                    plan.layer_rel,
+                    changed = KIT_CHANGED
+                )));
+            }
+        }
+        LayerWrite::Rebuild(r) => {
+            rebuild::write_layer(fs, &layer_path, r, progress)?;
+            fs.fsync_dir(&live).map_err(|e| io_err(&live, e))?;
+            let (size, sha) = rebuild::check_written(medium, &layer_path, r, progress)?;
+            if let Some(l) = new_state
+                .layers
+                .iter_mut()
+                .rfind(|l| l.name == plan.layer_name)
+            {
+                l.size = size;
+                l.sha256 = hex(&sha);
+            }
+            progress.phase("staging", total);
+            done = r.size;
+        }
     }
-    let journal = plan_journal(
-        plan.old_state_sha,
-        &plan.new_state,
-        &plan.writes,
-        &plan.deletes,
-    );
+    let journal = plan_journal(plan.old_state_sha, &new_state, &plan.writes, &plan.deletes);
     let mut written = vec![layer_path];
     let mut touched = Vec::new();
     for (w, jw) in plan.writes.iter().zip(&journal.writes) {
@@ -153,7 +170,9 @@ pub fn execute(
     }
     sync_dirs(medium, fs, &mut touched)?;
     progress.phase("verifying", total);
-    verify_written(medium, &written[0], &plan.layer.1, plan.layer.0.size)?;
+    if let LayerWrite::Copy(content, sha) = &plan.layer {
+        verify_written(medium, &written[0], sha, content.size)?;
+    }
     for (p, w) in written[1..].iter().zip(&plan.writes) {
         verify_written(medium, p, &w.sha256, w.content.size)?;
     }

@@ -23,6 +23,7 @@ pub mod journal;
 pub mod keyring;
 pub mod plan;
 mod proposal;
+pub mod rebuild;
 pub mod recover;
 pub mod signed_udf;
 pub mod stack;

@@ -15,6 +15,7 @@ use sha2::{Digest, Sha256};
 use super::commit::CHUNK;
 use super::journal::{Delete, Journal, Write, MAX_JOURNAL};
 use super::proposal::{iuk_proposal, legacy_proposal, parse_hex, Proposal};
+use super::rebuild::{self, KitLayer, LayerWrite};
 use super::signed_udf::{self, Listed, SignedUdf, VerifiedUdf};
 use super::stack::{check_images, verify_trees};
 use super::state::{Layer, State};
@@ -22,7 +23,7 @@ use super::{io_err, refuse, safe_relative_path, Medium, MediumError, MAX_MEDIUM_
 use crate::boot::{
     check_bootable, is_protected, loader_config_text, MAX_LOADER_CONFIG, MONITORED_DIRS,
 };
-use crate::kit::{AnyKit, Kit, FORMAT};
+use crate::kit::{AnyKit, Kit, FORMAT, FORMAT_DELTA};
 use crate::progress::Progress;
 use crate::squashfs::archive::Archive;
 use crate::squashfs::check;
@@ -101,8 +102,8 @@ pub struct Plan {
     pub module_file: String,
     /// `live/<layer>.squashfs`.
     pub layer_rel: String,
-    /// The layer's bytes in the kit, and their sha256.
-    pub layer: (Content, [u8; 32]),
+    /// The layer to write: copied from the kit, or rebuilt from its recipe (FORMAT 3).
+    pub layer: LayerWrite,
     /// Boot files to write.
     pub writes: Vec<BootWrite>,
     /// Files and directories to delete after the commit.
@@ -194,8 +195,8 @@ impl SpaceWritten {
 /// What step 2 and the commit write: the layer, each staged copy, each boot file written
 /// directly, the growth of boot files overwritten in place, and `others` (intent, journal,
 /// state, module file).
-fn space_written(layer: &Content, writes: &[BootWrite], others: [(u64, u64); 4]) -> SpaceWritten {
-    let mut files = vec![(layer.size, 0)];
+fn space_written(layer_size: u64, writes: &[BootWrite], others: [(u64, u64); 4]) -> SpaceWritten {
+    let mut files = vec![(layer_size, 0)];
     for w in writes {
         files.push((w.content.size, 0));
         if !w.direct {
@@ -320,6 +321,12 @@ pub fn plan(
     } else {
         check_images(medium, &state)?;
     }
+    let layer = match &c.layer_source {
+        KitLayer::Image(content, sha) => LayerWrite::Copy(content.clone(), *sha),
+        KitLayer::Recipe(r) => LayerWrite::Rebuild(Box::new(rebuild::prepare(
+            medium, &state, model, r, &bad_kit, progress,
+        )?)),
+    };
     let writes = boot_writes(medium, &state, &c, &bad_kit)?;
     let deletes = plan_deletes(medium, &state, &c, model, &writes)?;
     // Every path the commit will touch resolves without a link (a link is refused, naming it,
@@ -331,7 +338,7 @@ pub fn plan(
     {
         medium.find(rel)?;
     }
-    let new_state = next_state(&state, &c, model, opts);
+    let new_state = next_state(&state, &c, &layer, model, opts);
     if state.keyring.is_none() {
         warnings.push(format!(
             "{}: no trusted keys on this medium: the kit's origin is not verified (give the \
@@ -344,6 +351,7 @@ pub fn plan(
         &state,
         old_state_sha,
         &c,
+        layer.size(),
         &new_state,
         &writes,
         &deletes,
@@ -365,7 +373,7 @@ pub fn plan(
         model,
         old_state_sha,
         new_state,
-        layer: c.layer_content,
+        layer,
         writes,
         deletes,
         payload: c.payload,
@@ -474,13 +482,19 @@ fn read_kit(
             bad_kit(m)
         }
     })?;
-    let format = match &any {
-        AnyKit::Iuk(k) => &k.format,
-        AnyKit::Legacy(k) => &k.format,
+    let (format, expected) = match &any {
+        AnyKit::Iuk(k) => (&k.format, k.control.format()),
+        AnyKit::Legacy(k) => (&k.format, FORMAT),
     };
-    if format != FORMAT {
+    if format != FORMAT && format != FORMAT_DELTA {
         return Err(bad_kit(format!(
-            "FORMAT {format:?} is not supported (this iuk-apply installs FORMAT 2 kits)"
+            "FORMAT {format:?} is not supported (this iuk-apply installs FORMAT 2 and 3 kits)"
+        )));
+    }
+    if format != expected {
+        return Err(bad_kit(format!(
+            "FORMAT {format:?} does not match its control.yml (FORMAT 3 kits, and only they, \
+             carry a recipe): a damaged kit"
         )));
     }
     let c = match &any {
@@ -542,7 +556,7 @@ fn kit_leaves_a_bootable_medium(
     .map_err(|e| bad_kit(format!("its boot tree: {e}")))
 }
 
-/// The kit's layer is a valid SquashFS image: every table and metadata block checked
+/// The kit's layer (FORMAT 3: its recipe image) is a valid SquashFS image: every table and metadata block checked
 /// (`squashfs::check`, milliseconds); with `deep`, every data and fragment block decoded too.
 /// A layer that would give the device a tree the kernel cannot read is refused before any
 /// write, whatever control.yml's sha256 says.
@@ -552,10 +566,11 @@ fn check_layer_image(
     bad_kit: &dyn Fn(String) -> MediumError,
     progress: &dyn Progress,
 ) -> Result<(), MediumError> {
-    let name = format!("overlay/live/{}.squashfs", c.layer);
-    let image = c
-        .layer_content
-        .0
+    let (name, content) = match &c.layer_source {
+        KitLayer::Image(content, _) => (format!("overlay/live/{}.squashfs", c.layer), content),
+        KitLayer::Recipe(r) => (crate::delta::recipe::RECIPE_IMAGE.to_string(), &r.image),
+    };
+    let image = content
         .source
         .random_access()
         .ok_or_else(|| bad_kit(format!("{name} cannot be opened in place")))?;
@@ -799,13 +814,25 @@ fn plan_deletes(
 
 /// Next state: the layer stacked (or replacing every diff layer), the new version, tree digest
 /// and boot tree, the writer format and bound given.
-fn next_state(state: &State, c: &Proposal, model: Model, opts: &ApplyOptions) -> State {
-    let layer = &c.layer_content;
+/// A rebuilt layer (FORMAT 3) gets the builder's layer size and sha256 here; [`Plan::layer_written`]
+/// puts in the device's own once the layer is written and checked.
+fn next_state(
+    state: &State,
+    c: &Proposal,
+    layer: &LayerWrite,
+    model: Model,
+    opts: &ApplyOptions,
+) -> State {
     let mut new_state = state.clone();
+    let (size, sha256) = match (layer, &c.layer_source) {
+        (LayerWrite::Copy(content, sha), _) => (content.size, hex(sha)),
+        (LayerWrite::Rebuild(r), KitLayer::Recipe(k)) => (r.size, k.recipe.layer_sha256.clone()),
+        (LayerWrite::Rebuild(r), KitLayer::Image(_, sha)) => (r.size, hex(sha)),
+    };
     let new_layer = Layer {
         name: c.layer.clone(),
-        size: layer.0.size,
-        sha256: hex(&layer.1),
+        size,
+        sha256,
         version: c.to_version.clone(),
     };
     match model {
@@ -841,6 +868,7 @@ fn check_space(
     state: &State,
     old_state_sha: [u8; 32],
     c: &Proposal,
+    layer_size: u64,
     new_state: &State,
     writes: &[BootWrite],
     deletes: &[Delete],
@@ -863,7 +891,7 @@ fn check_space(
         )));
     }
     let written_files = space_written(
-        &c.layer_content.0,
+        layer_size,
         writes,
         [
             (

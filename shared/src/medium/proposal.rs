@@ -7,10 +7,12 @@
 use std::collections::{HashMap, HashSet};
 
 use super::journal::parse_sha256;
+use super::rebuild::{KitLayer, RecipeKit};
 use super::stack::{hash_tree, read_image_tree, stack_layer};
 use super::state::State;
 use super::{refuse, safe_relative_path, Medium, MediumError, BASE, MAX_MEDIUM_FILE};
 use crate::boot::is_protected;
+use crate::delta::recipe::{Recipe, RECIPE_IMAGE};
 use crate::diff::HashedTree;
 use crate::kit::{FileEntry, Kit, LegacyKit, GENERATOR};
 use crate::progress::Progress;
@@ -36,8 +38,8 @@ pub struct Proposal {
     pub delete_files: Vec<String>,
     /// None: the kit does not say (kits of Tails' own tooling).
     pub writer_format: Option<u32>,
-    /// The layer's content and sha256.
-    pub layer_content: (Content, [u8; 32]),
+    /// The layer as the kit carries it: an image, or a recipe (FORMAT 3).
+    pub layer_source: KitLayer,
     /// Every overlay file by lower-case path: content and sha256.
     pub overlay: HashMap<String, (Content, [u8; 32])>,
     /// Bytes of every overlay file.
@@ -178,7 +180,21 @@ pub fn iuk_proposal(
             )));
         }
     }
-    let layer_content = layer.ok_or_else(|| bad_kit(format!("overlay/{layer_rel} is missing")))?;
+    let layer_source = match &c.recipe {
+        None => {
+            let (content, sha) =
+                layer.ok_or_else(|| bad_kit(format!("overlay/{layer_rel} is missing")))?;
+            KitLayer::Image(content, sha)
+        }
+        Some(recipe) => {
+            if layer.is_some() {
+                return Err(bad_kit(format!(
+                    "overlay/{layer_rel}: a FORMAT 3 kit carries a recipe, not the layer"
+                )));
+            }
+            check_recipe(kit, recipe, bad_kit, progress)?
+        }
+    };
     Ok(Proposal {
         product: c.product.clone(),
         build_target: Some(c.build_target.clone()),
@@ -190,10 +206,57 @@ pub fn iuk_proposal(
         boot_tree: c.boot_tree.clone(),
         delete_files: c.delete_files.clone(),
         writer_format: Some(c.writer_format),
-        layer_content,
+        layer_source,
         overlay,
         payload,
     })
+}
+
+/// FORMAT 3: the recipe is one this iuk reads, its image is in the kit with the recorded size
+/// and sha256, and the layer it makes fits a FAT medium.
+fn check_recipe(
+    kit: &Kit,
+    recipe: &Recipe,
+    bad_kit: &dyn Fn(String) -> MediumError,
+    progress: &dyn Progress,
+) -> Result<KitLayer, MediumError> {
+    recipe
+        .validate()
+        .map_err(|e| bad_kit(format!("control.yml: {e}")))?;
+    if recipe.layer_size > MAX_MEDIUM_FILE {
+        return Err(bad_kit(format!(
+            "its layer would have {} bytes, more than the {MAX_MEDIUM_FILE} bytes a FAT medium              holds in one file",
+            recipe.layer_size
+        )));
+    }
+    let node = kit
+        .tree
+        .lookup(RECIPE_IMAGE.as_bytes())
+        .ok_or_else(|| bad_kit(format!("{RECIPE_IMAGE} is missing")))?;
+    let InodeKind::File(image) = &kit.tree.node_inode(node).kind else {
+        return Err(bad_kit(format!("{RECIPE_IMAGE} is not a regular file")));
+    };
+    if image.size != recipe.image_size {
+        return Err(bad_kit(format!(
+            "{RECIPE_IMAGE} has {} bytes, control.yml says {}",
+            image.size, recipe.image_size
+        )));
+    }
+    let want = parse_hex(&recipe.image_sha256, RECIPE_IMAGE)?;
+    progress.phase("verifying recipe", image.size);
+    let got = image
+        .sha256_with(|n| progress.position(n))
+        .map_err(|e| bad_kit(format!("{RECIPE_IMAGE}: {e}")))?;
+    if got != want {
+        return Err(bad_kit(format!(
+            "{RECIPE_IMAGE} does not have the sha256 control.yml records"
+        )));
+    }
+    Ok(KitLayer::Recipe(Box::new(RecipeKit {
+        recipe: recipe.clone(),
+        image: image.clone(),
+        params: kit.control.layer_params.clone(),
+    })))
 }
 
 /// A kit of Tails' own tooling (`--legacy-tails-kit`), installed as Tails' installer does:
@@ -297,7 +360,7 @@ pub fn legacy_proposal(
         boot_tree,
         delete_files: kit.control.delete_files.clone(),
         writer_format: None,
-        layer_content,
+        layer_source: KitLayer::Image(layer_content.0, layer_content.1),
         overlay,
         payload,
     })

@@ -581,11 +581,8 @@ impl<'a> Producer<'a> {
             return None;
         }
         let src = StoredFile::of(content)?;
-        let p = self.params;
-        let same = src.block_size() == p.block_size
-            && src.compressor().id() == p.compressor.id()
-            && src.declared_options() == p.compressor.declared_options();
-        same.then_some(src)
+        src.same_settings(self.params.compressor, self.params.block_size)
+            .then_some(src)
     }
 
     /// The payload of one full (or unfragmented last) block under compression `mode`; a probe

@@ -245,6 +245,14 @@ impl<'a> StoredFile<'a> {
         }
     }
 
+    /// Whether the image's blocks are what a writer with `compressor` and `block_size` would
+    /// store: same block size, compressor id and declared options (the block sources' rule).
+    pub fn same_settings(&self, compressor: &Compressor, block_size: u32) -> bool {
+        self.block_size() == block_size
+            && self.compressor().id() == compressor.id()
+            && self.declared_options() == compressor.declared_options()
+    }
+
     /// The file's size in bytes.
     pub fn size(&self) -> u64 {
         self.file.layout.size

@@ -1,0 +1,717 @@
+//! The recipe of a FORMAT 3 kit (DESIGN.md, "Binary deltas (FORMAT 3)"): what the device needs to
+//! rebuild the diff layer's tree exactly.
+//!
+//! A recipe has two parts:
+//! - the **recipe image** (`recipe.squashfs` in the kit): the diff layer's tree — every entry with
+//!   its full metadata, xattrs, hard-link groups and whiteouts, in the writer's order — written
+//!   with the layer's parameters, where each regular file holds its content *source* instead of
+//!   its content: the whole content (`whole`), the patch (`zstd`, `bsdiff`), or nothing (`copy`);
+//! - the [`Recipe`] in control.yml: the recipe version, the layer tree digest, the size of the
+//!   layer the builder wrote, the recipe image's size and sha256, and one [`RecipeFile`] per
+//!   regular file of the layer (named by the path of its first node in walk order: a hard-link
+//!   group is one file): its output size and sha256, its source kind, and the base file (a path
+//!   of the old root, i.e. of the device's current stack) with that file's sha256.
+//!
+//! [`recipe_tree`] makes the recipe image's tree from the layer's (builder); [`layer_tree`] makes
+//! the layer's tree back from the recipe image's and the base files (device). The device checks
+//! every base file ([`Recipe::check_bases`]) before any write and every re-created file's sha256
+//! as it is read ([`PatchedSource`]); the layer it writes is accepted only when its tree digest
+//! equals [`Recipe::layer_tree_digest`] — the tree, not the image bytes, is what must be equal.
+
+use std::collections::BTreeMap;
+use std::io::{self, Read};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::source::{reconstruct, Patch, ZSTD_MAX_TOTAL};
+use super::DeltaError;
+use crate::tree::{hex, Content, ContentSource, InodeId, InodeKind, Tree};
+use crate::yaml::YamlWriter;
+
+/// The recipe version this iuk writes and reads. A device refuses any other before any write.
+pub const RECIPE_VERSION: u32 = 1;
+/// The recipe image's path inside the kit.
+pub const RECIPE_IMAGE: &str = "recipe.squashfs";
+/// The largest patch or base file the device reads into memory to re-create one file: the zstd
+/// cap ([`ZSTD_MAX_TOTAL`]) bounds old + new, bsdiff's is lower.
+pub const MAX_PATCH_INPUT: u64 = ZSTD_MAX_TOTAL;
+
+/// Where a recipe file's content comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    /// The base file, unchanged (same sha256): a metadata-only change, a move or a rename.
+    Copy,
+    /// A zstd frame compressed with the base file as its prefix.
+    Zstd,
+    /// A bsdiff 4 patch against the base file.
+    Bsdiff,
+    /// The content itself, in the recipe image.
+    Whole,
+}
+
+impl SourceKind {
+    /// Every kind, in the order reports list them.
+    pub const ALL: [SourceKind; 4] = [
+        SourceKind::Copy,
+        SourceKind::Zstd,
+        SourceKind::Bsdiff,
+        SourceKind::Whole,
+    ];
+
+    /// The name control.yml and reports use.
+    pub fn name(self) -> &'static str {
+        match self {
+            SourceKind::Copy => "copy",
+            SourceKind::Zstd => "zstd",
+            SourceKind::Bsdiff => "bsdiff",
+            SourceKind::Whole => "whole",
+        }
+    }
+
+    /// Whether the kind reads a base file.
+    pub fn needs_base(self) -> bool {
+        self != SourceKind::Whole
+    }
+}
+
+/// One regular file of the layer: what it must be, and how it is made.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct RecipeFile {
+    /// Path in the layer of the file's first node in walk order.
+    pub path: String,
+    /// Size of the re-created content.
+    pub size: u64,
+    /// sha256 of the re-created content, lower-case hex.
+    pub sha256: String,
+    /// How it is made.
+    pub source: SourceKind,
+    /// The base file: a path of the old root (the device's current stack).
+    #[serde(default)]
+    pub base: Option<String>,
+    /// sha256 of the base file, lower-case hex.
+    #[serde(default)]
+    pub base_sha256: Option<String>,
+}
+
+/// control.yml's `recipe` mapping (see the module doc).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Recipe {
+    /// [`RECIPE_VERSION`] of the writer.
+    pub version: u32,
+    /// Canonical tree digest of the diff layer (entries, metadata, whiteouts, content hashes).
+    pub layer_tree_digest: String,
+    /// Size of the layer image the builder wrote (the device's free-space estimate).
+    pub layer_size: u64,
+    /// sha256 of the layer image the builder wrote. A device's rebuilt layer has this sha256
+    /// when it writes with the same writer format; it is accepted by its tree digest either way.
+    pub layer_sha256: String,
+    /// Size of the recipe image.
+    pub image_size: u64,
+    /// sha256 of the recipe image.
+    pub image_sha256: String,
+    /// Every regular file of the layer, in walk order.
+    pub files: Vec<RecipeFile>,
+}
+
+/// Files and bytes of one source kind (reports, `--json`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct KindTotals {
+    /// Recipe files of this kind.
+    pub files: u64,
+    /// Bytes they re-create.
+    pub bytes: u64,
+}
+
+fn is_hex64(s: &str) -> bool {
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+impl Recipe {
+    /// Writes the `recipe` mapping into control.yml (keys in field order).
+    pub fn write_yaml(&self, w: &mut YamlWriter) {
+        w.map("recipe", |w| {
+            w.number("version", self.version);
+            w.string("layer-tree-digest", &self.layer_tree_digest);
+            w.number("layer-size", self.layer_size);
+            w.string("layer-sha256", &self.layer_sha256);
+            w.number("image-size", self.image_size);
+            w.string("image-sha256", &self.image_sha256);
+            w.list("files", &self.files, |w, f| {
+                w.string("path", &f.path);
+                w.number("size", f.size);
+                w.string("sha256", &f.sha256);
+                w.string("source", f.source.name());
+                if let Some(b) = &f.base {
+                    w.string("base", b);
+                }
+                if let Some(b) = &f.base_sha256 {
+                    w.string("base-sha256", b);
+                }
+            });
+        });
+    }
+
+    /// Refuses a recipe this iuk cannot use: another version, malformed digests, a file
+    /// listed twice, a base missing where its kind needs one (or given where it does not), a
+    /// `copy` whose base has another sha256 than its output.
+    pub fn validate(&self) -> Result<(), DeltaError> {
+        let bad = |m: String| DeltaError::Recipe(m);
+        if self.version != RECIPE_VERSION {
+            return Err(bad(format!(
+                "recipe version {} is not supported (this iuk reads version {RECIPE_VERSION})",
+                self.version
+            )));
+        }
+        for (what, d) in [
+            ("layer-tree-digest", &self.layer_tree_digest),
+            ("layer-sha256", &self.layer_sha256),
+            ("image-sha256", &self.image_sha256),
+        ] {
+            if !is_hex64(d) {
+                return Err(bad(format!("{what} is not a sha256 in lower-case hex")));
+            }
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for f in &self.files {
+            let name = &f.path;
+            if !seen.insert(name.as_str()) {
+                return Err(bad(format!("{name}: listed twice")));
+            }
+            if !is_hex64(&f.sha256) {
+                return Err(bad(format!("{name}: sha256 is not lower-case hex")));
+            }
+            match (f.source.needs_base(), &f.base, &f.base_sha256) {
+                (true, Some(b), Some(s)) => {
+                    if b.is_empty() || b.starts_with('/') || b.split('/').any(|c| c == "..") {
+                        return Err(bad(format!("{name}: base {b:?} is not a relative path")));
+                    }
+                    if !is_hex64(s) {
+                        return Err(bad(format!("{name}: base-sha256 is not lower-case hex")));
+                    }
+                    if f.source == SourceKind::Copy && *s != f.sha256 {
+                        return Err(bad(format!("{name}: a copy whose base has another sha256")));
+                    }
+                }
+                (false, None, None) => {}
+                (true, _, _) => {
+                    return Err(bad(format!(
+                        "{name}: a {} source needs base and base-sha256",
+                        f.source.name()
+                    )))
+                }
+                (false, _, _) => {
+                    return Err(bad(format!("{name}: a whole source has no base")));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Files and bytes per source kind, in [`SourceKind::ALL`] order.
+    pub fn totals(&self) -> Vec<(SourceKind, KindTotals)> {
+        SourceKind::ALL
+            .iter()
+            .map(|&k| {
+                let mut t = KindTotals::default();
+                for f in self.files.iter().filter(|f| f.source == k) {
+                    t.files += 1;
+                    t.bytes += f.size;
+                }
+                (k, t)
+            })
+            .collect()
+    }
+
+    /// Every base file once, with the sha256 the recipe expects, sorted by path.
+    pub fn bases(&self) -> Result<BTreeMap<&str, &str>, DeltaError> {
+        let mut out: BTreeMap<&str, &str> = BTreeMap::new();
+        for f in &self.files {
+            if let (Some(b), Some(s)) = (&f.base, &f.base_sha256) {
+                if let Some(prev) = out.insert(b, s) {
+                    if prev != s {
+                        return Err(DeltaError::Recipe(format!(
+                            "base {b} is listed with two different sha256"
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Checks every base file before anything is written: `base(path)` gives the file of the
+    /// current stack at `path` (None: absent or not a regular file); its size must fit the caps
+    /// of patch sources and its sha256 must equal the recipe's. `read` gets bytes hashed.
+    pub fn check_bases(
+        &self,
+        base: &(dyn Fn(&str) -> Option<Content> + Sync),
+        read: &(dyn Fn(u64) + Sync),
+    ) -> Result<(), DeltaError> {
+        use rayon::prelude::*;
+        let bases = self.bases()?;
+        let list: Vec<(&str, &str)> = bases.into_iter().collect();
+        list.par_iter().try_for_each(|(path, want)| {
+            let c = base(path).ok_or_else(|| {
+                DeltaError::Base(format!(
+                    "{path}: a base file of the recipe is not a file of this medium's stack"
+                ))
+            })?;
+            let got = c
+                .sha256_with(read)
+                .map_err(|e| DeltaError::Base(format!("{path}: {e}")))?;
+            if hex(&got) != *want {
+                return Err(DeltaError::Base(format!(
+                    "{path}: the medium's file has sha256 {}, the recipe expects {want}",
+                    hex(&got)
+                )));
+            }
+            Ok(())
+        })
+    }
+}
+
+/// The sources of the layer's regular files as the builder chose them, by inode of the layer
+/// tree: the record for control.yml and what the recipe image holds for the file.
+pub struct Chosen {
+    /// The layer inode the source is for.
+    pub inode: InodeId,
+    /// The control.yml record.
+    pub record: RecipeFile,
+    /// The recipe image's content for the file: the whole content, the patch, or empty.
+    pub payload: Content,
+}
+
+/// The recipe image's tree: the layer's tree with each regular file's content replaced by its
+/// chosen payload. Every regular-file inode must have exactly one choice.
+pub fn recipe_tree(layer: &Tree, chosen: &[Chosen]) -> Result<Tree, DeltaError> {
+    let mut t = layer.clone();
+    let mut done = vec![false; t.inode_count()];
+    for c in chosen {
+        let i = c.inode.0 as usize;
+        if i >= done.len() {
+            return Err(DeltaError::Recipe(format!(
+                "{}: no such inode in the layer",
+                c.record.path
+            )));
+        }
+        let InodeKind::File(content) = &mut t.inode_mut(c.inode).kind else {
+            return Err(DeltaError::Recipe(format!(
+                "{}: not a regular file of the layer",
+                c.record.path
+            )));
+        };
+        if std::mem::replace(&mut done[i], true) {
+            return Err(DeltaError::Recipe(format!(
+                "{}: two sources for one file",
+                c.record.path
+            )));
+        }
+        *content = c.payload.clone();
+    }
+    if let Some(i) = (0..done.len())
+        .find(|&i| matches!(t.inode(InodeId(i as u32)).kind, InodeKind::File(_)) && !done[i])
+    {
+        return Err(DeltaError::Recipe(format!(
+            "inode {i} of the layer has no source"
+        )));
+    }
+    Ok(t)
+}
+
+/// The path of each regular-file inode's first node in walk order (the name a recipe file has).
+pub fn file_paths(tree: &Tree) -> Vec<Option<String>> {
+    let mut out: Vec<Option<String>> = vec![None; tree.inode_count()];
+    for id in tree.walk() {
+        let node = tree.node(id);
+        let i = node.inode.0 as usize;
+        if matches!(tree.inode(node.inode).kind, InodeKind::File(_)) && out[i].is_none() {
+            out[i] = Some(String::from_utf8_lossy(&tree.path(id)).into_owned());
+        }
+    }
+    out
+}
+
+/// The layer's tree from the recipe image's tree (device side): each regular file's content
+/// becomes its source — the recipe image's content (`whole`), the base file (`copy`), or the
+/// base file patched ([`PatchedSource`], re-created and sha256-checked when read). Every regular
+/// file of the recipe image must have exactly one record and every record a file; sizes must
+/// agree with the kinds (`whole`: the image's size; `copy`: the base's; a `copy` payload empty).
+/// `base` is looked up as in [`Recipe::check_bases`], which the caller runs first.
+pub fn layer_tree(
+    recipe_image: &Tree,
+    recipe: &Recipe,
+    base: &dyn Fn(&str) -> Option<Content>,
+) -> Result<Tree, DeltaError> {
+    let bad = |m: String| DeltaError::Recipe(m);
+    let mut records: BTreeMap<&str, &RecipeFile> = BTreeMap::new();
+    for f in &recipe.files {
+        records.insert(f.path.as_str(), f);
+    }
+    let paths = file_paths(recipe_image);
+    let mut t = recipe_image.clone();
+    let mut used = 0usize;
+    for (i, path) in paths.iter().enumerate() {
+        let Some(path) = path else { continue };
+        let rec = records
+            .get(path.as_str())
+            .ok_or_else(|| bad(format!("{path}: a file of the recipe image has no record")))?;
+        used += 1;
+        let InodeKind::File(payload) = &mut t.inode_mut(InodeId(i as u32)).kind else {
+            continue;
+        };
+        let sha = parse_sha(&rec.sha256, path)?;
+        let base_content = match &rec.base {
+            Some(b) if rec.source.needs_base() => Some(base(b).ok_or_else(|| {
+                DeltaError::Base(format!(
+                    "{b}: a base file of the recipe is not a file of this medium's stack"
+                ))
+            })?),
+            _ => None,
+        };
+        let new = match (rec.source, base_content) {
+            (SourceKind::Whole, _) => {
+                if payload.size != rec.size {
+                    return Err(bad(format!(
+                        "{path}: the recipe image holds {} bytes, the record says {}",
+                        payload.size, rec.size
+                    )));
+                }
+                payload.clone()
+            }
+            (SourceKind::Copy, Some(b)) => {
+                if payload.size != 0 || b.size != rec.size {
+                    return Err(bad(format!(
+                        "{path}: a copy of {} bytes from a base of {} (recipe payload {})",
+                        rec.size, b.size, payload.size
+                    )));
+                }
+                b
+            }
+            (kind @ (SourceKind::Zstd | SourceKind::Bsdiff), Some(b)) => {
+                if payload.size > MAX_PATCH_INPUT
+                    || b.size.saturating_add(rec.size) > MAX_PATCH_INPUT
+                {
+                    return Err(bad(format!(
+                        "{path}: patch {} bytes, base {} bytes and output {} bytes exceed the \
+                         {MAX_PATCH_INPUT} bytes a device re-creates in memory",
+                        payload.size, b.size, rec.size
+                    )));
+                }
+                Content {
+                    size: rec.size,
+                    source: Arc::new(PatchedSource {
+                        path: path.clone(),
+                        kind,
+                        patch: payload.clone(),
+                        base: b,
+                        size: rec.size,
+                        sha256: sha,
+                    }),
+                }
+            }
+            (kind, None) => {
+                return Err(bad(format!(
+                    "{path}: a {} source without a base",
+                    kind.name()
+                )))
+            }
+        };
+        *payload = new;
+    }
+    if used != recipe.files.len() {
+        let known: std::collections::BTreeSet<&str> =
+            paths.iter().flatten().map(String::as_str).collect();
+        let missing = recipe
+            .files
+            .iter()
+            .find(|f| !known.contains(f.path.as_str()))
+            .map_or("?", |f| f.path.as_str());
+        return Err(bad(format!(
+            "{missing}: a record names no regular file of the recipe image"
+        )));
+    }
+    Ok(t)
+}
+
+fn parse_sha(s: &str, path: &str) -> Result<[u8; 32], DeltaError> {
+    let mut out = [0u8; 32];
+    if !is_hex64(s) {
+        return Err(DeltaError::Recipe(format!(
+            "{path}: sha256 is not lower-case hex"
+        )));
+    }
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16)
+            .map_err(|_| DeltaError::Recipe(format!("{path}: sha256 is not hex")))?;
+    }
+    Ok(out)
+}
+
+/// A file re-created from a patch and its base when opened: both are read into memory (bounded
+/// by [`MAX_PATCH_INPUT`], checked by [`layer_tree`]), the patch applied, the output's size and
+/// sha256 checked; a mismatch is an error naming the file, so a layer is never written from a
+/// wrong file.
+pub struct PatchedSource {
+    /// The file's path in the layer (for messages).
+    pub path: String,
+    /// `zstd` or `bsdiff`.
+    pub kind: SourceKind,
+    /// The patch (a file of the recipe image).
+    pub patch: Content,
+    /// The base file (a file of the current stack).
+    pub base: Content,
+    /// Output size.
+    pub size: u64,
+    /// Output sha256.
+    pub sha256: [u8; 32],
+}
+
+impl PatchedSource {
+    /// Re-creates the file.
+    pub fn recreate(&self) -> io::Result<Vec<u8>> {
+        let err = |m: String| io::Error::new(io::ErrorKind::InvalidData, m);
+        let patch = self.patch.read_all()?;
+        let base = self.base.read_all()?;
+        let patch = match self.kind {
+            SourceKind::Zstd => Patch::Zstd(patch),
+            SourceKind::Bsdiff => Patch::Bsdiff(patch),
+            other => {
+                return Err(err(format!(
+                    "{}: {} is not a patch",
+                    self.path,
+                    other.name()
+                )))
+            }
+        };
+        reconstruct(&patch, &base, self.size, &self.sha256)
+            .map_err(|e| err(format!("{}: {e}", self.path)))
+    }
+}
+
+impl ContentSource for PatchedSource {
+    fn open(&self) -> io::Result<Box<dyn Read + Send + '_>> {
+        Ok(Box::new(io::Cursor::new(self.recreate()?)))
+    }
+
+    fn describe(&self) -> String {
+        format!("{} ({} patch)", self.path, self.kind.name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tree::{Inode, Metadata};
+
+    fn meta() -> Metadata {
+        Metadata {
+            perm: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime: 1,
+            xattrs: Vec::new(),
+        }
+    }
+
+    fn file(t: &mut Tree, name: &[u8], bytes: &[u8]) -> InodeId {
+        let root = t.root();
+        let n = t
+            .add(
+                root,
+                name,
+                Inode {
+                    meta: meta(),
+                    kind: InodeKind::File(Content::from_bytes(bytes.to_vec())),
+                },
+            )
+            .unwrap();
+        t.node(n).inode
+    }
+
+    fn sha(b: &[u8]) -> String {
+        use sha2::{Digest, Sha256};
+        hex(&Sha256::digest(b))
+    }
+
+    fn rec(path: &str, out: &[u8], source: SourceKind, base: Option<(&str, &[u8])>) -> RecipeFile {
+        RecipeFile {
+            path: path.into(),
+            size: out.len() as u64,
+            sha256: sha(out),
+            source,
+            base: base.map(|b| b.0.to_string()),
+            base_sha256: base.map(|b| sha(b.1)),
+        }
+    }
+
+    fn recipe(files: Vec<RecipeFile>) -> Recipe {
+        Recipe {
+            version: RECIPE_VERSION,
+            layer_tree_digest: "0".repeat(64),
+            layer_size: 0,
+            layer_sha256: "0".repeat(64),
+            image_size: 0,
+            image_sha256: "0".repeat(64),
+            files,
+        }
+    }
+
+    /// Every kind round-trips: layer → recipe image tree → layer again, contents equal.
+    #[test]
+    fn recipe_and_layer_trees_round_trip() {
+        let old_a = b"the old version of a, long enough to patch ".repeat(40);
+        let new_a = {
+            let mut v = old_a.clone();
+            v[100] ^= 1;
+            v
+        };
+        let moved = b"unchanged content of b".to_vec();
+        let fresh = b"brand new file".to_vec();
+        let mut layer = Tree::new(Metadata {
+            perm: 0o755,
+            ..meta()
+        });
+        let ia = file(&mut layer, b"a", &new_a);
+        let ib = file(&mut layer, b"b2", &moved);
+        let ic = file(&mut layer, b"c", &fresh);
+        let za = super::super::source::zstd_patch(&old_a, &new_a).unwrap();
+        let r = recipe(vec![
+            rec("a", &new_a, SourceKind::Zstd, Some(("a", &old_a))),
+            rec("b2", &moved, SourceKind::Copy, Some(("b", &moved))),
+            rec("c", &fresh, SourceKind::Whole, None),
+        ]);
+        r.validate().unwrap();
+        let chosen = vec![
+            Chosen {
+                inode: ia,
+                record: r.files[0].clone(),
+                payload: Content::from_bytes(za),
+            },
+            Chosen {
+                inode: ib,
+                record: r.files[1].clone(),
+                payload: Content::from_bytes(Vec::new()),
+            },
+            Chosen {
+                inode: ic,
+                record: r.files[2].clone(),
+                payload: Content::from_bytes(fresh.clone()),
+            },
+        ];
+        let image = recipe_tree(&layer, &chosen).unwrap();
+        let (oa, ob) = (old_a.clone(), moved.clone());
+        let base = move |p: &str| match p {
+            "a" => Some(Content::from_bytes(oa.clone())),
+            "b" => Some(Content::from_bytes(ob.clone())),
+            _ => None,
+        };
+        r.check_bases(&base, &|_| {}).unwrap();
+        let back = layer_tree(&image, &r, &base).unwrap();
+        for (id, want) in [(ia, &new_a), (ib, &moved), (ic, &fresh)] {
+            let InodeKind::File(c) = &back.inode(id).kind else {
+                panic!()
+            };
+            assert_eq!(&c.read_all().unwrap(), want);
+        }
+    }
+
+    /// A changed base is refused by the check; a corrupt patch fails when read, naming the file.
+    #[test]
+    fn changed_base_and_corrupt_patch_are_refused() {
+        let old = b"base content ".repeat(100);
+        let new = b"base content!".repeat(100);
+        let r = recipe(vec![rec("f", &new, SourceKind::Zstd, Some(("f", &old)))]);
+        let other = b"something else".to_vec();
+        let e = r
+            .check_bases(&|_| Some(Content::from_bytes(other.clone())), &|_| {})
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("f: the medium's file has sha256"),
+            "{e}"
+        );
+        let e = r.check_bases(&|_| None, &|_| {}).unwrap_err();
+        assert!(e.to_string().contains("not a file of this medium"), "{e}");
+
+        let mut layer = Tree::new(meta());
+        let i = file(&mut layer, b"f", &new);
+        let mut patch = super::super::source::zstd_patch(&old, &new).unwrap();
+        let last = patch.len() - 1;
+        patch[last] ^= 0xff;
+        let image = recipe_tree(
+            &layer,
+            &[Chosen {
+                inode: i,
+                record: r.files[0].clone(),
+                payload: Content::from_bytes(patch),
+            }],
+        )
+        .unwrap();
+        let o = old.clone();
+        let back = layer_tree(&image, &r, &move |_| Some(Content::from_bytes(o.clone()))).unwrap();
+        let InodeKind::File(c) = &back.inode(i).kind else {
+            panic!()
+        };
+        let e = c.read_all().unwrap_err();
+        assert!(e.to_string().starts_with("f: "), "{e}");
+    }
+
+    /// Records and files must match one to one; kinds need their bases; versions are checked.
+    #[test]
+    fn malformed_recipes_are_refused() {
+        let mut r = recipe(vec![rec("f", b"x", SourceKind::Whole, None)]);
+        r.version = 2;
+        assert!(r.validate().unwrap_err().to_string().contains("version 2"));
+        let r = recipe(vec![rec("f", b"x", SourceKind::Zstd, None)]);
+        assert!(r.validate().unwrap_err().to_string().contains("needs base"));
+        let r = recipe(vec![rec("f", b"x", SourceKind::Copy, Some(("g", b"y")))]);
+        assert!(r
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("another sha256"));
+        let r = recipe(vec![
+            rec("f", b"x", SourceKind::Whole, None),
+            rec("f", b"x", SourceKind::Whole, None),
+        ]);
+        assert!(r.validate().unwrap_err().to_string().contains("twice"));
+
+        let mut layer = Tree::new(meta());
+        file(&mut layer, b"f", b"x");
+        let none = |_: &str| None;
+        let r = recipe(vec![]);
+        let e = layer_tree(&layer, &r, &none).unwrap_err();
+        assert!(e.to_string().contains("has no record"), "{e}");
+        let r = recipe(vec![
+            rec("f", b"x", SourceKind::Whole, None),
+            rec("g", b"x", SourceKind::Whole, None),
+        ]);
+        let e = layer_tree(&layer, &r, &none).unwrap_err();
+        assert!(e.to_string().contains("g: a record names no"), "{e}");
+        let r = recipe(vec![rec("f", b"xy", SourceKind::Whole, None)]);
+        let e = layer_tree(&layer, &r, &none).unwrap_err();
+        assert!(e.to_string().contains("holds 1 bytes"), "{e}");
+    }
+
+    /// The YAML the kit carries parses back to the same recipe.
+    #[test]
+    fn yaml_round_trips() {
+        let r = recipe(vec![
+            rec("a b", b"x", SourceKind::Whole, None),
+            rec("c", b"y", SourceKind::Bsdiff, Some(("lib/c.so.1", b"z"))),
+        ]);
+        let mut w = YamlWriter::new();
+        r.write_yaml(&mut w);
+        #[derive(Deserialize)]
+        struct Doc {
+            recipe: Recipe,
+        }
+        let d: Doc = crate::yaml::parse(&w.finish()).unwrap();
+        assert_eq!(d.recipe, r);
+    }
+}
