@@ -1769,10 +1769,14 @@ fn killed_apply_recovers_to_old_or_new() {
     if !kernel_tests_or_skip() || !tools_or_skip(&["strace", "cp"]) {
         return;
     }
+    kill_a_stacking_apply("stack", &build_kit("6.9", "6.10"), MAX_KILLS);
+}
+
+/// The kill test of `kit` (6.9 → 6.10) applied on a medium initialised at 6.9.
+fn kill_a_stacking_apply(tag: &str, kit: &Path, max_kills: usize) {
     let work = tmpdir();
     let w = work.path();
     let (r9, r10) = (release("6.9", w), release("6.10", w));
-    let k1 = build_kit("6.9", "6.10");
     let old_ref = w.join("old");
     init_medium(&old_ref, "6.9");
     let old = Side {
@@ -1786,17 +1790,17 @@ fn killed_apply_recovers_to_old_or_new() {
     // The clean result is the real 6.10 (the kill test then compares byte for byte with it).
     let check = w.join("check");
     copy_tree(&old_ref, &check);
-    apply_kit(&check, &k1);
+    apply_kit(&check, kit);
     check_medium(&check, &r10, &r9, &new.layers, false);
     kill_test(
         w,
         &KillCase {
-            tag: "stack",
+            tag,
             old_ref: &old_ref,
-            kit: &k1,
+            kit,
             old: &old,
             new: &new,
-            max_kills: MAX_KILLS,
+            max_kills,
             required: &[],
         },
     );
@@ -1809,9 +1813,6 @@ fn killed_rebuild_recovers_to_old_or_new() {
     if !kernel_tests_or_skip() || !tools_or_skip(&["strace", "cp"]) {
         return;
     }
-    let work = tmpdir();
-    let w = work.path();
-    let (r9, r10) = (release("6.9", w), release("6.10", w));
     let k = fixture_kit_at("6.9", "6.10", EPOCH, &["--deltas"]);
     let kit = iuk::kit::Kit::open(&k).unwrap();
     assert_eq!(
@@ -1819,32 +1820,7 @@ fn killed_rebuild_recovers_to_old_or_new() {
         iuk::kit::FORMAT_DELTA,
         "6.9 -> 6.10 with --deltas"
     );
-    let old_ref = w.join("old");
-    init_medium(&old_ref, "6.9");
-    let old = Side {
-        release: &r9,
-        layers: vec![],
-    };
-    let new = Side {
-        release: &r10,
-        layers: vec![layer_name("6.9", "6.10")],
-    };
-    let check = w.join("check");
-    copy_tree(&old_ref, &check);
-    apply_kit(&check, &k);
-    check_medium(&check, &r10, &r9, &new.layers, false);
-    kill_test(
-        w,
-        &KillCase {
-            tag: "rebuild",
-            old_ref: &old_ref,
-            kit: &k,
-            old: &old,
-            new: &new,
-            max_kills: MAX_KILLS / 2,
-            required: &[],
-        },
-    );
+    kill_a_stacking_apply("rebuild", &k, MAX_KILLS / 2);
 }
 
 /// The cumulative kit on a medium with a diff layer: the kill points include deleting the
