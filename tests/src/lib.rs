@@ -1208,52 +1208,6 @@ pub fn copy_tree(from: &Path, to: &Path) {
     run_ok(Command::new("cp").arg("-a").arg(from).arg(to));
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn diff_names_path_field_and_both_values() {
-        let d = tempfile::tempdir().unwrap();
-        let (a, b) = (d.path().join("a"), d.path().join("b"));
-        for t in [&a, &b] {
-            fs::create_dir(t).unwrap();
-            fs::write(t.join("f"), b"same").unwrap();
-            std::os::unix::fs::symlink("f", t.join("s")).unwrap();
-        }
-        fs::hard_link(a.join("f"), a.join("g")).unwrap();
-        fs::write(b.join("g"), b"same").unwrap();
-        let sa = snapshot(&a);
-        assert!(diff_snapshots(&sa, &sa).is_empty());
-        assert_eq!(sa[1].link_group.as_deref(), Some(&b"f"[..]));
-        assert_eq!(sa[2].link_group.as_deref(), Some(&b"f"[..]));
-        let d1 = diff_snapshots(&sa, &snapshot(&b));
-        assert_eq!(
-            d1,
-            [
-                "f: hard-link group: f != none",
-                "g: hard-link group: f != none"
-            ]
-        );
-
-        let mut sb = sa.clone();
-        sb[1].mode = 0o600;
-        sb[3].target = Some(b"\xffx".to_vec());
-        sb[2].xattrs.push((b"user.k".to_vec(), b"v".to_vec()));
-        sb.remove(0);
-        let d2 = diff_snapshots(&sa, &sb);
-        assert_eq!(
-            d2,
-            [
-                "/: only in the first tree (Dir)".to_string(),
-                format!("f: mode: {:04o} != 0600", sa[1].mode),
-                "g: xattr user.k: (absent) != \"v\"".to_string(),
-                "s: symlink target: \"f\" != \"\\xffx\"".to_string(),
-            ]
-        );
-    }
-}
-
 // ------------------------------------------------------------------------------------------------
 // A generated release pair for binary-delta kits (FORMAT 3; added for tests/tests/deltas.rs)
 
@@ -1334,6 +1288,9 @@ enum GenEntry {
     Symlink(&'static str),
 }
 
+/// An entry of a generated root: path, entry, mtime, `user.*` xattrs.
+type GenItem = (&'static str, GenEntry, i64, Vec<(&'static str, Vec<u8>)>);
+
 /// Sets `path`'s mtime (symlinks themselves, not their targets).
 fn set_mtime(path: &Path, secs: i64) {
     let c = CString::new(path.as_os_str().as_bytes()).unwrap();
@@ -1384,7 +1341,7 @@ fn set_xattr(path: &Path, name: &str, value: &[u8]) {
 
 /// The root filesystem of one release of the pair (`new`: the second), as (path, entry,
 /// mtime, xattrs), in path order (parents first).
-fn delta_root(new: bool) -> Vec<(&'static str, GenEntry, i64, Vec<(&'static str, Vec<u8>)>)> {
+fn delta_root(new: bool) -> Vec<GenItem> {
     use GenEntry::*;
     let v = if new {
         DELTA_NEW_VERSION
@@ -1396,7 +1353,7 @@ fn delta_root(new: bool) -> Vec<(&'static str, GenEntry, i64, Vec<(&'static str,
     let d = |mode| Dir { mode };
     let f = |data: Vec<u8>, mode| File { data, mode };
     let none = Vec::new;
-    let mut e: Vec<(&'static str, GenEntry, i64, Vec<(&'static str, Vec<u8>)>)> = Vec::new();
+    let mut e: Vec<GenItem> = Vec::new();
     e.push(("etc", d(0o755), t, none()));
     let os_release = format!(
         "NAME=\"Tails\"\nID=\"tails\"\nVERSION_ID=\"{v}\"\nTAILS_PRODUCT_NAME=\"Tails\"\n\
@@ -1712,4 +1669,50 @@ pub fn delta_pair() -> (PathBuf, PathBuf) {
         (old, new)
     })
     .clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn diff_names_path_field_and_both_values() {
+        let d = tempfile::tempdir().unwrap();
+        let (a, b) = (d.path().join("a"), d.path().join("b"));
+        for t in [&a, &b] {
+            fs::create_dir(t).unwrap();
+            fs::write(t.join("f"), b"same").unwrap();
+            std::os::unix::fs::symlink("f", t.join("s")).unwrap();
+        }
+        fs::hard_link(a.join("f"), a.join("g")).unwrap();
+        fs::write(b.join("g"), b"same").unwrap();
+        let sa = snapshot(&a);
+        assert!(diff_snapshots(&sa, &sa).is_empty());
+        assert_eq!(sa[1].link_group.as_deref(), Some(&b"f"[..]));
+        assert_eq!(sa[2].link_group.as_deref(), Some(&b"f"[..]));
+        let d1 = diff_snapshots(&sa, &snapshot(&b));
+        assert_eq!(
+            d1,
+            [
+                "f: hard-link group: f != none",
+                "g: hard-link group: f != none"
+            ]
+        );
+
+        let mut sb = sa.clone();
+        sb[1].mode = 0o600;
+        sb[3].target = Some(b"\xffx".to_vec());
+        sb[2].xattrs.push((b"user.k".to_vec(), b"v".to_vec()));
+        sb.remove(0);
+        let d2 = diff_snapshots(&sa, &sb);
+        assert_eq!(
+            d2,
+            [
+                "/: only in the first tree (Dir)".to_string(),
+                format!("f: mode: {:04o} != 0600", sa[1].mode),
+                "g: xattr user.k: (absent) != \"v\"".to_string(),
+                "s: symlink target: \"f\" != \"\\xffx\"".to_string(),
+            ]
+        );
+    }
 }
