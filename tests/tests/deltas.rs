@@ -745,3 +745,113 @@ fn fixture_chain_with_deltas_gives_the_format_2_media() {
     assert_same_media(&c2, &c3, "cumulative 6.9 → 6.11 on 6.10");
     run_ok(ia("verify", &c3).arg("--deep"));
 }
+
+// ------------------------------------------------------------------------------------------------
+// inspect and compare
+
+/// `inspect` shows a kit's FORMAT and, for FORMAT 3, the recipe version, layer tree digest and
+/// per source kind the files, bytes re-created and bytes carried (text and --json); `compare`
+/// names the FORMAT, the recipe file whose base-sha256 differs, and the recipe image entry whose
+/// payload differs.
+#[test]
+fn inspect_and_compare_explain_format_3() {
+    let Some((f2, f3)) = pair_kits() else { return };
+    let (_, new) = delta_pair();
+    let inspect = |image: &Path| -> serde_json::Value {
+        let r = run_ok(
+            iuk_command("iuk-build")
+                .arg("inspect")
+                .arg("--json")
+                .arg(image),
+        );
+        serde_json::from_slice(&r.stdout).unwrap_or_else(|e| panic!("{e}: {r}"))
+    };
+    let recipe = open_kit(f3).control.recipe.unwrap();
+    let j = inspect(f3);
+    let k = &j["kit"];
+    assert_eq!(k["format"], "3", "{k}");
+    assert_eq!(k["to_version"], "7.1", "{k}");
+    let r = &k["recipe"];
+    assert_eq!(r["version"], 1, "{r}");
+    assert_eq!(r["layer_tree_digest"], recipe.layer_tree_digest.as_str());
+    assert_eq!(r["image_size"], recipe.image_size);
+    let sources = r["sources"].as_array().unwrap();
+    assert_eq!(sources.len(), 4, "{r}");
+    for (s, (kind, totals)) in sources.iter().zip(recipe.totals()) {
+        assert_eq!(s["kind"], kind.name(), "{r}");
+        assert_eq!(s["files"], totals.files, "{kind:?}: {r}");
+        assert_eq!(s["bytes"], totals.bytes, "{kind:?}: {r}");
+        let carried = s["payload_bytes"].as_u64().unwrap();
+        match kind {
+            SourceKind::Copy => assert_eq!(carried, 0, "{r}"),
+            SourceKind::Whole => assert_eq!(carried, totals.bytes, "{r}"),
+            _ => assert!(carried > 0 && carried * 10 < totals.bytes, "{kind:?}: {r}"),
+        }
+    }
+    let text = run_ok(iuk_command("iuk-build").arg("inspect").arg(f3)).stdout_text();
+    for needle in [
+        "FORMAT 3",
+        recipe.layer_tree_digest.as_str(),
+        "bsdiff",
+        "bytes carried",
+    ] {
+        assert!(text.contains(needle), "inspect: no {needle:?}:\n{text}");
+    }
+    let j2 = inspect(f2);
+    assert_eq!(j2["kit"]["format"], "2", "{j2}");
+    assert!(j2["kit"]["recipe"].is_null(), "{j2}");
+    let plain = inspect(&new.join("live/filesystem.squashfs"));
+    assert!(plain["kit"].is_null(), "not a kit: {plain}");
+
+    // compare
+    let t = tmpdir();
+    let compare = |a: &Path, b: &Path| -> String {
+        let r = run(iuk_command("iuk-build").arg("compare").arg(a).arg(b));
+        assert_eq!(r.code, Some(1), "compare of different kits: {r}");
+        r.stdout_text()
+    };
+    let out = compare(f2, f3);
+    assert!(out.contains("FORMAT: \"2\" vs \"3\""), "{out}");
+    let zstd = recipe
+        .files
+        .iter()
+        .find(|f| f.source == SourceKind::Zstd)
+        .unwrap()
+        .clone();
+    let other_base = t.path().join("other-base.iuk");
+    rewrite_kit(
+        f3,
+        &other_base,
+        None,
+        |_| None,
+        |c| {
+            let r = c.recipe.as_mut().unwrap();
+            let f = r.files.iter_mut().find(|f| f.path == zstd.path).unwrap();
+            f.base_sha256 = Some("ab".repeat(32));
+        },
+    );
+    let out = compare(f3, &other_base);
+    let key = format!("recipe.files[{}].base-sha256", zstd.path);
+    assert!(out.contains(&key), "no {key}:\n{out}");
+    let payload = t.path().join("payload.iuk");
+    rewrite_kit(
+        f3,
+        &payload,
+        None,
+        |tree| {
+            edit_payload(tree, &zstd.path, |mut b| {
+                b.push(0);
+                b
+            });
+            None
+        },
+        |_| {},
+    );
+    let out = compare(f3, &payload);
+    assert!(out.contains("recipe.image-sha256"), "{out}");
+    let entry = format!("/{}: size", zstd.path);
+    assert!(
+        out.contains("recipe image recipe.squashfs: entries") && out.contains(&entry),
+        "no {entry} in the recipe image section:\n{out}"
+    );
+}
