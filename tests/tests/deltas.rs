@@ -291,6 +291,40 @@ fn generated_pair_gives_every_source_kind_and_the_format_2_layer_tree() {
     let image = kit_file(f3, RECIPE_IMAGE);
     assert_eq!(recipe.image_size, image.len() as u64);
     assert_eq!(recipe.image_sha256, sha256_hex(&image));
+    // The recipe image is the layer's tree: whiteouts for removed files and directories (the
+    // old ABI directory, a directory of the old release, a file), the new symlinks, a
+    // copy's payload empty.
+    let tree = {
+        let whole: Arc<dyn ReadAt> = Arc::new(image);
+        let len = whole.len();
+        let a = Archive::from_image(Arc::new(SubImage::new(whole, 0, len).unwrap()), "r".into())
+            .unwrap();
+        a.read_tree().unwrap()
+    };
+    let kind = |p: &str| {
+        let n = tree
+            .lookup(p.as_bytes())
+            .unwrap_or_else(|| panic!("{p} not in the recipe image"));
+        tree.node_inode(n).kind.clone()
+    };
+    for p in [
+        "lib/modules/6.1.0-26-amd64",
+        "opt/removed-dir",
+        "usr/share/old-place",
+        "usr/share/doc/obsolete.txt",
+        "usr/lib/x86_64-linux-gnu/libfoo.so.1.2.3",
+    ] {
+        assert!(
+            matches!(kind(p), InodeKind::CharDev(0)),
+            "{p}: not a whiteout in the recipe image"
+        );
+    }
+    assert!(matches!(
+        kind("usr/lib/x86_64-linux-gnu/libfoo.so.1"),
+        InodeKind::Symlink(t) if t == b"libfoo.so.1.2.4"
+    ));
+    assert!(matches!(kind("usr/bin/new-link"), InodeKind::Symlink(t) if t == b"tool-zstd"));
+    assert!(matches!(kind("usr/bin/mode-only"), InodeKind::File(c) if c.size == 0));
     assert!(
         fs::metadata(f3).unwrap().len() < fs::metadata(f2).unwrap().len(),
         "FORMAT 3 only when smaller"
