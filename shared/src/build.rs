@@ -520,7 +520,21 @@ impl KitSteps<'_> {
             let mut with = control.clone();
             with.recipe = Some(made.recipe.clone());
             let grows = with.to_yaml().len() as u64 - control.to_yaml().len() as u64;
-            if made.recipe.image_size + grows < layer_bytes {
+            // Recipe paths are UTF-8 (lossy): a base whose name is not UTF-8 cannot be found on
+            // the device, two such names may collide. Such a kit would be refused: FORMAT 2.
+            let lossy = made.recipe.validate().is_err()
+                || made.recipe.files.iter().any(|f| {
+                    f.base
+                        .as_deref()
+                        .is_some_and(|b| b.contains(char::REPLACEMENT_CHARACTER))
+                });
+            if lossy {
+                progress.warn(&format!(
+                    "{}: a FORMAT 3 recipe cannot name files whose names are not UTF-8 (a base \
+                     file, or two files that differ only there): writing FORMAT 2",
+                    out.display()
+                ));
+            } else if made.recipe.image_size + grows < layer_bytes {
                 files.retain(|(f, _)| f.path != names.layer_path);
                 with.overlay = files.iter().map(|(_, e)| e.clone()).collect();
                 control = with;

@@ -889,3 +889,81 @@ fn inspect_and_compare_explain_format_3() {
         "no {entry} in the recipe image section:\n{out}"
     );
 }
+
+// ------------------------------------------------------------------------------------------------
+// File names that are not UTF-8
+
+/// A small release directory of `files` (path bytes, content) in `dir`, its root packed by
+/// mksquashfs.
+fn tiny_release(dir: &Path, version: &str, files: &[(&[u8], Vec<u8>)]) {
+    use std::os::unix::ffi::OsStrExt;
+    let root = dir.with_file_name(format!("{version}.root"));
+    for (p, data) in files {
+        let path = root.join(std::ffi::OsStr::from_bytes(p));
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(&path, data).unwrap();
+    }
+    fs::create_dir_all(root.join("etc")).unwrap();
+    fs::write(
+        root.join("etc/os-release"),
+        format!("NAME=\"Tails\"\nTAILS_PRODUCT_NAME=\"Tails\"\nTAILS_VERSION_ID=\"{version}\"\n"),
+    )
+    .unwrap();
+    for d in ["live", "isolinux"] {
+        fs::create_dir_all(dir.join(d)).unwrap();
+    }
+    run_ok(
+        Command::new("mksquashfs")
+            .arg(&root)
+            .arg(dir.join("live/filesystem.squashfs"))
+            .args([
+                "-comp",
+                "xz",
+                "-b",
+                "1M",
+                "-noappend",
+                "-quiet",
+                "-no-progress",
+            ])
+            .args(["-all-time", "1700000000", "-mkfs-time", "1700000000"]),
+    );
+    fs::write(dir.join("live/vmlinuz"), b"kernel").unwrap();
+    fs::write(dir.join("live/initrd.img"), b"initrd").unwrap();
+    fs::write(
+        dir.join("isolinux/isolinux.cfg"),
+        b"label live\n kernel /live/vmlinuz\n append initrd=/live/initrd.img\n",
+    )
+    .unwrap();
+}
+
+/// A recipe names files by UTF-8 paths: a changed file whose name is not UTF-8 (its base would
+/// not be found on the device) makes the builder fall back to FORMAT 2, with a warning, and that
+/// kit applies.
+#[test]
+fn names_that_are_not_utf8_fall_back_to_format_2() {
+    if !tools_or_skip(&["mksquashfs"]) {
+        return;
+    }
+    let t = tmpdir();
+    let data = iuk_e2e::pseudo_random(300_000, 7);
+    let mut changed = data.clone();
+    changed[1000..1020].copy_from_slice(&[b'X'; 20]);
+    let (old, new) = (t.path().join("old"), t.path().join("new"));
+    tiny_release(&old, "7.0", &[(b"usr/bin/\xff-bin", data)]);
+    tiny_release(&new, "7.1", &[(b"usr/bin/\xff-bin", changed)]);
+    let kit = t.path().join("k.iuk");
+    let r = run_ok(
+        build_cmd(&old, &new, &kit)
+            .arg(format!("--source-date-epoch={EPOCH}"))
+            .arg("--deltas"),
+    );
+    assert!(
+        r.stderr.contains("not UTF-8") && r.stderr.contains("writing FORMAT 2"),
+        "{r}"
+    );
+    assert_eq!(open_kit(&kit).format, "2");
+    let m = t.path().join("m");
+    init(&m, &old);
+    apply(&m, &kit);
+    run_ok(ia("verify", &m).arg("--deep"));
+}
