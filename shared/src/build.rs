@@ -519,7 +519,8 @@ impl KitSteps<'_> {
             // the layer (every other part of the two kits is the same).
             let mut with = control.clone();
             with.recipe = Some(made.recipe.clone());
-            let grows = with.to_yaml().len() as u64 - control.to_yaml().len() as u64;
+            let with_len = with.to_yaml().len() as u64;
+            let grows = with_len - control.to_yaml().len() as u64;
             // Recipe paths are UTF-8 (lossy): a base whose name is not UTF-8 cannot be found on
             // the device, two such names may collide. Such a kit would be refused: FORMAT 2.
             let lossy = made.recipe.validate().is_err()
@@ -528,14 +529,30 @@ impl KitSteps<'_> {
                         .as_deref()
                         .is_some_and(|b| b.contains(char::REPLACEMENT_CHARACTER))
                 });
-            if lossy {
+            if with_len > kit::MAX_CONTROL {
+                progress.warn(&format!(
+                    "{}: the recipe of {} files makes control.yml {with_len} bytes, more than \
+                     the {} bytes a device reads: writing FORMAT 2",
+                    out.display(),
+                    made.recipe.files.len(),
+                    kit::MAX_CONTROL
+                ));
+            } else if lossy {
                 progress.warn(&format!(
                     "{}: a FORMAT 3 recipe cannot name files whose names are not UTF-8 (a base \
                      file, or two files that differ only there): writing FORMAT 2",
                     out.display()
                 ));
             } else if made.recipe.image_size + grows < layer_bytes {
-                files.retain(|(f, _)| f.path != names.layer_path);
+                // Only iuk applies FORMAT 3 kits, and it keeps every boot file whose content
+                // does not change: unchanged files of EFI/, syslinux/ and utils/, which FORMAT 2
+                // carries whole for Tails' installer, are left out.
+                files.retain(|(f, e)| {
+                    f.path != names.layer_path
+                        && old_boot
+                            .get(&f.path)
+                            .is_none_or(|o| hex(&o.sha256) != e.sha256)
+                });
                 with.overlay = files.iter().map(|(_, e)| e.clone()).collect();
                 control = with;
                 sources = made.sources;

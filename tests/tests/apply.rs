@@ -1802,6 +1802,51 @@ fn killed_apply_recovers_to_old_or_new() {
     );
 }
 
+/// A FORMAT 3 kit: the layer is rebuilt on the device, so the kill points include every write
+/// of the rebuilt layer (made from the applier's one thread, like every other mutating call).
+#[test]
+fn killed_rebuild_recovers_to_old_or_new() {
+    if !kernel_tests_or_skip() || !tools_or_skip(&["strace", "cp"]) {
+        return;
+    }
+    let work = tmpdir();
+    let w = work.path();
+    let (r9, r10) = (release("6.9", w), release("6.10", w));
+    let k = fixture_kit_at("6.9", "6.10", EPOCH, &["--deltas"]);
+    let kit = iuk::kit::Kit::open(&k).unwrap();
+    assert_eq!(
+        kit.format,
+        iuk::kit::FORMAT_DELTA,
+        "6.9 -> 6.10 with --deltas"
+    );
+    let old_ref = w.join("old");
+    init_medium(&old_ref, "6.9");
+    let old = Side {
+        release: &r9,
+        layers: vec![],
+    };
+    let new = Side {
+        release: &r10,
+        layers: vec![layer_name("6.9", "6.10")],
+    };
+    let check = w.join("check");
+    copy_tree(&old_ref, &check);
+    apply_kit(&check, &k);
+    check_medium(&check, &r10, &r9, &new.layers, false);
+    kill_test(
+        w,
+        &KillCase {
+            tag: "rebuild",
+            old_ref: &old_ref,
+            kit: &k,
+            old: &old,
+            new: &new,
+            max_kills: MAX_KILLS / 2,
+            required: &[],
+        },
+    );
+}
+
 /// The cumulative kit on a medium with a diff layer: the kill points include deleting the
 /// superseded layer.
 #[test]

@@ -183,6 +183,54 @@ fn describe_lists_the_cumulative_kit_first() {
     );
 }
 
+/// A FORMAT 3 kit is offered right after the FORMAT 2 kit of its path (Tails devices take the
+/// first incremental path); our devices take the smaller of the two.
+#[test]
+fn describe_offers_a_format_3_kit_after_its_format_2_twin() {
+    let cumulative = kit("6.9", "6.11", &[]);
+    let delta = kit("6.9", "6.11", &["--deltas"]);
+    assert_eq!(Kit::open(&delta).unwrap().format, "3");
+    let stacking = kit("6.10", "6.11", &[]);
+    let (c_url, d_url) = ("https://example.org/c.iuk", "https://example.org/d.iuk");
+    let mut c = iuk_command("iuk-build");
+    c.args(["describe", "--product", "Tails", "--build-target", "amd64"])
+        .args(["--channel", "stable", "--initial-install-version", "6.9"])
+        .args(["--version", "6.11"]);
+    for (k, u) in [
+        (&delta, d_url.to_string()),
+        (&stacking, url(&stacking)),
+        (&cumulative, c_url.to_string()),
+    ] {
+        c.arg("--kit").arg(k).arg("--kit-url").arg(u);
+    }
+    let r = run(&mut c);
+    assert!(r.ok(), "{r}");
+    let udf = Udf::from_yaml(&r.stdout_text()).unwrap();
+    let listed: Vec<(String, Option<String>)> = udf.upgrades[0]
+        .upgrade_paths
+        .iter()
+        .map(|p| (p.target_files[0].url.clone(), p.kit_format.clone()))
+        .collect();
+    assert_eq!(
+        listed,
+        vec![
+            (c_url.to_string(), None),
+            (d_url.to_string(), Some("3".to_string())),
+            (url(&stacking), None),
+        ]
+    );
+    let smaller = if fs::metadata(&delta).unwrap().len() < fs::metadata(&cumulative).unwrap().len()
+    {
+        d_url
+    } else {
+        c_url
+    };
+    let Selection::Incremental { path, .. } = select_path(&udf, &device("6.9"), true) else {
+        panic!("no incremental path for a device at 6.9")
+    };
+    assert_eq!(path.target_files[0].url, smaller);
+}
+
 #[test]
 fn describe_refuses_mismatched_kits() {
     let d = tmpdir();
@@ -213,10 +261,10 @@ fn describe_refuses_mismatched_kits() {
     // Two kits from one version.
     refused(
         &describe(&[&cumulative, &stacking, &cumulative], &["--out", out_arg]),
-        "a second kit from version 6.9",
+        "a second FORMAT 2 kit from version 6.9",
     );
 
-    // The kit from the initial-install version in FORMAT 3: Tails' installer cannot take it.
+    // A FORMAT 3 kit alone: Tails' installer (and older iuk) cannot take it.
     let control = Kit::open(&cumulative).unwrap().control;
     let src = d.path().join("format3");
     fs::create_dir_all(src.join("overlay/live")).unwrap();
@@ -227,7 +275,7 @@ fn describe_refuses_mismatched_kits() {
     assert_eq!(Kit::open(&format3).unwrap().format, "3");
     refused(
         &describe(&[&format3, &stacking], &["--out", out_arg]),
-        "is FORMAT \"3\"",
+        "the FORMAT 3 kit from 6.9 comes without the FORMAT 2 kit of the same path",
     );
 
     // Nothing to offer; a version not newer than the initial-install one; unpaired URLs.
@@ -391,9 +439,11 @@ fn tails_parser_takes_the_cumulative_kit() {
     let d = tmpdir();
     let cumulative = kit("6.9", "6.11", &[]);
     let stacking = kit("6.10", "6.11", &[]);
+    // Its FORMAT 3 twin is listed too: Tails' parser must still take the FORMAT 2 kit.
+    let delta = kit("6.9", "6.11", &["--deltas"]);
     let iso = fixture("Tails-6.11.iso");
     let r = describe(
-        &[&stacking, &cumulative],
+        &[&stacking, &delta, &cumulative],
         &[
             "--iso",
             iso.to_str().unwrap(),

@@ -412,8 +412,14 @@ mod tests {
     }
 
     fn kit(dir: &Path, from: &str, to: &str) -> PathBuf {
-        let out = dir.join(format!("{from}-{to}.iuk"));
-        let opts = crate::build::fixture_options();
+        kit_with(dir, from, to, false)
+    }
+
+    /// The fixture kit from `from` to `to`; with `deltas`, a FORMAT 3 kit (asserted).
+    fn kit_with(dir: &Path, from: &str, to: &str, deltas: bool) -> PathBuf {
+        let out = dir.join(format!("{from}-{to}-{deltas}.iuk"));
+        let mut opts = crate::build::fixture_options();
+        opts.deltas = deltas;
         build(
             &fixture(&format!("Tails-{from}.iso")),
             &fixture(&format!("Tails-{to}.iso")),
@@ -422,6 +428,10 @@ mod tests {
             &NoProgress,
         )
         .unwrap();
+        if deltas {
+            let k = crate::kit::Kit::open(&out).unwrap();
+            assert_eq!(k.format, crate::kit::FORMAT_DELTA, "{from} -> {to}");
+        }
         out
     }
 
@@ -515,5 +525,13 @@ mod tests {
         let k1 = kit(t.path(), "6.9", "6.10");
         let k2 = kit(t.path(), "6.9", "6.11");
         crash_everywhere(&[&k1], &k2, 32);
+    }
+
+    /// FORMAT 3: the layer is rebuilt on the device (its writes go through the same interface).
+    #[test]
+    fn power_cuts_while_a_layer_is_rebuilt_recover_to_old_or_new() {
+        let t = tempfile::tempdir().unwrap();
+        let k = kit_with(t.path(), "6.9", "6.10", true);
+        crash_everywhere(&[], &k, 12);
     }
 }

@@ -20,7 +20,7 @@ use super::beneath::Beneath;
 pub struct Handle(pub usize);
 
 /// The mutating operations the applier performs on a medium.
-pub trait MediumFs: Send {
+pub trait MediumFs {
     /// Creates `path` (truncating an existing file) and opens it for writing.
     fn create(&mut self, path: &Path) -> io::Result<Handle>;
     /// Opens an existing file for writing in place (no truncation).

@@ -735,8 +735,16 @@ fn boot_writes(
             continue;
         }
         let (content, sha) = c.overlay.get(&e.path.to_ascii_lowercase()).ok_or_else(|| {
+            let hint = match c.layer_source {
+                KitLayer::Recipe(_) => {
+                    " (a FORMAT 3 kit carries only the boot files its two releases differ in, \
+                     and this medium's copy is another release's: apply the FORMAT 2 kit of \
+                     this upgrade)"
+                }
+                KitLayer::Image(..) => "",
+            };
             bad_kit(format!(
-                "boot file {} changes but the kit does not carry it",
+                "boot file {} changes but the kit does not carry it{hint}",
                 e.path
             ))
         })?;

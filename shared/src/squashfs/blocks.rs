@@ -259,7 +259,7 @@ pub fn pipeline_depth(jobs: usize) -> usize {
 /// Streams every file's data through the parallel compressor and writes it to `out`, whose
 /// position is `start`; `order` lists the files in data order (each with the node its path is
 /// taken from). `progress` is called with the bytes of content read so far.
-pub fn write_data<W: Write + Send>(
+pub fn write_data<W: Write>(
     tree: &Tree,
     order: &[(InodeId, NodeId)],
     params: &BlockParams<'_>,
@@ -298,27 +298,34 @@ pub fn write_data<W: Write + Send>(
     };
     let mut producer = Producer::new(tree, order, params, progress, &stop);
 
+    // The emitter writes on the calling thread (an applier's mutating calls all come from one
+    // thread); the producer reads and submits on a thread of its own.
+    let (producer_ref, stop_ref, pool_ref) = (&mut producer, &stop, &pool);
     let produced: Result<u64> = std::thread::scope(|ts| {
-        let emitting = ts.spawn(|| emitter.run(done_rx, token_tx));
-        // Every spawned job has been sent once `run` returns (the rayon scope waits for them).
-        let result = pool.in_place_scope(|s| {
-            let mut sub = Submitter {
-                scope: s,
-                tokens: &token_rx,
-                done: done_tx,
-                compressor: params.compressor,
-                stop: &stop,
-                seq: 0,
-            };
-            let result = producer.run(&mut sub).map(|()| sub.seq);
-            if let Ok(total) = result {
-                let _ = sub.done.send(Msg::End(total));
-            }
-            // `sub` and its sender are dropped here: after an error the emitter sees the end.
-            result
+        let producing = ts.spawn(move || {
+            // Every spawned job has been sent once `run` returns (the rayon scope waits for them).
+            pool_ref.in_place_scope(|s| {
+                let mut sub = Submitter {
+                    scope: s,
+                    tokens: &token_rx,
+                    done: done_tx,
+                    compressor: params.compressor,
+                    stop: stop_ref,
+                    seq: 0,
+                };
+                let result = producer_ref.run(&mut sub).map(|()| sub.seq);
+                if let Ok(total) = result {
+                    let _ = sub.done.send(Msg::End(total));
+                }
+                // `sub` and its sender are dropped here: after an error the emitter sees the end.
+                result
+            })
         });
-        let _ = emitting.join();
-        result
+        emitter.run(done_rx, token_tx);
+        match producing.join() {
+            Ok(r) => r,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
     });
     // The emitter's failure comes first: it is why the producer stopped.
     if let Some(e) = emitter.err {

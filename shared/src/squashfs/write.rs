@@ -145,7 +145,7 @@ pub type Progress<'a> = &'a (dyn Fn(u64) + Sync);
 /// looked up; ids and xattr sets are numbered in first-use order along the fixed traversal),
 /// the order the source was read in ([`Tree`] keeps children sorted), and the host: no uid,
 /// host name, pid, locale, time zone, umask or environment variable is read.
-pub fn write_image<W: Write + Seek + Send>(
+pub fn write_image<W: Write + Seek>(
     tree: &Tree,
     params: &WriterParams,
     out: &mut W,

@@ -164,8 +164,8 @@ pub fn describe(input: &DescribeInput) -> Result<Udf, DescribeError> {
             "nothing to offer: give --kit (with --kit-url) or --iso (with --iso-url)".into(),
         ));
     }
-    let mut cumulative: Option<UpgradePath> = None;
-    let mut stacking: Vec<(String, UpgradePath)> = Vec::new();
+    // Per version upgraded from: the FORMAT 2 kit, and optionally a FORMAT 3 kit listed after it.
+    let mut by_from: Vec<(String, Option<UpgradePath>, Option<UpgradePath>)> = Vec::new();
     for k in &input.kits {
         let kit = Kit::open(&k.path).map_err(|source| DescribeError::Kit {
             path: k.path.clone(),
@@ -177,10 +177,20 @@ pub fn describe(input: &DescribeInput) -> Result<Udf, DescribeError> {
         if k.url.is_empty() {
             return Err(refuse(format!("{name}: empty URL: give its --kit-url")));
         }
+        let delta = match kit.format.as_str() {
+            crate::kit::FORMAT => false,
+            crate::kit::FORMAT_DELTA => true,
+            other => {
+                return Err(refuse(format!(
+                    "{name}: FORMAT {other:?} cannot be offered (FORMAT 2 and 3 only)"
+                )))
+            }
+        };
         let (size, sha256) = file_digest(&k.path)?;
         let from_base = c.from_version == input.initial_install_version;
         let path = UpgradePath {
             from_version: (!from_base).then(|| c.from_version.clone()),
+            kit_format: delta.then(|| crate::kit::FORMAT_DELTA.to_string()),
             target_files: vec![TargetFile {
                 sha256,
                 size,
@@ -188,47 +198,48 @@ pub fn describe(input: &DescribeInput) -> Result<Udf, DescribeError> {
             }],
             kind: PathType::Incremental,
         };
-        let duplicate = || {
-            refuse(format!(
-                "{name}: a second kit from version {}: give one kit per version upgraded from",
-                c.from_version
-            ))
+        let slot = match by_from.iter_mut().find(|(f, _, _)| *f == c.from_version) {
+            Some(s) => s,
+            None => {
+                by_from.push((c.from_version.clone(), None, None));
+                by_from.last_mut().expect("just pushed")
+            }
         };
-        if from_base {
-            if kit.format != crate::kit::FORMAT {
-                return Err(refuse(format!(
-                    "{name}: the kit from the initial-install version {} is FORMAT {:?}; Tails' \
-                     installer, which takes it, supports FORMAT {} only",
-                    c.from_version,
-                    kit.format,
-                    crate::kit::FORMAT
-                )));
-            }
-            if cumulative.is_some() {
-                return Err(duplicate());
-            }
-            cumulative = Some(path);
-        } else {
-            if stacking.iter().any(|(f, _)| *f == c.from_version) {
-                return Err(duplicate());
-            }
-            stacking.push((c.from_version.clone(), path));
-        }
-    }
-    let mut paths = Vec::new();
-    match cumulative {
-        Some(c) => paths.push(c),
-        None if !stacking.is_empty() => {
+        let place = if delta { &mut slot.2 } else { &mut slot.1 };
+        if place.is_some() {
             return Err(refuse(format!(
-                "no kit from the initial-install version {}: Tails devices ignore from-version \
-                 and would install a stacking kit as if it were cumulative; add the kit from {}",
-                input.initial_install_version, input.initial_install_version
-            )))
+                "{name}: a second FORMAT {} kit from version {}: give one kit per version \
+                 upgraded from (and at most one FORMAT 3 kit beside it)",
+                kit.format, c.from_version
+            )));
         }
-        None => {}
+        *place = Some(path);
     }
-    stacking.sort_by(|a, b| compare(&b.0, &a.0));
-    paths.extend(stacking.into_iter().map(|(_, p)| p));
+    if let Some((from, _, _)) = by_from.iter().find(|(_, f2, _)| f2.is_none()) {
+        return Err(refuse(format!(
+            "the FORMAT 3 kit from {from} comes without the FORMAT 2 kit of the same path: \
+             Tails' installer installs FORMAT 2 only, and devices of older iuk versions too; \
+             offer both (the FORMAT 3 kit is listed after it)"
+        )));
+    }
+    let base = &input.initial_install_version;
+    if !by_from.is_empty() && !by_from.iter().any(|(f, _, _)| f == base) {
+        return Err(refuse(format!(
+            "no kit from the initial-install version {base}: Tails devices ignore from-version \
+             and would install a stacking kit as if it were cumulative; add the kit from {base}"
+        )));
+    }
+    // The cumulative kit first (Tails devices take the first incremental path), then the others
+    // newest first; each FORMAT 3 kit right after the FORMAT 2 kit of its path.
+    by_from.sort_by(|a, b| match (a.0 == *base, b.0 == *base) {
+        (true, false) => Ordering::Less,
+        (false, true) => Ordering::Greater,
+        _ => compare(&b.0, &a.0),
+    });
+    let mut paths: Vec<UpgradePath> = by_from
+        .into_iter()
+        .flat_map(|(_, f2, f3)| f2.into_iter().chain(f3))
+        .collect();
     if let Some(f) = &input.full {
         if f.url.is_empty() {
             return Err(refuse(format!(
@@ -239,6 +250,7 @@ pub fn describe(input: &DescribeInput) -> Result<Udf, DescribeError> {
         let (size, sha256) = file_digest(&f.path)?;
         paths.push(UpgradePath {
             from_version: None,
+            kit_format: None,
             target_files: vec![TargetFile {
                 sha256,
                 size,

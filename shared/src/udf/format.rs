@@ -106,6 +106,10 @@ pub struct UpgradePath {
     /// `from-version` (our extension, incremental paths only): the version the kit upgrades
     /// from; `None` for a kit cumulative from the initial-install version.
     pub from_version: Option<String>,
+    /// `kit-format` (our extension, incremental paths only): the kit's FORMAT when it is not 2
+    /// (`3`: a binary-delta kit, which Tails' installer cannot install; it is always listed after
+    /// the FORMAT 2 kit of the same path, so Tails devices, which take the first, never see it).
+    pub kit_format: Option<String>,
     /// `target-files`: what to download.
     pub target_files: Vec<TargetFile>,
     /// `type`.
@@ -208,6 +212,7 @@ struct RawPath {
     #[serde(rename = "type")]
     kind: Option<String>,
     from_version: Option<String>,
+    kit_format: Option<String>,
     target_files: Option<Vec<RawFile>>,
 }
 
@@ -297,6 +302,16 @@ impl Udf {
                         kind.as_str()
                     )));
                 }
+                let kit_format = match p.kit_format {
+                    Some(v) => Some(safe(v, &format!("{at}: kit-format"))?),
+                    None => None,
+                };
+                if kit_format.is_some() && kind != PathType::Incremental {
+                    return Err(invalid(format!(
+                        "{at}: kit-format on a {} path (incremental paths only)",
+                        kind.as_str()
+                    )));
+                }
                 let mut files = Vec::new();
                 let raw_files = p
                     .target_files
@@ -327,6 +342,7 @@ impl Udf {
                 }
                 paths.push(UpgradePath {
                     from_version,
+                    kit_format,
                     target_files: files,
                     kind,
                 });
@@ -369,6 +385,9 @@ impl Udf {
                 if let Some(f) = &p.from_version {
                     w.string("from-version", f);
                 }
+                if let Some(f) = &p.kit_format {
+                    w.string("kit-format", f);
+                }
                 w.list("target-files", &p.target_files, |w, f| {
                     w.string("sha256", &f.sha256);
                     w.number("size", f.size);
@@ -399,6 +418,7 @@ pub(crate) mod tests {
     pub(crate) fn kit(from: Option<&str>, to: &str) -> UpgradePath {
         UpgradePath {
             from_version: from.map(str::to_string),
+            kit_format: None,
             target_files: vec![file(
                 &format!("Tails_amd64_{}_to_{to}.iuk", from.unwrap_or("6.0")),
                 100,
@@ -410,6 +430,7 @@ pub(crate) mod tests {
     pub(crate) fn full(to: &str) -> UpgradePath {
         UpgradePath {
             from_version: None,
+            kit_format: None,
             target_files: vec![file(&format!("tails-amd64-{to}.img"), 1000)],
             kind: PathType::Full,
         }
@@ -491,6 +512,7 @@ pub(crate) mod tests {
                     kind: UpgradeType::Major,
                     upgrade_paths: vec![UpgradePath {
                         from_version: None,
+                        kit_format: None,
                         target_files: vec![],
                         kind: PathType::Other("delta".into()),
                     }],
@@ -501,6 +523,13 @@ pub(crate) mod tests {
         };
         let y = odd.to_yaml();
         assert!(y.contains("upgrade-paths: []\n"), "{y}");
+        // A FORMAT 3 kit's path round-trips with its kit-format.
+        let mut delta = kit(Some("6.9"), "6.10");
+        delta.kit_format = Some("3".into());
+        let with_delta = udf(vec![up("6.10", vec![kit(Some("6.9"), "6.10"), delta])]);
+        let y3 = with_delta.to_yaml();
+        assert!(y3.contains("  kit-format: \"3\"\n"), "{y3}");
+        assert_eq!(Udf::from_yaml(&y3).unwrap(), with_delta, "{y3}");
         assert!(y.contains("target-files: []\n"), "{y}");
         assert_eq!(Udf::from_yaml(&y).unwrap(), odd, "{y}");
         assert_eq!(udf(vec![]).to_yaml().lines().last(), Some("upgrades: []"));

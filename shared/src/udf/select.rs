@@ -115,8 +115,11 @@ impl fmt::Display for Selection<'_> {
 /// version. Among the upgrades to versions newer than the current one (Debian order), the
 /// newest (the first listed among equals); within it, the incremental path whose `from-version`
 /// equals the current version (stacking), else the one from the base (no `from-version`, or
-/// the base version: cumulative), else the full upgrade; among equal candidates the first
-/// listed wins. `max_layers_ok` is false when one more diff layer would exceed the device's
+/// the base version: cumulative), else the full upgrade. Where a path is offered as a FORMAT 2
+/// and a FORMAT 3 kit (`kit-format: "3"`), the smaller download wins, except that a device past
+/// its base takes the FORMAT 2 kit of a cumulative path (a FORMAT 3 kit carries only the boot
+/// files its two releases differ in); kits of another `kit-format` are never taken; among equal
+/// candidates the first listed wins. `max_layers_ok` is false when one more diff layer would exceed the device's
 /// maximum: then the cumulative kit is preferred over the stacking one, and without it the
 /// full upgrade.
 pub fn select_path<'a>(udf: &'a Udf, device: &Device<'_>, max_layers_ok: bool) -> Selection<'a> {
@@ -149,25 +152,43 @@ pub fn select_path<'a>(udf: &'a Udf, device: &Device<'_>, max_layers_ok: bool) -
     let Some(upgrade) = newest else {
         return Selection::UpToDate;
     };
-    let incremental = || {
+    // The incremental paths whose kit this iuk installs (FORMAT 2, or 3: `kit-format`), and
+    // among those of one kind the smallest download (the first listed among equals).
+    let smallest = |from: &dyn Fn(Option<&str>) -> bool, delta_ok: bool| {
         upgrade
             .upgrade_paths
             .iter()
             .filter(|p| p.kind == PathType::Incremental)
+            .filter(|p| match p.kit_format.as_deref() {
+                None | Some(crate::kit::FORMAT) => true,
+                Some(crate::kit::FORMAT_DELTA) => delta_ok,
+                Some(_) => false,
+            })
+            .filter(|p| from(p.from_version.as_deref()))
+            .min_by_key(|p| {
+                p.target_files
+                    .iter()
+                    .fold(0u64, |a, f| a.saturating_add(f.size))
+            })
     };
-    let stacking =
-        incremental().find(|p| p.from_version.as_deref() == Some(device.current_version));
-    let cumulative = incremental().find(|p| match p.from_version.as_deref() {
-        None => true,
-        Some(v) => v == device.base_version,
-    });
+    let stacking = smallest(&|f| f == Some(device.current_version), true);
+    // A FORMAT 3 kit from the base carries only the boot files that change between the base
+    // release and the new one: on a device past its base, whose boot files are another
+    // release's, only the FORMAT 2 kit applies.
+    let at_base = device.current_version == device.base_version;
+    let cumulative = smallest(
+        &|f| match f {
+            None => true,
+            Some(v) => v == device.base_version,
+        },
+        at_base,
+    );
     let full = upgrade
         .upgrade_paths
         .iter()
         .find(|p| p.kind == PathType::Full);
     // On a device still at its base version, a kit from the base is a stacking kit (the stack
     // is empty): the applier appends its layer.
-    let at_base = device.current_version == device.base_version;
     let chosen = if at_base {
         stacking.or(cumulative).map(|p| (p, Model::Stacking))
     } else if max_layers_ok {
@@ -217,6 +238,62 @@ mod tests {
             base_version: "6.0",
             current_version: current,
         }
+    }
+
+    /// A path offered as a FORMAT 2 and a FORMAT 3 kit: the smaller download wins; a kit of a
+    /// FORMAT this iuk does not install is never taken.
+    #[test]
+    fn the_smaller_kit_of_a_path_wins_and_unknown_formats_are_skipped() {
+        let sized = |from: Option<&str>, format: Option<&str>, size: u64| {
+            let mut k = kit(from, "6.10");
+            k.kit_format = format.map(str::to_string);
+            k.target_files[0].size = size;
+            k
+        };
+        let u = udf(vec![up(
+            "6.10",
+            vec![
+                sized(None, None, 500),
+                sized(None, Some("3"), 200),
+                sized(Some("6.9"), None, 300),
+                sized(Some("6.9"), Some("3"), 100),
+                sized(Some("6.9"), Some("4"), 10),
+            ],
+        )]);
+        let s = select_path(&u, &device("6.9"), true);
+        let Selection::Incremental { path, .. } = &s else {
+            panic!("{s}")
+        };
+        assert_eq!(
+            (path.from_version.as_deref(), path.kit_format.as_deref()),
+            (Some("6.9"), Some("3"))
+        );
+        // At the base, the smaller kit from the base; past it, only the FORMAT 2 kit (the FORMAT
+        // 3 kit carries only the boot files the base release and the new one differ in).
+        for (current, size) in [("6.0", 200), ("6.8", 500)] {
+            let s = select_path(&u, &device(current), true);
+            let Selection::Incremental { path, .. } = &s else {
+                panic!("{s}")
+            };
+            assert_eq!(
+                (path.from_version.as_deref(), path.target_files[0].size),
+                (None, size),
+                "{current}"
+            );
+        }
+        // A FORMAT 3 kit larger than its FORMAT 2 twin is not taken.
+        let u = udf(vec![up(
+            "6.10",
+            vec![
+                sized(Some("6.9"), None, 300),
+                sized(Some("6.9"), Some("3"), 400),
+            ],
+        )]);
+        let s = select_path(&u, &device("6.9"), true);
+        let Selection::Incremental { path, .. } = &s else {
+            panic!("{s}")
+        };
+        assert_eq!(path.kit_format, None);
     }
 
     #[test]
