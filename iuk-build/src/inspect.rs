@@ -1,9 +1,11 @@
 //! `iuk-build inspect`: what a SquashFS image holds, and whether it is valid.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{anyhow, Context, Result};
 use clap::Args;
+use iuk::delta::recipe::{file_paths, RECIPE_IMAGE};
+use iuk::kit::{AnyKit, Kit};
 use iuk::progress::{Bars, Progress};
 use iuk::squashfs::archive::Archive;
 use iuk::squashfs::check::{self, CheckSummary};
@@ -29,6 +31,11 @@ use iuk::squashfs::inspect::{self, Report};
 /// GB of file data with xz (60 s per GB of that 64 MB xz image), 2 s with zstd level 3, spread
 /// over the cores; memory stays at a few MB. Without --deep: 0.01 s for that image. Even --deep
 /// compares no content with a hash: SquashFS stores none.
+///
+/// When the image is a kit of iuk, also its FORMAT, product, versions and layer; for a FORMAT 3
+/// kit the recipe version, the layer tree digest, the layer and recipe image sizes, and per
+/// source kind (copy, zstd, bsdiff, whole) the number of files, the bytes they re-create and the
+/// bytes the recipe image carries for them (the sizes of their payloads in its tree).
 ///
 /// With --list, every entry with its metadata, like `unsquashfs -lln` (numeric owners, UTC times).
 /// An image that fails a check gives a one-line error naming the image and what is wrong (table,
@@ -74,9 +81,13 @@ pub fn run(a: InspectArgs) -> Result<()> {
     } else {
         None
     };
+    let kit = kit_summary(&a.image)?;
     if a.json {
         let mut v = serde_json::to_value(&report)?;
         v["check"] = serde_json::to_value(&summary)?;
+        if let Some(k) = &kit {
+            v["kit"] = k.clone();
+        }
         if let Some(l) = &listing {
             v["entries"] = serde_json::json!(l);
         }
@@ -85,6 +96,9 @@ pub fn run(a: InspectArgs) -> Result<()> {
     }
     print_report(&report);
     print_check(&summary);
+    if let Some(k) = &kit {
+        print_kit(k);
+    }
     if let Some(l) = listing {
         println!();
         for line in l {
@@ -183,6 +197,111 @@ fn print_report(r: &Report) {
         println!(
             "  {:<22} start {:>12}  size {:>12}",
             t.name, t.start, t.size
+        );
+    }
+}
+
+/// What a kit of iuk holds (None: the image is not one): FORMAT, product, versions, layer and,
+/// for FORMAT 3, the recipe with per-kind files, bytes re-created and bytes carried.
+fn kit_summary(path: &Path) -> Result<Option<serde_json::Value>> {
+    let name = path.display().to_string();
+    // Not a kit at all (no FORMAT or control.yml, or not ours): nothing to show.
+    let Ok(AnyKit::Iuk(kit)) = Kit::open_any(path) else {
+        return Ok(None);
+    };
+    let c = &kit.control;
+    let mut v = serde_json::json!({
+        "format": kit.format,
+        "product": c.product,
+        "from_version": c.from_version,
+        "to_version": c.to_version,
+        "layer": c.layer,
+    });
+    let Some(recipe) = &c.recipe else {
+        return Ok(Some(v));
+    };
+    // The payload sizes: each recipe file's size in the recipe image's tree.
+    let image = kit
+        .tree
+        .lookup(RECIPE_IMAGE.as_bytes())
+        .map(|n| &kit.tree.node_inode(n).kind)
+        .and_then(|k| match k {
+            iuk::tree::InodeKind::File(c) => c.source.random_access(),
+            _ => None,
+        })
+        .ok_or_else(|| anyhow!("{name}: FORMAT 3 kit without a readable {RECIPE_IMAGE}"))?;
+    let archive = Archive::from_image(image, format!("{name}: {RECIPE_IMAGE}"))?;
+    let tree = archive.read_tree()?;
+    // Recipe files are named by the path of their first node, as the recipe names them.
+    let sizes: std::collections::HashMap<String, u64> = file_paths(&tree)
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, p)| {
+            let size = match &tree.inode(iuk::tree::InodeId(i as u32)).kind {
+                iuk::tree::InodeKind::File(c) => c.size,
+                _ => return None,
+            };
+            p.map(|p| (p, size))
+        })
+        .collect();
+    let mut sources = Vec::new();
+    for (kind, totals) in recipe.totals() {
+        let mut carried = 0u64;
+        for f in recipe.files.iter().filter(|f| f.source == kind) {
+            let size = sizes.get(&f.path).copied().ok_or_else(|| {
+                anyhow!(
+                    "{name}: {RECIPE_IMAGE} has no file {} of the recipe",
+                    f.path
+                )
+            })?;
+            carried += size;
+        }
+        sources.push(serde_json::json!({
+            "kind": kind.name(),
+            "files": totals.files,
+            "bytes": totals.bytes,
+            "payload_bytes": carried,
+        }));
+    }
+    v["recipe"] = serde_json::json!({
+        "version": recipe.version,
+        "layer_tree_digest": recipe.layer_tree_digest,
+        "layer_size": recipe.layer_size,
+        "image_size": recipe.image_size,
+        "sources": sources,
+    });
+    Ok(Some(v))
+}
+
+/// The kit part of the report.
+fn print_kit(k: &serde_json::Value) {
+    let s = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+    println!(
+        "kit              FORMAT {}: {} {} -> {}, layer {}",
+        s(&k["format"]),
+        s(&k["product"]),
+        s(&k["from_version"]),
+        s(&k["to_version"]),
+        s(&k["layer"])
+    );
+    let r = &k["recipe"];
+    if r.is_null() {
+        return;
+    }
+    println!(
+        "recipe           version {}, layer tree digest {}, layer {} bytes, recipe image {} bytes",
+        r["version"],
+        s(&r["layer_tree_digest"]),
+        r["layer_size"],
+        r["image_size"]
+    );
+    for src in r["sources"].as_array().into_iter().flatten() {
+        println!(
+            "  {:<14} {} files, {} bytes re-created, {} bytes carried",
+            s(&src["kind"]),
+            src["files"],
+            src["bytes"],
+            src["payload_bytes"]
         );
     }
 }

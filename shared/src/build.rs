@@ -521,6 +521,14 @@ impl KitSteps<'_> {
             with.recipe = Some(made.recipe.clone());
             let with_len = with.to_yaml().len() as u64;
             let grows = with_len - control.to_yaml().len() as u64;
+            // Recipe paths are UTF-8 (lossy): a base whose name is not UTF-8 cannot be found on
+            // the device, two such names may collide. Such a kit would be refused: FORMAT 2.
+            let lossy = made.recipe.validate().is_err()
+                || made.recipe.files.iter().any(|f| {
+                    f.base
+                        .as_deref()
+                        .is_some_and(|b| b.contains(char::REPLACEMENT_CHARACTER))
+                });
             if with_len > kit::MAX_CONTROL {
                 progress.warn(&format!(
                     "{}: the recipe of {} files makes control.yml {with_len} bytes, more than \
@@ -528,6 +536,12 @@ impl KitSteps<'_> {
                     out.display(),
                     made.recipe.files.len(),
                     kit::MAX_CONTROL
+                ));
+            } else if lossy {
+                progress.warn(&format!(
+                    "{}: a FORMAT 3 recipe cannot name files whose names are not UTF-8 (a base \
+                     file, or two files that differ only there): writing FORMAT 2",
+                    out.display()
                 ));
             } else if made.recipe.image_size + grows < layer_bytes {
                 // Only iuk applies FORMAT 3 kits, and it keeps every boot file whose content

@@ -1208,6 +1208,469 @@ pub fn copy_tree(from: &Path, to: &Path) {
     run_ok(Command::new("cp").arg("-a").arg(from).arg(to));
 }
 
+// ------------------------------------------------------------------------------------------------
+// A generated release pair for binary-delta kits (FORMAT 3; added for tests/tests/deltas.rs)
+
+/// The versions of the pair [`delta_pair`] makes.
+pub const DELTA_OLD_VERSION: &str = "7.0";
+/// See [`DELTA_OLD_VERSION`].
+pub const DELTA_NEW_VERSION: &str = "7.1";
+/// The mtime of every entry the pair does not give another one, and the image's mkfs time.
+pub const DELTA_MTIME: i64 = 1_700_000_000;
+
+/// Deterministic pseudo-random bytes (xorshift64*, seeded by `seed`): incompressible, so a
+/// patch against a similar file is far smaller than the file.
+pub fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut out = Vec::with_capacity(n + 8);
+    while out.len() < n {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        out.extend_from_slice(&x.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
+    }
+    out.truncate(n);
+    out
+}
+
+/// `data` with `n` bytes at each of `offsets` replaced by pseudo-random ones (a rebuilt binary
+/// changed in a few places; the size stays).
+fn edited(data: &[u8], offsets: &[usize], n: usize, seed: u64) -> Vec<u8> {
+    let mut out = data.to_vec();
+    for (i, &o) in offsets.iter().enumerate() {
+        out[o..o + n].copy_from_slice(&pseudo_random(n, seed + i as u64));
+    }
+    out
+}
+
+/// A table of little-endian u32 "addresses" (a relocated binary): every one moved by `shift`.
+/// A bsdiff patch (bytewise differences, mostly equal) stays tiny; a zstd patch-from cannot
+/// match more than three bytes in a row.
+fn address_table(words: usize, seed: u64, shift: u32) -> Vec<u8> {
+    pseudo_random(words * 4, seed)
+        .chunks(4)
+        .flat_map(|c| {
+            let v = u32::from_le_bytes(c.try_into().unwrap()) & 0x00ff_fff0;
+            (v + shift).to_le_bytes()
+        })
+        .collect()
+}
+
+/// `gzip -n -9` of `data` (a gzip stream: the builder never patches it).
+fn gzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut child = Command::new("gzip")
+        .args(["-n", "-9", "-c"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("gzip");
+    let mut stdin = child.stdin.take().unwrap();
+    let input = data.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&input));
+    let out = child.wait_with_output().expect("gzip");
+    writer.join().unwrap().expect("gzip stdin");
+    assert!(out.status.success(), "gzip failed");
+    out.stdout
+}
+
+/// One entry of a generated root.
+enum GenEntry {
+    Dir {
+        mode: u32,
+    },
+    File {
+        data: Vec<u8>,
+        mode: u32,
+    },
+    /// A hard link to the file at the given path (created earlier in path order).
+    Link(&'static str),
+    Symlink(&'static str),
+}
+
+/// An entry of a generated root: path, entry, mtime, `user.*` xattrs.
+type GenItem = (&'static str, GenEntry, i64, Vec<(&'static str, Vec<u8>)>);
+
+/// Sets `path`'s mtime (symlinks themselves, not their targets).
+fn set_mtime(path: &Path, secs: i64) {
+    let c = CString::new(path.as_os_str().as_bytes()).unwrap();
+    let t = libc::timespec {
+        tv_sec: secs as libc::time_t,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid C path and two valid timespecs.
+    let r = unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            [t, t].as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    assert_eq!(
+        r,
+        0,
+        "{}: utimensat: {}",
+        path.display(),
+        io::Error::last_os_error()
+    );
+}
+
+/// Sets a `user.*` extended attribute on `path`.
+fn set_xattr(path: &Path, name: &str, value: &[u8]) {
+    let c = CString::new(path.as_os_str().as_bytes()).unwrap();
+    let n = CString::new(name).unwrap();
+    // SAFETY: valid C strings and a buffer of the given length.
+    let r = unsafe {
+        libc::lsetxattr(
+            c.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    assert_eq!(
+        r,
+        0,
+        "{}: setxattr {name}: {}",
+        path.display(),
+        io::Error::last_os_error()
+    );
+}
+
+/// The root filesystem of one release of the pair (`new`: the second), as (path, entry,
+/// mtime, xattrs), in path order (parents first).
+fn delta_root(new: bool) -> Vec<GenItem> {
+    use GenEntry::*;
+    let v = if new {
+        DELTA_NEW_VERSION
+    } else {
+        DELTA_OLD_VERSION
+    };
+    let t = DELTA_MTIME;
+    let tn = if new { t + 86_400 } else { t };
+    let d = |mode| Dir { mode };
+    let f = |data: Vec<u8>, mode| File { data, mode };
+    let none = Vec::new;
+    let mut e: Vec<GenItem> = Vec::new();
+    e.push(("etc", d(0o755), t, none()));
+    let os_release = format!(
+        "NAME=\"Tails\"\nID=\"tails\"\nVERSION_ID=\"{v}\"\nTAILS_PRODUCT_NAME=\"Tails\"\n\
+         TAILS_VERSION_ID=\"{v}\"\n"
+    );
+    e.push((
+        "etc/os-release",
+        f(os_release.into_bytes(), 0o644),
+        tn,
+        none(),
+    ));
+    e.push(("etc/hostname", f(b"amnesia\n".to_vec(), 0o644), t, none()));
+    // lib/modules: the kernel ABI directory is renamed, its module changes a little.
+    e.push(("lib", d(0o755), t, none()));
+    e.push(("lib/modules", d(0o755), t, none()));
+    let ko = pseudo_random(300 << 10, 11);
+    let (abi, ko) = if new {
+        (
+            "lib/modules/6.1.0-28-amd64",
+            edited(&ko, &[4096, 150_000, 290_000], 24, 12),
+        )
+    } else {
+        ("lib/modules/6.1.0-26-amd64", ko)
+    };
+    let (abi_kernel, abi_ko, abi_order) = if new {
+        (
+            "lib/modules/6.1.0-28-amd64/kernel",
+            "lib/modules/6.1.0-28-amd64/kernel/foo.ko",
+            "lib/modules/6.1.0-28-amd64/modules.order",
+        )
+    } else {
+        (
+            "lib/modules/6.1.0-26-amd64/kernel",
+            "lib/modules/6.1.0-26-amd64/kernel/foo.ko",
+            "lib/modules/6.1.0-26-amd64/modules.order",
+        )
+    };
+    e.push((abi, d(0o755), tn, none()));
+    e.push((abi_kernel, d(0o755), tn, none()));
+    e.push((abi_ko, f(ko, 0o644), tn, none()));
+    e.push((abi_order, f(b"kernel/foo.ko\n".to_vec(), 0o644), tn, none()));
+    // opt/removed-dir: a directory the new release lacks (one whiteout).
+    if !new {
+        e.push(("opt", d(0o755), t, none()));
+        e.push(("opt/removed-dir", d(0o755), t, none()));
+        e.push(("opt/removed-dir/a", f(b"a\n".to_vec(), 0o644), t, none()));
+        e.push((
+            "opt/removed-dir/b",
+            f(pseudo_random(5000, 13), 0o644),
+            t,
+            none(),
+        ));
+    } else {
+        e.push(("opt", d(0o755), tn, none()));
+    }
+    e.push(("usr", d(0o755), t, none()));
+    e.push(("usr/bin", d(0o755), tn, none()));
+    // Hard links: both names of one changed file.
+    let hl = pseudo_random(120 << 10, 21);
+    let hl = if new {
+        edited(&hl, &[60_000], 16, 22)
+    } else {
+        hl
+    };
+    e.push(("usr/bin/hl-a", f(hl, 0o755), tn, none()));
+    e.push(("usr/bin/hl-b", Link("usr/bin/hl-a"), tn, none()));
+    // Metadata-only changes: the mode, and an xattr.
+    let mode_only = pseudo_random(100 << 10, 31);
+    e.push((
+        "usr/bin/mode-only",
+        f(mode_only, if new { 0o755 } else { 0o644 }),
+        t,
+        none(),
+    ));
+    let xattr_only = pseudo_random(90 << 10, 32);
+    let xa = if new {
+        vec![("user.note", b"added".to_vec())]
+    } else {
+        none()
+    };
+    e.push(("usr/bin/xattr-only", f(xattr_only, 0o644), t, xa));
+    if new {
+        e.push(("usr/bin/new-link", Symlink("tool-zstd"), tn, none()));
+    }
+    // A relocated table of addresses larger than one block (1 MiB): bsdiff's case.
+    let table = address_table(300 << 10, 41, if new { 0x1000 } else { 0 });
+    e.push(("usr/bin/tool-bsdiff", f(table, 0o755), tn, none()));
+    // A binary changed in a few places, with an xattr that changes: zstd's case.
+    let tool = pseudo_random(600 << 10, 51);
+    let tool = if new {
+        let mut t2 = edited(&tool, &[1000, 200_000, 400_000], 32, 52);
+        t2.splice(300_000..300_000, pseudo_random(200, 53));
+        t2
+    } else {
+        tool
+    };
+    let note = if new { b"v2".to_vec() } else { b"v1".to_vec() };
+    e.push((
+        "usr/bin/tool-zstd",
+        f(tool, 0o755),
+        tn,
+        vec![("user.note", note)],
+    ));
+    e.push(("usr/lib", d(0o755), t, none()));
+    e.push((
+        "usr/lib/x86_64-linux-gnu",
+        d(0o755),
+        tn,
+        vec![("user.dir", b"libs".to_vec())],
+    ));
+    // A versioned soname: libfoo.so.1.2.3 -> libfoo.so.1.2.4, libfoo.so.1 follows.
+    let lib = pseudo_random(400 << 10, 61);
+    let (lib_name, lib) = if new {
+        (
+            "usr/lib/x86_64-linux-gnu/libfoo.so.1.2.4",
+            edited(&lib, &[512, 100_000, 380_000], 20, 62),
+        )
+    } else {
+        ("usr/lib/x86_64-linux-gnu/libfoo.so.1.2.3", lib)
+    };
+    e.push((
+        "usr/lib/x86_64-linux-gnu/libfoo.so.1",
+        Symlink(if new {
+            "libfoo.so.1.2.4"
+        } else {
+            "libfoo.so.1.2.3"
+        }),
+        tn,
+        none(),
+    ));
+    e.push((lib_name, f(lib, 0o644), tn, none()));
+    e.push(("usr/share", d(0o755), tn, none()));
+    e.push(("usr/share/doc", d(0o755), tn, none()));
+    // A gzip file that changes: always carried whole.
+    let mut text = Vec::new();
+    for i in 0..4000 {
+        text.extend_from_slice(format!("{i:05} changelog entry {}\n", i * 7 % 13).as_bytes());
+    }
+    if new {
+        text.extend_from_slice(b"7.1: fixes\n");
+    }
+    e.push((
+        "usr/share/doc/changelog.gz",
+        f(gzip(&text), 0o644),
+        tn,
+        none(),
+    ));
+    if !new {
+        e.push((
+            "usr/share/doc/obsolete.txt",
+            f(b"removed in 7.1\n".to_vec(), 0o644),
+            t,
+            none(),
+        ));
+    }
+    // A file moved to another directory with the same content (copy from its old path).
+    let moved = pseudo_random(200 << 10, 71);
+    if new {
+        e.push(("usr/share/new-place", d(0o755), tn, none()));
+        e.push(("usr/share/new-place/data.bin", f(moved, 0o644), t, none()));
+        // A new file: whole, larger than one block.
+        e.push((
+            "usr/share/new-place/fresh.bin",
+            f(pseudo_random((1 << 20) + 70_000, 81), 0o644),
+            tn,
+            none(),
+        ));
+    } else {
+        e.push(("usr/share/old-place", d(0o755), t, none()));
+        e.push(("usr/share/old-place/data.bin", f(moved, 0o644), t, none()));
+    }
+    e.push((
+        "usr/share/unchanged",
+        f(pseudo_random(50_000, 91), 0o644),
+        t,
+        none(),
+    ));
+    e.sort_by(|a, b| a.0.cmp(b.0));
+    e
+}
+
+/// Makes one release of the pair in `dir` (an extracted-ISO layout: `live/filesystem.squashfs`
+/// by mksquashfs, kernel, initrd, boot-loader configurations naming them).
+fn make_delta_release(dir: &Path, new: bool) {
+    let v = if new {
+        DELTA_NEW_VERSION
+    } else {
+        DELTA_OLD_VERSION
+    };
+    let root = dir.parent().unwrap().join(format!(
+        "{}.root",
+        dir.file_name().unwrap().to_str().unwrap()
+    ));
+    fs::create_dir_all(&root).unwrap();
+    let entries = delta_root(new);
+    for (path, entry, _, xattrs) in &entries {
+        let p = root.join(path);
+        match entry {
+            GenEntry::Dir { mode } => {
+                fs::create_dir(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+                fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(*mode))
+                    .unwrap();
+            }
+            GenEntry::File { data, mode } => {
+                fs::write(&p, data).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+                fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(*mode))
+                    .unwrap();
+            }
+            GenEntry::Link(to) => fs::hard_link(root.join(to), &p).unwrap(),
+            GenEntry::Symlink(to) => std::os::unix::fs::symlink(to, &p).unwrap(),
+        }
+        for (n, value) in xattrs {
+            set_xattr(&p, n, value);
+        }
+    }
+    // Owners (root only): one file owned by another user in the new release.
+    if is_root() {
+        for (path, _, _, _) in &entries {
+            let owner = if new && *path == "usr/share/unchanged" {
+                1000
+            } else {
+                0
+            };
+            std::os::unix::fs::lchown(root.join(path), Some(owner), Some(owner)).unwrap();
+        }
+    }
+    // Mtimes last, children before their directories.
+    for (path, _, mtime, _) in entries.iter().rev() {
+        set_mtime(&root.join(path), *mtime);
+    }
+    set_mtime(&root, DELTA_MTIME);
+    fs::set_permissions(&root, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+
+    for d in ["live", "isolinux", "EFI/BOOT"] {
+        fs::create_dir_all(dir.join(d)).unwrap();
+    }
+    run_ok(
+        Command::new("mksquashfs")
+            .arg(&root)
+            .arg(dir.join("live/filesystem.squashfs"))
+            .args([
+                "-comp",
+                "xz",
+                "-Xbcj",
+                "x86",
+                "-b",
+                "1M",
+                "-noappend",
+                "-no-progress",
+            ])
+            .args(["-quiet", "-processors", "1", "-mkfs-time"])
+            .arg(DELTA_MTIME.to_string()),
+    );
+    let kernel_seed = if new { 102 } else { 101 };
+    fs::write(dir.join("live/vmlinuz"), pseudo_random(6000, kernel_seed)).unwrap();
+    fs::write(
+        dir.join("live/initrd.img"),
+        pseudo_random(8000, kernel_seed + 10),
+    )
+    .unwrap();
+    fs::write(dir.join("live/Tails.module"), b"filesystem.squashfs\n").unwrap();
+    fs::write(
+        dir.join("isolinux/isolinux.cfg"),
+        b"include /isolinux/menu.cfg\ndefault live\n",
+    )
+    .unwrap();
+    fs::write(
+        dir.join("isolinux/menu.cfg"),
+        format!(
+            "label live\n  menu label Tails {v}\n  kernel /live/vmlinuz\n  \
+             append initrd=/live/initrd.img boot=live module=Tails\n"
+        ),
+    )
+    .unwrap();
+    fs::write(
+        dir.join("EFI/BOOT/grub.cfg"),
+        format!(
+            "menuentry 'Tails {v}' {{\n  linux /live/vmlinuz boot=live module=Tails\n  \
+             initrd /live/initrd.img\n}}\n"
+        ),
+    )
+    .unwrap();
+}
+
+/// The generated pair of release directories (old, new) for binary-delta kits, made once per
+/// test process (needs mksquashfs and gzip; removed at exit with the fixture kits): their roots
+/// differ so that a FORMAT 3 kit of the pair holds every source kind — `copy` (a file moved to
+/// another directory, a mode-only and an xattr-only change), `zstd` (a 600 KiB binary changed
+/// in a few places, with a changed xattr), `bsdiff` (a 1.2 MiB table of relocated addresses,
+/// larger than one block), `whole` (a new file larger than one block; a changed gzip file) —
+/// and a renamed kernel ABI directory, a versioned soname, removed files and a removed
+/// directory (whiteouts), new and changed symlinks, a changed hard-link pair, xattrs on files and
+/// a directory, and (as root) a changed owner. Deterministic: fixed seeds, modes, mtimes and
+/// mkfs time. Read them; never change them.
+pub fn delta_pair() -> (PathBuf, PathBuf) {
+    static PAIR: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    PAIR.get_or_init(|| {
+        let root = KIT_DIR.get_or_init(|| {
+            let d = tempfile::Builder::new()
+                .prefix("iuk-e2e-kits-")
+                .tempdir()
+                .expect("a temporary directory for the fixture kits")
+                .keep();
+            // SAFETY: registers a function without arguments that only removes a directory.
+            unsafe { libc::atexit(remove_kit_dir) };
+            d
+        });
+        let base = root.join("delta-pair");
+        let old = base.join(format!("Tails-{DELTA_OLD_VERSION}"));
+        let new = base.join(format!("Tails-{DELTA_NEW_VERSION}"));
+        make_delta_release(&old, false);
+        make_delta_release(&new, true);
+        (old, new)
+    })
+    .clone()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1118,9 +1118,10 @@ fn default_output_name_in_the_working_directory() {
 
 const GOLDEN: &str = "golden-kits.sha256";
 
-/// The kits every golden file must cover: the four pairs with default parameters, and one pair
-/// with non-default parameters.
-const GOLDEN_CASES: [(&str, &str, &[&str]); 5] = [
+/// The kits every golden file must cover: the four pairs with default parameters, one pair
+/// with non-default parameters, and the FORMAT 3 kit of 6.9 → 6.10 (`--deltas`; the other pairs
+/// fall back to FORMAT 2 with the FORMAT 2 kit's bytes, tests/tests/deltas.rs checks that).
+const GOLDEN_CASES: [(&str, &str, &[&str]); 6] = [
     ("6.9", "6.10", &[]),
     ("6.10", "6.11", &[]),
     ("6.11", "6.11.1", &[]),
@@ -1137,6 +1138,7 @@ const GOLDEN_CASES: [(&str, &str, &[&str]); 5] = [
             "128K",
         ],
     ),
+    ("6.9", "6.10", &["--deltas"]),
 ];
 
 /// The header line of the golden file recording the writer format version its hashes are of.

@@ -5,6 +5,7 @@
 mod apply;
 mod bounded;
 mod build;
+mod deltas;
 mod docs;
 mod hostile;
 mod pack;

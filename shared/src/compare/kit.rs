@@ -54,6 +54,8 @@ pub(super) fn kit_sections(sa: &Side, ta: &Tree, sb: &Side, tb: &Tree, out: &mut
     }
     push_section(out, s);
 
+    recipe_sections(sa, ta, sb, tb, out);
+
     let layer_of = |c: &Option<Control>, r: &ControlBytes| -> Option<String> {
         if let Some(c) = c {
             return Some(c.layer_path());
@@ -224,6 +226,38 @@ fn layer_sections(
     let ia = nested(sa, ta, na, &na_path);
     let ib = nested(sb, tb, nb, &nb_path);
     match (ia, ib) {
+        (Ok(ia), Ok(ib)) => {
+            let ta = ia.archive.read_tree();
+            let tb = ib.archive.read_tree();
+            image_sections(&label, &ia, &ta.as_ref(), &ib, &tb.as_ref(), true, out);
+        }
+        (ia, ib) => {
+            let mut s = Section::new(label);
+            for (side, r) in [("A", &ia), ("B", &ib)] {
+                if let Err(e) = r {
+                    s.push(Difference::note(format!(
+                        "{side}: not a readable SquashFS image: {e}"
+                    )));
+                }
+            }
+            push_section(out, s);
+        }
+    }
+}
+
+/// FORMAT 3: when both kits carry a recipe image and its bytes differ, the two images compared
+/// as layers are (which entry's payload or metadata differs, where the bytes differ).
+fn recipe_sections(sa: &Side, ta: &Tree, sb: &Side, tb: &Tree, out: &mut Vec<Section>) {
+    let image = crate::delta::recipe::RECIPE_IMAGE;
+    let (Some(na), Some(nb)) = (ta.lookup(image.as_bytes()), tb.lookup(image.as_bytes())) else {
+        return;
+    };
+    let (fa, fb) = (file_sum(ta, na), file_sum(tb, nb));
+    if fa.size == fb.size && fa.sha256.is_ok() && fa.sha256 == fb.sha256 {
+        return;
+    }
+    let label = format!("recipe image {image}");
+    match (nested(sa, ta, na, image), nested(sb, tb, nb, image)) {
         (Ok(ia), Ok(ib)) => {
             let ta = ia.archive.read_tree();
             let tb = ib.archive.read_tree();
