@@ -35,6 +35,9 @@ pub enum DeltaError {
     /// A base file of the recipe is missing from the medium's stack or differs from the recipe.
     #[error("{0}")]
     Base(String),
+    /// A patched file could not be re-created as recorded.
+    #[error("{0}")]
+    Patch(String),
     /// Reading a file the recipe needs failed.
     #[error("{0}")]
     Read(String),

@@ -347,7 +347,7 @@ pub fn layer_tree(
     recipe_image: &Tree,
     recipe: &Recipe,
     base: &dyn Fn(&str) -> Option<Content>,
-) -> Result<Tree, DeltaError> {
+) -> Result<LayerTree, DeltaError> {
     let bad = |m: String| DeltaError::Recipe(m);
     let mut records: BTreeMap<&str, &RecipeFile> = BTreeMap::new();
     for f in &recipe.files {
@@ -355,6 +355,7 @@ pub fn layer_tree(
     }
     let paths = file_paths(recipe_image);
     let mut t = recipe_image.clone();
+    let mut patched = Vec::new();
     let mut used = 0usize;
     for (i, path) in paths.iter().enumerate() {
         let Some(path) = path else { continue };
@@ -403,16 +404,18 @@ pub fn layer_tree(
                         payload.size, b.size, rec.size
                     )));
                 }
+                let source = Arc::new(PatchedSource {
+                    path: path.clone(),
+                    kind,
+                    patch: payload.clone(),
+                    base: b,
+                    size: rec.size,
+                    sha256: sha,
+                });
+                patched.push(Arc::clone(&source));
                 Content {
                     size: rec.size,
-                    source: Arc::new(PatchedSource {
-                        path: path.clone(),
-                        kind,
-                        patch: payload.clone(),
-                        base: b,
-                        size: rec.size,
-                        sha256: sha,
-                    }),
+                    source,
                 }
             }
             (kind, None) => {
@@ -436,8 +439,41 @@ pub fn layer_tree(
             "{missing}: a record names no regular file of the recipe image"
         )));
     }
-    Ok(t)
+    Ok(LayerTree { tree: t, patched })
 }
+
+/// The layer's tree as [`layer_tree`] makes it, with the files it re-creates from patches.
+pub struct LayerTree {
+    /// The layer's tree.
+    pub tree: Tree,
+    /// Every file re-created from a patch (also reachable through `tree`).
+    pub patched: Vec<Arc<PatchedSource>>,
+}
+
+impl LayerTree {
+    /// Re-creates every patched file once and checks its size and sha256, before anything is
+    /// written (the writer re-creates each again when it reads it). Files whose base and output
+    /// together are at most [`PARALLEL_RECREATE_MAX`] run in parallel, larger ones one at a
+    /// time, so memory stays within about twice [`MAX_PATCH_INPUT`]. `done` gets bytes made.
+    pub fn check_patches(&self, done: &(dyn Fn(u64) + Sync)) -> Result<(), DeltaError> {
+        use rayon::prelude::*;
+        let (small, large): (Vec<_>, Vec<_>) = self
+            .patched
+            .iter()
+            .partition(|p| p.base.size.saturating_add(p.size) <= PARALLEL_RECREATE_MAX);
+        let one = |p: &&Arc<PatchedSource>| -> Result<(), DeltaError> {
+            p.recreate().map_err(|e| DeltaError::Patch(e.to_string()))?;
+            done(p.size);
+            Ok(())
+        };
+        small.par_iter().try_for_each(one)?;
+        large.iter().try_for_each(one)
+    }
+}
+
+/// Patched files whose base and output together are at most this large are re-created in
+/// parallel by [`LayerTree::check_patches`].
+pub const PARALLEL_RECREATE_MAX: u64 = 32 << 20;
 
 fn parse_sha(s: &str, path: &str) -> Result<[u8; 32], DeltaError> {
     let mut out = [0u8; 32];
@@ -613,6 +649,8 @@ mod tests {
         };
         r.check_bases(&base, &|_| {}).unwrap();
         let back = layer_tree(&image, &r, &base).unwrap();
+        back.check_patches(&|_| {}).unwrap();
+        let back = back.tree;
         for (id, want) in [(ia, &new_a), (ib, &moved), (ic, &fresh)] {
             let InodeKind::File(c) = &back.inode(id).kind else {
                 panic!()
@@ -654,6 +692,9 @@ mod tests {
         .unwrap();
         let o = old.clone();
         let back = layer_tree(&image, &r, &move |_| Some(Content::from_bytes(o.clone()))).unwrap();
+        let e = back.check_patches(&|_| {}).unwrap_err();
+        assert!(e.to_string().contains("f: "), "{e}");
+        let back = back.tree;
         let InodeKind::File(c) = &back.inode(i).kind else {
             panic!()
         };
@@ -685,16 +726,16 @@ mod tests {
         file(&mut layer, b"f", b"x");
         let none = |_: &str| None;
         let r = recipe(vec![]);
-        let e = layer_tree(&layer, &r, &none).unwrap_err();
+        let e = layer_tree(&layer, &r, &none).err().unwrap();
         assert!(e.to_string().contains("has no record"), "{e}");
         let r = recipe(vec![
             rec("f", b"x", SourceKind::Whole, None),
             rec("g", b"x", SourceKind::Whole, None),
         ]);
-        let e = layer_tree(&layer, &r, &none).unwrap_err();
+        let e = layer_tree(&layer, &r, &none).err().unwrap();
         assert!(e.to_string().contains("g: a record names no"), "{e}");
         let r = recipe(vec![rec("f", b"xy", SourceKind::Whole, None)]);
-        let e = layer_tree(&layer, &r, &none).unwrap_err();
+        let e = layer_tree(&layer, &r, &none).err().unwrap();
         assert!(e.to_string().contains("holds 1 bytes"), "{e}");
     }
 

@@ -4,7 +4,9 @@
 //! Before any write ([`prepare`]): the stack the kit applies to (stacking: the base and every
 //! layer; cumulative: the base alone) is read with our own reader, every base file the recipe
 //! names is hashed and compared with control.yml, the recipe image's tree is turned into the
-//! layer's tree ([`crate::delta::recipe::layer_tree`]). In step 2 ([`write_layer`]) the layer is
+//! layer's tree ([`crate::delta::recipe::layer_tree`]) and every patched file is re-created
+//! once and its sha256 checked, so a damaged patch is refused by `check` and before `apply`
+//! writes anything. In step 2 ([`write_layer`]) the layer is
 //! written at its final name through the medium's one mutating interface with the layer's
 //! parameters (blocks copied from the kit's recipe image and from the stack's own images where
 //! block sources allow; every patched file re-created and sha256-checked as it is read); then
@@ -140,7 +142,18 @@ pub fn prepare(
     let archive =
         Archive::from_image(image, kit_image_name()).map_err(|e| bad_kit(e.to_string()))?;
     let recipe_tree = archive.read_tree().map_err(|e| bad_kit(e.to_string()))?;
-    let tree = layer_tree(&recipe_tree, &kit.recipe, &base).map_err(|e| bad_kit(e.to_string()))?;
+    let layer = layer_tree(&recipe_tree, &kit.recipe, &base).map_err(|e| bad_kit(e.to_string()))?;
+    // Every patch is applied once before anything is written: a damaged patch is refused by
+    // `check` too, and an apply never starts a layer it cannot finish.
+    let total: u64 = layer.patched.iter().map(|p| p.size).sum();
+    progress.phase("checking patches", total);
+    let made = std::sync::atomic::AtomicU64::new(0);
+    layer
+        .check_patches(&|n| {
+            progress.position(made.fetch_add(n, std::sync::atomic::Ordering::Relaxed) + n)
+        })
+        .map_err(|e| bad_kit(format!("{}: {e}", kit_image_name())))?;
+    let tree = layer.tree;
     let jobs = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut params = kit
         .params
