@@ -225,6 +225,17 @@ fn layer_sections(
     let nb_path = format!("overlay/{lb}");
     let ia = nested(sa, ta, na, &na_path);
     let ib = nested(sb, tb, nb, &nb_path);
+    nested_sections(label, ia, ib, out);
+}
+
+/// Two images nested in the kits compared as layers are, or a note for each side that is not a
+/// readable SquashFS image.
+fn nested_sections(
+    label: String,
+    ia: Result<Side, String>,
+    ib: Result<Side, String>,
+    out: &mut Vec<Section>,
+) {
     match (ia, ib) {
         (Ok(ia), Ok(ib)) => {
             let ta = ia.archive.read_tree();
@@ -257,24 +268,12 @@ fn recipe_sections(sa: &Side, ta: &Tree, sb: &Side, tb: &Tree, out: &mut Vec<Sec
         return;
     }
     let label = format!("recipe image {image}");
-    match (nested(sa, ta, na, image), nested(sb, tb, nb, image)) {
-        (Ok(ia), Ok(ib)) => {
-            let ta = ia.archive.read_tree();
-            let tb = ib.archive.read_tree();
-            image_sections(&label, &ia, &ta.as_ref(), &ib, &tb.as_ref(), true, out);
-        }
-        (ia, ib) => {
-            let mut s = Section::new(label);
-            for (side, r) in [("A", &ia), ("B", &ib)] {
-                if let Err(e) = r {
-                    s.push(Difference::note(format!(
-                        "{side}: not a readable SquashFS image: {e}"
-                    )));
-                }
-            }
-            push_section(out, s);
-        }
-    }
+    nested_sections(
+        label,
+        nested(sa, ta, na, image),
+        nested(sb, tb, nb, image),
+        out,
+    );
 }
 
 /// Every file under `overlay/`, by path relative to it.
