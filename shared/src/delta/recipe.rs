@@ -213,6 +213,11 @@ impl Recipe {
         Ok(())
     }
 
+    /// The layer tree digest as bytes.
+    pub fn layer_digest(&self) -> Result<[u8; 32], DeltaError> {
+        parse_sha(&self.layer_tree_digest, "layer-tree-digest")
+    }
+
     /// Files and bytes per source kind, in [`SourceKind::ALL`] order.
     pub fn totals(&self) -> Vec<(SourceKind, KindTotals)> {
         SourceKind::ALL

@@ -324,7 +324,12 @@ pub fn plan(
     let layer = match &c.layer_source {
         KitLayer::Image(content, sha) => LayerWrite::Copy(content.clone(), *sha),
         KitLayer::Recipe(r) => LayerWrite::Rebuild(Box::new(rebuild::prepare(
-            medium, &state, model, r, &bad_kit, progress,
+            medium,
+            &state,
+            model == Model::Stacking,
+            r,
+            &bad_kit,
+            progress,
         )?)),
     };
     let writes = boot_writes(medium, &state, &c, &bad_kit)?;

@@ -22,7 +22,6 @@ use std::io::{self, Seek, SeekFrom, Write};
 use std::path::Path;
 
 use super::fsops::{Handle, MediumFs};
-use super::plan::Model;
 use super::stack::{open_image, read_image_tree};
 use super::state::State;
 use super::{io_err, refuse, Medium, MediumError, BASE};
@@ -82,13 +81,14 @@ impl LayerWrite {
     }
 }
 
-/// The merged tree of the images the kit applies to (see the module doc).
-fn applied_to(medium: &Medium, state: &State, model: Model) -> Result<Tree, MediumError> {
+/// The merged tree of the images the kit applies to: the base, and with `stacking` every layer
+/// above it (see the module doc).
+fn applied_to(medium: &Medium, state: &State, stacking: bool) -> Result<Tree, MediumError> {
     let base = medium
         .find(BASE)?
         .ok_or_else(|| refuse(format!("{}: no {BASE}", medium.root.display())))?;
     let mut tree = read_image_tree(medium, &base)?;
-    if model == Model::Stacking {
+    if stacking {
         for l in &state.layers {
             let rel = format!("live/{}.squashfs", l.name);
             let p = medium
@@ -101,17 +101,18 @@ fn applied_to(medium: &Medium, state: &State, model: Model) -> Result<Tree, Medi
     Ok(tree)
 }
 
-/// Step 1 for a FORMAT 3 kit: reads the stack the kit applies to, checks every base file of the
-/// recipe, and makes the layer's tree. `bad_kit` words refusals about the kit.
+/// Step 1 for a FORMAT 3 kit: reads the stack the kit applies to (`stacking`: the base and every
+/// layer; otherwise, a cumulative kit: the base alone), checks every base file of the recipe,
+/// and makes the layer's tree. `bad_kit` words refusals about the kit.
 pub fn prepare(
     medium: &Medium,
     state: &State,
-    model: Model,
+    stacking: bool,
     kit: &RecipeKit,
     bad_kit: &dyn Fn(String) -> MediumError,
     progress: &dyn Progress,
 ) -> Result<Rebuild, MediumError> {
-    let stack = applied_to(medium, state, model)?;
+    let stack = applied_to(medium, state, stacking)?;
     let base = |path: &str| -> Option<Content> {
         let n = stack.lookup(path.as_bytes())?;
         match &stack.node_inode(n).kind {
@@ -160,10 +161,10 @@ pub fn prepare(
         .to_writer(jobs)
         .map_err(|e| bad_kit(e.to_string()))?;
     params.exportable = false;
-    let digest = crate::medium::proposal::parse_hex(
-        &kit.recipe.layer_tree_digest,
-        "control.yml recipe layer-tree-digest",
-    )?;
+    let digest = kit
+        .recipe
+        .layer_digest()
+        .map_err(|e| bad_kit(format!("control.yml: {e}")))?;
     Ok(Rebuild {
         tree,
         params,
