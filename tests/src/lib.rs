@@ -816,6 +816,21 @@ pub fn fixture_kit_at(from: &str, to: &str, epoch: u32, args: &[&str]) -> PathBu
     )
 }
 
+/// The process-wide temporary directory of the shared fixture kits and pairs, made on first use
+/// and removed when the process exits.
+fn kit_dir() -> &'static PathBuf {
+    KIT_DIR.get_or_init(|| {
+        let d = tempfile::Builder::new()
+            .prefix("iuk-e2e-kits-")
+            .tempdir()
+            .expect("a temporary directory for the fixture kits")
+            .keep();
+        // SAFETY: registers a function without arguments that only removes a directory.
+        unsafe { libc::atexit(remove_kit_dir) };
+        d
+    })
+}
+
 /// The kit `iuk-build build --old Tails-FROM.iso --new Tails-TO.iso --out OUT ARGS` of the
 /// fixture ISOs (SOURCE_DATE_EPOCH removed, so pass `--source-date-epoch=…` in `args`), built
 /// once per test process and shared by every test that asks for the same (from, to, args):
@@ -839,16 +854,7 @@ pub fn fixture_kit(from: &str, to: &str, args: &[&str]) -> PathBuf {
             .or_default(),
     );
     slot.get_or_init(|| {
-        let root = KIT_DIR.get_or_init(|| {
-            let d = tempfile::Builder::new()
-                .prefix("iuk-e2e-kits-")
-                .tempdir()
-                .expect("a temporary directory for the fixture kits")
-                .keep();
-            // SAFETY: registers a function without arguments that only removes a directory.
-            unsafe { libc::atexit(remove_kit_dir) };
-            d
-        });
+        let root = kit_dir();
         let dir = root.join(BUILT.fetch_add(1, Ordering::Relaxed).to_string());
         fs::create_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
         let out = dir.join(format!("Tails_amd64_{from}_to_{to}.iuk"));
@@ -1651,16 +1657,7 @@ fn make_delta_release(dir: &Path, new: bool) {
 pub fn delta_pair() -> (PathBuf, PathBuf) {
     static PAIR: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
     PAIR.get_or_init(|| {
-        let root = KIT_DIR.get_or_init(|| {
-            let d = tempfile::Builder::new()
-                .prefix("iuk-e2e-kits-")
-                .tempdir()
-                .expect("a temporary directory for the fixture kits")
-                .keep();
-            // SAFETY: registers a function without arguments that only removes a directory.
-            unsafe { libc::atexit(remove_kit_dir) };
-            d
-        });
+        let root = kit_dir();
         let base = root.join("delta-pair");
         let old = base.join(format!("Tails-{DELTA_OLD_VERSION}"));
         let new = base.join(format!("Tails-{DELTA_NEW_VERSION}"));
