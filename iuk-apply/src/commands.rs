@@ -155,6 +155,9 @@ pub struct KitArgs {
     /// metadata block of the kit's layer
     #[arg(long)]
     deep: bool,
+    /// Print each phase's wall time on stderr (`iuk-apply: timing: <phase> <seconds> s`)
+    #[arg(long)]
+    timings: bool,
     /// Print the result as JSON
     #[arg(long)]
     json: bool,
@@ -423,7 +426,12 @@ impl KitArgs {
 fn check_cmd(a: KitArgs) -> Result<()> {
     let m = Medium::new(&a.medium);
     let opts = a.options()?;
-    let plan = plan::plan(&m, &a.kit, &opts, &Bars::new("iuk-apply"))?;
+    let plan = plan::plan(
+        &m,
+        &a.kit,
+        &opts,
+        &Bars::with_timings("iuk-apply", a.timings),
+    )?;
     for w in &plan.warnings {
         eprintln!("iuk-apply: warning: {w}");
     }
@@ -474,7 +482,7 @@ fn apply_cmd(a: KitArgs) -> Result<()> {
     let opts = a.options()?;
     let _lock = m.lock()?;
     recover_first(&m)?;
-    let bar = Bars::new("iuk-apply");
+    let bar = Bars::with_timings("iuk-apply", a.timings);
     let plan = plan::plan(&m, &a.kit, &opts, &bar)?;
     for w in &plan.warnings {
         eprintln!("iuk-apply: warning: {w}");

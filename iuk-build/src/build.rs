@@ -100,6 +100,9 @@ pub struct BuildArgs {
     /// build time (patch trials) and up to about 1 GiB of memory on large files
     #[arg(long)]
     pub deltas: bool,
+    /// Print each phase's wall time on stderr (`iuk-build: timing: <phase> <seconds> s`)
+    #[arg(long)]
+    pub timings: bool,
     /// Print the summary as JSON on stdout (with --udf: {"kits": [...], "udfs": [...]})
     #[arg(long)]
     pub json: bool,
@@ -149,7 +152,7 @@ pub fn run(a: BuildArgs) -> Result<()> {
         sort_text: w.sort_text,
         deltas: a.deltas,
     };
-    let bars = Bars::new("iuk-build");
+    let bars = Bars::with_timings("iuk-build", a.timings);
     let reports = build_batch(&olds, &a.new, a.out_dir.as_deref(), &opts, &bars);
     bars.finish();
     let reports = reports?;

@@ -4,6 +4,7 @@
 
 use std::io::IsTerminal;
 use std::sync::Mutex;
+use std::time::Instant;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -48,12 +49,14 @@ pub fn bytes_bar(total: u64, what: &str) -> ProgressBar {
 
 /// The terminal view of [`Progress`]: one bar per phase and, for a batch, an overall line of
 /// items done (only on a TTY), warnings printed above them as `<program>: warning: <message>`.
-/// The bars are cleared when dropped.
+/// The bars are cleared when dropped. With timings on, each phase's wall time is printed when
+/// it ends (`<program>: timing: <phase> <seconds> s`), on a terminal or not.
 pub struct Bars {
     program: &'static str,
     multi: MultiProgress,
     bar: Mutex<Option<ProgressBar>>,
     overall: Mutex<Option<ProgressBar>>,
+    timings: Option<Mutex<Option<(String, Instant)>>>,
 }
 
 impl Bars {
@@ -69,11 +72,37 @@ impl Bars {
             multi,
             bar: Mutex::new(None),
             overall: Mutex::new(None),
+            timings: None,
         }
     }
 
-    /// Clears the bars.
+    /// Progress of `program` that also prints each phase's wall time when `timings` is true.
+    pub fn with_timings(program: &'static str, timings: bool) -> Bars {
+        let mut bars = Bars::new(program);
+        if timings {
+            bars.timings = Some(Mutex::new(None));
+        }
+        bars
+    }
+
+    /// Ends the timed phase (if any) and starts timing `next` (none: nothing more to time).
+    fn time_phase(&self, next: Option<&str>) {
+        let Some(t) = &self.timings else { return };
+        let Ok(mut t) = t.lock() else { return };
+        if let Some((name, start)) = t.take() {
+            let line = format!(
+                "{}: timing: {name} {:.2} s",
+                self.program,
+                start.elapsed().as_secs_f64()
+            );
+            self.multi.suspend(|| eprintln!("{line}"));
+        }
+        *t = next.map(|n| (n.to_string(), Instant::now()));
+    }
+
+    /// Clears the bars (and ends the timed phase).
     pub fn finish(&self) {
+        self.time_phase(None);
         for m in [&self.bar, &self.overall] {
             if let Ok(mut b) = m.lock() {
                 if let Some(b) = b.take() {
@@ -107,6 +136,7 @@ impl Drop for Bars {
 
 impl Progress for Bars {
     fn phase(&self, name: &str, total: u64) {
+        self.time_phase(Some(name));
         if let Ok(mut b) = self.bar.lock() {
             if let Some(old) = b.take() {
                 old.finish_and_clear();

@@ -1686,6 +1686,42 @@ fn directory_inputs_give_the_same_kit_but_null_iso_hashes() {
     }
 }
 
+/// `--timings` prints every phase's wall time on stderr, one line each, and changes no byte.
+#[test]
+fn timings_name_every_phase_and_change_nothing() {
+    let t = tmpdir();
+    let out = t.path().join("timed.iuk");
+    let r = build_kit(&iso("6.9"), &iso("6.10"), &out, &["--timings"]);
+    let stderr = &r.stderr;
+    let phases: Vec<&str> = stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("iuk-build: timing: "))
+        .collect();
+    for want in [
+        "hashing",
+        "hashing old",
+        "compressing",
+        "verifying",
+        "writing kit",
+    ] {
+        let line = phases
+            .iter()
+            .find(|p| {
+                p.strip_prefix(want).is_some_and(|r| {
+                    r.starts_with(' ') && r[1..].starts_with(|c: char| c.is_ascii_digit())
+                })
+            })
+            .unwrap_or_else(|| panic!("no timing of phase {want:?}: {stderr}"));
+        let secs = line[want.len()..].trim().trim_end_matches(" s");
+        assert!(secs.parse::<f64>().is_ok_and(|s| s >= 0.0), "{line}");
+    }
+    assert_eq!(
+        sha256_file(&out),
+        sha256_file(&build_pair("6.9", "6.10", &[])),
+        "--timings changed the kit"
+    );
+}
+
 // ------------------------------------------------------------------------------------------------
 // 7. --json
 
