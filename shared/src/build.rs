@@ -31,6 +31,7 @@ use crate::output::{write_new_file, OutputError};
 use crate::progress::Progress;
 use crate::release::{self, hex_opt, Release, ReleaseError};
 use crate::squashfs::archive::Archive;
+use crate::squashfs::blocks::BlockCache;
 use crate::squashfs::write::{write_image, WriteReport, WriterParams, WRITER_FORMAT_VERSION};
 use crate::squashfs::SqfsError;
 use crate::tree::{hex, Content, Tree, TreeError};
@@ -314,6 +315,15 @@ pub fn build_batch(
     let new_side = NewSide::read(new, &new_fs, new_tree, kits.len(), progress)?;
     let mut reports = Vec::with_capacity(kits.len());
     let count = kits.len();
+    // The kits of a batch share most fragment blocks and boot files: each is compressed once.
+    let mut batch_opts;
+    let opts = if count > 1 {
+        batch_opts = opts.clone();
+        batch_opts.layer.cache = Some(Arc::new(BlockCache::new(BlockCache::DEFAULT_CAP)));
+        &batch_opts
+    } else {
+        opts
+    };
     for (k, (old, old_tree, names)) in kits.into_iter().enumerate() {
         progress.items(k as u64, count as u64);
         let steps = KitSteps {
@@ -576,7 +586,7 @@ impl KitSteps<'_> {
             &control,
             &files,
             recipe_image,
-            opts.layer.jobs,
+            (opts.layer.jobs, opts.layer.cache.clone()),
             progress,
         )?;
 
@@ -973,15 +983,16 @@ fn write_kit(
     control: &Control,
     files: &[OverlayFile],
     recipe_image: Option<Content>,
-    jobs: usize,
+    (jobs, cache): (usize, Option<Arc<BlockCache>>),
     progress: &dyn Progress,
 ) -> Result<[u8; 32], BuildError> {
     let kit_tree = kit::container_tree_with(control, files, recipe_image)?;
-    let params = kit::container_params(
+    let mut params = kit::container_params(
         control.layer_params.source_date_epoch,
         jobs,
         &control.stored_path(),
     );
+    params.cache = cache;
     write_new_file(out, |f| -> Result<[u8; 32], BuildError> {
         let io = |e: std::io::Error| OutputError::Io {
             path: out.to_path_buf(),

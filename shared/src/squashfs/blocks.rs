@@ -19,11 +19,17 @@
 //! parameters, never of timing or the number of threads). The producer still reads (decodes) and
 //! hashes the file as usual (dedup, "changed while read" check); each copied block is checked on
 //! the pool to decode to exactly those bytes before the emitter writes it.
+//!
+//! A [`BlockCache`] shared by the images of one run (the kits of a batch) remembers what each
+//! block compressed to: a block whose bytes and compressor equal one compressed before takes that
+//! result instead of being compressed again. Compression is a pure function of the bytes and the
+//! compressor, so the cache never changes the output, only the time.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
+use std::sync::Mutex;
 
 use sha2::{Digest, Sha256};
 
@@ -68,6 +74,86 @@ pub struct BlockParams<'a> {
     pub stored_paths: &'a [Vec<u8>],
     /// Compression threads. Never changes the output bytes.
     pub jobs: usize,
+    /// Compressed blocks remembered across the images of a run. Never changes the output bytes.
+    pub cache: Option<&'a BlockCache>,
+}
+
+/// A [`BlockCache`]'s entries: (compressor, sha256 of the block) → compressed bytes.
+type CacheMap = HashMap<(Compressor, [u8; 32]), Option<Vec<u8>>>;
+
+/// What blocks compressed to, remembered across the images one run writes (the kits of a batch
+/// share most fragment blocks and boot files): keyed by compressor and the sha256 of the
+/// uncompressed bytes, holding the compressed bytes (`None`: the block did not shrink). Entries
+/// are added until their bytes reach the cap, then only looked up. Output bytes never depend
+/// on it (compression is deterministic); only time does.
+pub struct BlockCache {
+    entries: Mutex<CacheMap>,
+    bytes: AtomicU64,
+    cap: u64,
+    hits: AtomicU64,
+}
+
+impl std::fmt::Debug for BlockCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlockCache")
+            .field("bytes", &self.bytes.load(Ordering::Relaxed))
+            .field("cap", &self.cap)
+            .field("hits", &self.hits.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl BlockCache {
+    /// The cap of a batch build's cache: with the build's own memory, well under 1 GiB.
+    pub const DEFAULT_CAP: u64 = 256 << 20;
+
+    /// An empty cache holding at most `cap` bytes of blocks.
+    pub fn new(cap: u64) -> BlockCache {
+        BlockCache {
+            entries: Mutex::new(HashMap::new()),
+            bytes: AtomicU64::new(0),
+            cap,
+            hits: AtomicU64::new(0),
+        }
+    }
+
+    /// Blocks taken from the cache instead of compressed so far.
+    pub fn hits(&self) -> u64 {
+        self.hits.load(Ordering::Relaxed)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, CacheMap> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `compressor.compress(data)`, taken from the cache when the same bytes were compressed
+    /// with the same compressor before.
+    pub fn compress(&self, compressor: &Compressor, data: &[u8]) -> Result<Option<Vec<u8>>> {
+        let key = (compressor.clone(), <[u8; 32]>::from(Sha256::digest(data)));
+        if let Some(z) = self.lock().get(&key) {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(z.clone());
+        }
+        let z = compressor.compress(data)?;
+        let len = z.as_ref().map_or(0, Vec::len) as u64 + 64;
+        if self.bytes.load(Ordering::Relaxed) + len <= self.cap {
+            self.bytes.fetch_add(len, Ordering::Relaxed);
+            self.lock().insert(key, z.clone());
+        }
+        Ok(z)
+    }
+}
+
+/// `compressor.compress(data)`, through `cache` when there is one.
+fn compress_block(
+    compressor: &Compressor,
+    cache: Option<&BlockCache>,
+    data: &[u8],
+) -> Result<Option<Vec<u8>>> {
+    match cache {
+        Some(c) => c.compress(compressor, data),
+        None => compressor.compress(data),
+    }
 }
 
 /// Where one file's data ended up (what its inode records).
@@ -182,10 +268,10 @@ enum Origin {
 
 impl Payload {
     /// Compresses (or passes through) the payload.
-    fn finish(self, compressor: &Compressor) -> Result<Stored> {
+    fn finish(self, compressor: &Compressor, cache: Option<&BlockCache>) -> Result<Stored> {
         let (bytes, compressed, sparse_len, origin) = match self {
             Payload::Sparse(len) => (Vec::new(), false, len, Origin::Stored),
-            Payload::Data(d) => match compressor.compress(&d)? {
+            Payload::Data(d) => match compress_block(compressor, cache, &d)? {
                 Some(z) => (z, true, 0, Origin::Compressed),
                 None => (d, false, 0, Origin::Compressed),
             },
@@ -310,6 +396,7 @@ pub fn write_data<W: Write>(
                     tokens: &token_rx,
                     done: done_tx,
                     compressor: params.compressor,
+                    cache: params.cache,
                     stop: stop_ref,
                     seq: 0,
                 };
@@ -393,6 +480,7 @@ struct Submitter<'s, 'scope> {
     tokens: &'s Receiver<()>,
     done: Sender<Msg>,
     compressor: &'scope Compressor,
+    cache: Option<&'scope BlockCache>,
     stop: &'s AtomicBool,
     /// Jobs submitted so far (the next job's sequence number).
     seq: u64,
@@ -415,10 +503,10 @@ impl Submitter<'_, '_> {
         let seq = self.seq;
         self.seq += 1;
         let done = self.done.clone();
-        let compressor = self.compressor;
+        let (compressor, cache) = (self.compressor, self.cache);
         self.scope.spawn(move |_| {
             let BlockJob { target, payload } = job;
-            let stored = payload.finish(compressor);
+            let stored = payload.finish(compressor, cache);
             let _ = done.send(Msg::Done(Finished {
                 seq,
                 target,
@@ -607,16 +695,18 @@ impl<'a> Producer<'a> {
             DataCompression::All => Payload::Data(block),
             DataCompression::None if short_last => Payload::Data(block),
             DataCompression::None => Payload::Stored(block),
-            DataCompression::Probe => match self.params.compressor.compress(&block)? {
-                Some(z) => {
-                    *mode = DataCompression::All;
-                    Payload::Packed(z)
+            DataCompression::Probe => {
+                match compress_block(self.params.compressor, self.params.cache, &block)? {
+                    Some(z) => {
+                        *mode = DataCompression::All;
+                        Payload::Packed(z)
+                    }
+                    None => {
+                        *mode = DataCompression::None;
+                        Payload::Stored(block)
+                    }
                 }
-                None => {
-                    *mode = DataCompression::None;
-                    Payload::Stored(block)
-                }
-            },
+            }
         })
     }
 
@@ -1083,6 +1173,29 @@ mod tests {
             ("d1", text(2 * BS + 5, 6)),
             ("d2", text(2 * BS + 5, 6)),
         ])
+    }
+
+    #[test]
+    fn a_shared_cache_changes_no_byte_and_compresses_repeated_blocks_once() {
+        let p = params(xz(6, BS as u32, true), BS, 2);
+        let other = tree_of(&[("a", text(3 * BS + 17, 4)), ("z", text(BS + 9, 11))]);
+        let alone = [write(&sample(), &p).0, write(&other, &p).0];
+        let mut shared = p.clone();
+        let cache = Arc::new(BlockCache::new(BlockCache::DEFAULT_CAP));
+        shared.cache = Some(cache.clone());
+        let first = write(&sample(), &shared).0;
+        assert_eq!(cache.hits(), 0, "one image repeats no block it compresses");
+        let second = write(&other, &shared).0;
+        assert_eq!([first, second], alone, "the cache changed the bytes");
+        // `a`'s three full blocks were compressed for the first image.
+        assert_eq!(cache.hits(), 3);
+        // A cache full at once only looks up: same bytes, nothing remembered.
+        let mut tiny = p.clone();
+        let empty = Arc::new(BlockCache::new(0));
+        tiny.cache = Some(empty.clone());
+        assert_eq!(write(&sample(), &tiny).0, alone[0]);
+        assert_eq!(write(&sample(), &tiny).0, alone[0]);
+        assert_eq!(empty.hits(), 0);
     }
 
     #[test]

@@ -35,7 +35,7 @@ pub mod id {
 pub const XZ_FILTER_X86: u32 = 1;
 
 /// A compressor with all the settings that shape its output bytes.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Compressor {
     /// zlib at `level` (1..=9), window 2^15.
     Gzip {

@@ -33,7 +33,7 @@
 use std::collections::HashMap;
 use std::io::{Seek, SeekFrom, Write};
 
-use super::blocks::{self, BlockParams, FileData};
+use super::blocks::{self, BlockCache, BlockParams, FileData};
 use super::compress::Compressor;
 use super::dir::{self, DirEntry};
 use super::inode::{self, DiskInode, InodeBody, InodeHeader};
@@ -77,6 +77,9 @@ pub struct WriterParams {
     pub sort: SortFile,
     /// Compression threads. Never changes the output bytes.
     pub jobs: usize,
+    /// Compressed blocks shared with the other images of a run (the kits of a batch). Never
+    /// changes the output bytes.
+    pub cache: Option<std::sync::Arc<BlockCache>>,
 }
 
 impl WriterParams {
@@ -92,6 +95,7 @@ impl WriterParams {
             exportable: true,
             sort: SortFile::default(),
             jobs: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            cache: None,
         }
     }
 
@@ -165,6 +169,7 @@ pub fn write_image<W: Write + Seek>(
         data: params.data,
         stored_paths: &params.stored_paths,
         jobs: params.jobs,
+        cache: params.cache.as_deref(),
     };
     let data = blocks::write_data(tree, &order, &block_params, out, start, progress)?;
     let mut file_data: HashMap<InodeId, &FileData> = HashMap::with_capacity(order.len());
