@@ -324,6 +324,9 @@ pub fn build_batch(
     } else {
         opts
     };
+    // Old roots hashed so far: a later old release's files stored as in an earlier one are
+    // not decoded again.
+    let mut earlier: Vec<HashedTree> = Vec::new();
     for (k, (old, old_tree, names)) in kits.into_iter().enumerate() {
         progress.items(k as u64, count as u64);
         let steps = KitSteps {
@@ -335,9 +338,12 @@ pub fn build_batch(
             opts,
             progress,
         };
-        let mut report = steps.build(&old, old_tree, &new_side, &names)?;
+        let (mut report, old_root) = steps.build(&old, old_tree, &new_side, &names, &earlier)?;
         report.seconds = start.elapsed().as_secs_f64();
         reports.push(report);
+        if k + 1 < count {
+            earlier.push(old_root);
+        }
     }
     progress.items(count as u64, count as u64);
     Ok(reports)
@@ -454,20 +460,24 @@ impl KitSteps<'_> {
         self.progress.phase(&format!("{}{name}", self.label), total);
     }
 
-    /// Builds the kit upgrading `old` to the new release (steps 2–6).
+    /// Builds the kit upgrading `old` to the new release (steps 2–6); returns its report and
+    /// the hashed old root. `earlier` are the old roots of the batch hashed before this one.
     fn build(
         &self,
         old: &Release,
         old_tree: Tree,
         new: &NewSide,
         names: &Names,
-    ) -> Result<BuildReport, BuildError> {
+        earlier: &[HashedTree],
+    ) -> Result<(BuildReport, HashedTree), BuildError> {
         let (opts, progress) = (self.opts, self.progress);
         let epoch = opts.layer.mod_time;
         let out = names.out.as_path();
         self.phase("hashing old", old_tree.content_bytes());
-        // Files stored exactly as in the new image are not decoded again.
-        let old_root = HashedTree::new_reusing(old_tree, &new.root, &|n| progress.position(n))?;
+        // Files stored exactly as in the new image (or an earlier old image of the batch) are
+        // not decoded again.
+        let known: Vec<&HashedTree> = std::iter::once(&new.root).chain(earlier).collect();
+        let old_root = HashedTree::new_reusing_any(old_tree, &known, &|n| progress.position(n))?;
         let old_digest = old_root.digest();
 
         self.phase("diffing", 0);
@@ -591,7 +601,7 @@ impl KitSteps<'_> {
         )?;
 
         let kit_bytes = std::fs::metadata(out).map(|m| m.len()).unwrap_or(0);
-        Ok(BuildReport {
+        let report = BuildReport {
             output: out.display().to_string(),
             kit_sha256: hex(&kit_sha),
             product: names.product.clone(),
@@ -617,7 +627,8 @@ impl KitSteps<'_> {
             old_tree_digest: hex(&old_digest),
             new_tree_digest: hex(&new.digest),
             seconds: 0.0,
-        })
+        };
+        Ok((report, old_root))
     }
 }
 

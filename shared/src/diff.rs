@@ -88,6 +88,16 @@ impl HashedTree {
         known: &HashedTree,
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<HashedTree, TreeError> {
+        HashedTree::new_reusing_any(tree, &[known], progress)
+    }
+
+    /// [`HashedTree::new_reusing`] with several known trees (a batch's new root and the old
+    /// roots hashed before this one).
+    pub fn new_reusing_any(
+        tree: Tree,
+        known: &[&HashedTree],
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<HashedTree, TreeError> {
         let hashes = reuse::content_hashes_reusing(&tree, known, progress)?;
         Ok(HashedTree { tree, hashes })
     }

@@ -27,66 +27,74 @@ fn layout_key(c: &Content) -> Option<LayoutKey> {
     Some((s.compressor().id(), s.block_size(), s.size(), full.to_vec()))
 }
 
-/// The known files by layout key, and their stored digests once computed.
+/// Stored digests of known files computed so far, by (tree index, inode).
+type Digests = HashMap<(usize, InodeId), Option<[u8; 32]>>;
+
+/// The known files by layout key (tree index and inode), and their stored digests once
+/// computed.
 struct Known<'a> {
-    tree: &'a HashedTree,
-    by_layout: HashMap<LayoutKey, Vec<InodeId>>,
-    digests: Mutex<HashMap<InodeId, Option<[u8; 32]>>>,
+    trees: &'a [&'a HashedTree],
+    by_layout: HashMap<LayoutKey, Vec<(usize, InodeId)>>,
+    digests: Mutex<Digests>,
 }
 
 impl<'a> Known<'a> {
-    fn new(tree: &'a HashedTree) -> Known<'a> {
-        let mut by_layout: HashMap<LayoutKey, Vec<InodeId>> = HashMap::new();
-        for i in 0..tree.tree.inode_count() {
-            let id = InodeId(i as u32);
-            if let InodeKind::File(c) = &tree.tree.inode(id).kind {
-                if let Some(k) = layout_key(c) {
-                    by_layout.entry(k).or_default().push(id);
+    fn new(trees: &'a [&'a HashedTree]) -> Known<'a> {
+        let mut by_layout: HashMap<LayoutKey, Vec<(usize, InodeId)>> = HashMap::new();
+        for (t, tree) in trees.iter().enumerate() {
+            for i in 0..tree.tree.inode_count() {
+                let id = InodeId(i as u32);
+                if let InodeKind::File(c) = &tree.tree.inode(id).kind {
+                    if let Some(k) = layout_key(c) {
+                        by_layout.entry(k).or_default().push((t, id));
+                    }
                 }
             }
         }
         Known {
-            tree,
+            trees,
             by_layout,
             digests: Mutex::new(HashMap::new()),
         }
     }
 
-    /// The stored digest of known file `id` (None when it cannot be read: then it is never
-    /// reused).
-    fn digest(&self, id: InodeId) -> Option<[u8; 32]> {
-        if let Some(d) = self.lock().get(&id) {
+    /// The stored digest of known file `id` of tree `t` (None when it cannot be read: then it
+    /// is never reused).
+    fn digest(&self, (t, id): (usize, InodeId)) -> Option<[u8; 32]> {
+        if let Some(d) = self.lock().get(&(t, id)) {
             return *d;
         }
-        let d = match &self.tree.tree.inode(id).kind {
+        let d = match &self.trees[t].tree.inode(id).kind {
             InodeKind::File(c) => StoredFile::of(c).and_then(|s| s.stored_digest().ok().flatten()),
             _ => None,
         };
-        self.lock().insert(id, d);
+        self.lock().insert((t, id), d);
         d
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<InodeId, Option<[u8; 32]>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Digests> {
         self.digests.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The sha256 of `c` when a known file has the same stored form.
+    /// The sha256 of `c` when a known file has the same stored form (the first such file, in
+    /// the order of the trees: the result is the same whichever it is).
     fn reuse(&self, c: &Content) -> Option<[u8; 32]> {
         let key = layout_key(c)?;
         let candidates = self.by_layout.get(&key)?;
         let mine = StoredFile::of(c)?.stored_digest().ok()??;
         candidates
             .iter()
-            .find(|id| self.digest(**id) == Some(mine))
-            .and_then(|id| self.tree.hashes.get(id.0 as usize).copied().flatten())
+            .find(|k| self.digest(**k) == Some(mine))
+            .and_then(|(t, id)| self.trees[*t].hashes.get(id.0 as usize).copied().flatten())
     }
 }
 
 /// [`crate::tree::content_hashes`], taking the hash of every file whose stored form equals a
-/// file of `known` from `known`; the files are handled in parallel on the current rayon pool.
+/// file of one of the `known` trees from it; the files are handled in parallel on the current
+/// rayon pool.
 pub(super) fn content_hashes_reusing(
     tree: &Tree,
-    known: &HashedTree,
+    known: &[&HashedTree],
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<Vec<Option<[u8; 32]>>, TreeError> {
     let known = Known::new(known);
@@ -231,5 +239,27 @@ mod tests {
         let got = HashedTree::new_reusing(old, &known, &|_| {}).unwrap();
         assert_eq!(hash_of(&got, "f"), hash_of(&known, "f"));
         assert_eq!(hash_of(&got, "g"), hash_of(&truth, "g"));
+    }
+
+    /// With several known trees (a batch: the new root, then earlier old roots), a file stored
+    /// as in any of them takes that tree's hash.
+    #[test]
+    fn any_known_tree_lends_its_hash() {
+        let a = text(2 * 4096 + 3, 7);
+        let b = text(3 * 4096 + 9, 8);
+        let tree = image_tree(&[("a", a.clone()), ("b", b.clone())], true);
+        let first = image_tree(&[("a", a), ("x", text(4096, 9))], true);
+        let second = image_tree(&[("b", b)], true);
+        let marked = |t: Tree, m: u8| {
+            let mut h = HashedTree::new(t, &|_| {}).unwrap();
+            for x in h.hashes.iter_mut().flatten() {
+                *x = [m; 32];
+            }
+            h
+        };
+        let (first, second) = (marked(first, 1), marked(second, 2));
+        let got = HashedTree::new_reusing_any(tree, &[&first, &second], &|_| {}).unwrap();
+        assert_eq!(hash_of(&got, "a"), [1; 32]);
+        assert_eq!(hash_of(&got, "b"), [2; 32]);
     }
 }
