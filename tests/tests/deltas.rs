@@ -1027,8 +1027,9 @@ fn fixture_chain_with_deltas_gives_the_format_2_media() {
 
 /// `inspect` shows a kit's FORMAT and, for FORMAT 3, the recipe version, layer tree digest and
 /// per source kind the files, bytes re-created and bytes carried (text and --json); `compare`
-/// names the FORMAT, the recipe file whose base-sha256 differs, and the recipe image entry whose
-/// payload differs.
+/// names the FORMAT, the recipe file whose base-sha256 differs, the recipe image entry whose
+/// payload differs, and a boot file whose source and patch differ; `inspect` shows the boot
+/// files per source kind.
 #[test]
 fn inspect_and_compare_explain_format_3() {
     let Some((f2, f3)) = pair_kits() else { return };
@@ -1073,6 +1074,22 @@ fn inspect_and_compare_explain_format_3() {
     ] {
         assert!(text.contains(needle), "inspect: no {needle:?}:\n{text}");
     }
+    // Boot files per source kind: two patched, one copied, whole ones under overlay/.
+    let boot = r["boot_files"].as_array().unwrap();
+    let count = |kinds: &[&str]| -> u64 {
+        boot.iter()
+            .filter(|b| kinds.contains(&b["kind"].as_str().unwrap()))
+            .map(|b| b["files"].as_u64().unwrap())
+            .sum()
+    };
+    assert_eq!(boot.len(), 4, "{r}");
+    assert_eq!(count(&["zstd", "bsdiff"]), 2, "{r}");
+    assert_eq!(count(&["copy"]), 1, "{r}");
+    assert!(count(&["whole"]) >= 3, "{r}");
+    assert!(
+        text.contains("boot files"),
+        "inspect: no boot files:\n{text}"
+    );
     let j2 = inspect(f2);
     assert_eq!(j2["kit"]["format"], "2", "{j2}");
     assert!(j2["kit"]["recipe"].is_null(), "{j2}");
@@ -1129,6 +1146,47 @@ fn inspect_and_compare_explain_format_3() {
     assert!(
         out.contains("recipe image recipe.squashfs: entries") && out.contains(&entry),
         "no {entry} in the recipe image section:\n{out}"
+    );
+
+    // A boot file's patch and source: control.yml's record and the patch under boot-patches/.
+    let efi = "EFI/BOOT/bootx64.efi";
+    let at = boot_patch_path(efi);
+    let other_patch = t.path().join("other-patch.iuk");
+    let longer = [kit_file(f3, &at), b"x".to_vec()].concat();
+    let (len, sha) = (longer.len() as u64, sha256_hex(&longer));
+    rewrite_kit_with(
+        f3,
+        &other_patch,
+        None,
+        |_| None,
+        |p| {
+            p.iter_mut()
+                .filter(|(p, _)| *p == at)
+                .for_each(|(_, b)| *b = longer.clone())
+        },
+        |c| {
+            let r = c.recipe.as_mut().unwrap();
+            let b = r.boot_files.iter_mut().find(|b| b.path == efi).unwrap();
+            b.source = match b.source {
+                SourceKind::Zstd => SourceKind::Bsdiff,
+                _ => SourceKind::Zstd,
+            };
+            b.patch_size = Some(len);
+            b.patch_sha256 = Some(sha);
+        },
+    );
+    let out = compare(f3, &other_patch);
+    for key in [
+        format!("recipe.boot-files[{efi}].source"),
+        format!("recipe.boot-files[{efi}].patch-sha256"),
+        format!("{efi}: size"),
+        "boot patches (boot-patches/)".to_string(),
+    ] {
+        assert!(out.contains(&key), "no {key}:\n{out}");
+    }
+    assert!(
+        !out.contains("not in the kit"),
+        "re-created boot files are not missing from the overlay:\n{out}"
     );
 }
 
