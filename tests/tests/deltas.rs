@@ -4,14 +4,16 @@
 //! - on a generated release pair ([`iuk_e2e::delta_pair`]) the FORMAT 3 kit holds every source
 //!   kind, matched bases for a renamed kernel ABI directory and a versioned soname, a recipe whose
 //!   layer tree digest, layer size and sha256 are those of the FORMAT 2 kit's layer, and every
-//!   other control.yml key of the FORMAT 2 kit;
+//!   other control.yml key of the FORMAT 2 kit; its changed boot files are patched (same path)
+//!   or copied (a moved file) from the old release's, or carried whole;
 //! - applied on a medium initialised from the old release it gives the medium the FORMAT 2 kit
 //!   gives, `verify --deep` passes, and the kernel's overlay view of base + rebuilt layer equals
 //!   the new root filesystem (mounted by the kernel);
 //! - the fixture chain built with `--deltas` gives the media of the FORMAT 2 chain (stacking and
 //!   cumulative), and the kits that fall back to FORMAT 2 are byte-identical to FORMAT 2 kits;
-//! - damaged or inconsistent FORMAT 3 kits are refused with one line naming the kit or the file,
-//!   the medium byte-for-byte unchanged;
+//! - damaged or inconsistent FORMAT 3 kits, and media whose boot files are not the ones a kit
+//!   re-creates its boot files from, are refused with one line naming the kit or the medium and
+//!   the file, the medium byte-for-byte unchanged;
 //! - the kit is reproducible (threads, time zone, locale, umask, working directory, TMPDIR) and
 //!   `iuk-build rebuild` reproduces it.
 
@@ -854,6 +856,53 @@ fn refuses_boot_files_it_cannot_recreate_before_any_write() {
         },
     );
     check(&m, "other boot base", &k, &[m.to_str().unwrap(), efi]);
+
+    // A boot-files record that names no overlay entry; a patch nothing lists.
+    let k = kit("record-unlisted");
+    rewrite_kit(
+        f3,
+        &k,
+        None,
+        |_| None,
+        |c| {
+            let r = c.recipe.as_mut().unwrap();
+            let mut b = r.boot_files.iter().find(|b| b.path == efi).unwrap().clone();
+            b.path = "EFI/BOOT/elsewhere.efi".into();
+            r.boot_files.push(b);
+        },
+    );
+    check(
+        &m,
+        "boot file record without overlay entry",
+        &k,
+        &[k.to_str().unwrap(), "EFI/BOOT/elsewhere.efi"],
+    );
+    let k = kit("patch-unlisted");
+    let extra = boot_patch_path("EFI/BOOT/extra.efi");
+    rewrite_kit_with(
+        f3,
+        &k,
+        None,
+        |_| None,
+        |p| p.push((extra.clone(), b"not listed".to_vec())),
+        |_| {},
+    );
+    check(
+        &m,
+        "unlisted boot patch",
+        &k,
+        &[k.to_str().unwrap(), &extra],
+    );
+
+    // A base that is a link on the medium (same content): never read through it.
+    let ml = t.path().join("linked-base");
+    init(&ml, &old);
+    let base = ml.join("syslinux/splash.bin");
+    let outside = t.path().join("splash-outside.bin");
+    fs::copy(&base, &outside).unwrap();
+    fs::remove_file(&base).unwrap();
+    std::os::unix::fs::symlink(&outside, &base).unwrap();
+    check(&ml, "linked base", f3, &["syslinux/splash.bin"]);
 
     // A medium whose base boot files changed (same size, a byte flipped): the patched one and
     // the copied one, each refused naming the medium and the file.
