@@ -1,5 +1,6 @@
 //! The kit container (FORMAT 2, Tails-compatible): a SquashFS holding `FORMAT`, `control.yml` and
-//! `overlay/`. Writing (deterministic layout and YAML) and reading (with validation).
+//! `overlay/` (FORMAT 3 also `recipe.squashfs` and the boot files' patches under
+//! `boot-patches/`). Writing (deterministic layout and YAML) and reading (with validation).
 //!
 //! The container is written by our own writer with fixed settings: every entry owned by 0:0,
 //! files 0644, directories 0755, metadata xz-compressed, no fragments. The layer is stored

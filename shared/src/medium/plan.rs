@@ -70,7 +70,8 @@ pub struct BootWrite {
     pub path: String,
     /// sha256 of the new content.
     pub sha256: [u8; 32],
-    /// The new content, read from the kit.
+    /// The new content: read from the kit, or (FORMAT 3) re-created from one of the medium's
+    /// boot files when it is read, and checked then.
     pub content: Content,
     /// sha256 of the file it replaces, if one exists.
     pub old: Option<[u8; 32]>,

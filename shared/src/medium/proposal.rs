@@ -42,7 +42,8 @@ pub struct Proposal {
     pub writer_format: Option<u32>,
     /// The layer as the kit carries it: an image, or a recipe (FORMAT 3).
     pub layer_source: KitLayer,
-    /// Every overlay file by lower-case path: content and sha256.
+    /// Every overlay file by lower-case path: content and sha256 (FORMAT 3: without the boot
+    /// files the device re-creates, [`Proposal::boot_sources`], until the plan adds them).
     pub overlay: HashMap<String, (Content, [u8; 32])>,
     /// Bytes of every overlay file.
     pub payload: u64,
