@@ -159,6 +159,16 @@ mod tests {
         Sha256::digest(b).into()
     }
 
+    /// The settings are the container's, and its writer's way with blocks too.
+    #[test]
+    fn container_settings_are_the_kits() {
+        let p = crate::kit::container_params(0, 1, "x");
+        assert_eq!(p.compressor, CONTAINER);
+        assert_eq!(p.block_size as usize, CONTAINER_BLOCK);
+        assert!(!p.fragments);
+        assert_eq!(p.data, crate::squashfs::write::DataCompression::Probe);
+    }
+
     /// The container cost follows the writer: zero blocks free, incompressible data stored,
     /// text compressed.
     #[test]
