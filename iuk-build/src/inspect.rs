@@ -35,7 +35,9 @@ use iuk::squashfs::inspect::{self, Report};
 /// When the image is a kit of iuk, also its FORMAT, product, versions and layer; for a FORMAT 3
 /// kit the recipe version, the layer tree digest, the layer and recipe image sizes, and per
 /// source kind (copy, zstd, bsdiff, whole) the number of files, the bytes they re-create and the
-/// bytes the recipe image carries for them (the sizes of their payloads in its tree).
+/// bytes the recipe image carries for them (the sizes of their payloads in its tree); and per
+/// source kind the boot files of its overlay: re-created from the medium's boot files (copy, a
+/// zstd or bsdiff patch carried under boot-patches/) or carried whole under overlay/.
 ///
 /// With --list, every entry with its metadata, like `unsquashfs -lln` (numeric owners, UTC times).
 /// An image that fails a check gives a one-line error naming the image and what is wrong (table,
@@ -202,7 +204,8 @@ fn print_report(r: &Report) {
 }
 
 /// What a kit of iuk holds (None: the image is not one): FORMAT, product, versions, layer and,
-/// for FORMAT 3, the recipe with per-kind files, bytes re-created and bytes carried.
+/// for FORMAT 3, the recipe with per-kind files, bytes re-created and bytes carried, for the
+/// layer's files and for the boot files (whole ones are carried under overlay/).
 fn kit_summary(path: &Path) -> Result<Option<serde_json::Value>> {
     let name = path.display().to_string();
     // Not a kit at all (no FORMAT or control.yml, or not ours): nothing to show.
@@ -263,12 +266,35 @@ fn kit_summary(path: &Path) -> Result<Option<serde_json::Value>> {
             "payload_bytes": carried,
         }));
     }
+    // Boot files: the overlay entries, re-created per the recipe's boot-files or carried whole.
+    let size_of = |p: &str| c.overlay.iter().find(|e| e.path == p).map_or(0, |e| e.size);
+    let mut boot_files = Vec::new();
+    for (kind, totals, carried) in recipe.boot_totals(&size_of) {
+        let (files, bytes, carried) = if kind == iuk::delta::recipe::SourceKind::Whole {
+            let whole: Vec<_> = c
+                .overlay
+                .iter()
+                .filter(|e| !recipe.boot_files.iter().any(|b| b.path == e.path))
+                .collect();
+            let bytes: u64 = whole.iter().map(|e| e.size).sum();
+            (whole.len() as u64, bytes, bytes)
+        } else {
+            (totals.files, totals.bytes, carried)
+        };
+        boot_files.push(serde_json::json!({
+            "kind": kind.name(),
+            "files": files,
+            "bytes": bytes,
+            "payload_bytes": carried,
+        }));
+    }
     v["recipe"] = serde_json::json!({
         "version": recipe.version,
         "layer_tree_digest": recipe.layer_tree_digest,
         "layer_size": recipe.layer_size,
         "image_size": recipe.image_size,
         "sources": sources,
+        "boot_files": boot_files,
     });
     Ok(Some(v))
 }
@@ -298,6 +324,16 @@ fn print_kit(k: &serde_json::Value) {
     for src in r["sources"].as_array().into_iter().flatten() {
         println!(
             "  {:<14} {} files, {} bytes re-created, {} bytes carried",
+            s(&src["kind"]),
+            src["files"],
+            src["bytes"],
+            src["payload_bytes"]
+        );
+    }
+    println!("boot files");
+    for src in r["boot_files"].as_array().into_iter().flatten() {
+        println!(
+            "  {:<14} {} files, {} bytes on the medium, {} bytes carried",
             s(&src["kind"]),
             src["files"],
             src["bytes"],

@@ -22,8 +22,9 @@ use std::time::Instant;
 use sha2::{Digest, Sha256};
 
 use crate::boot::{self, BootError, BootFile, WHOLE_DIRS};
+use crate::delta::boot::{choose_boot, BootChoice, BootInput};
 use crate::delta::choose::{choose, LayerCompression};
-use crate::delta::recipe::{recipe_tree, Recipe, SourceKind, RECIPE_VERSION};
+use crate::delta::recipe::{boot_patch_path, recipe_tree, Recipe, SourceKind, RECIPE_VERSION};
 use crate::delta::DeltaError;
 use crate::diff::{self, DiffError, DiffStats, HashedTree};
 use crate::kit::{self, Control, FileEntry, KitError, LayerParams, OverlayFile, GENERATOR};
@@ -528,6 +529,7 @@ impl KitSteps<'_> {
         let recipe_tmp = TempFile(recipe_temp_path(out));
         let mut sources = Vec::new();
         let mut recipe_image = None;
+        let mut boot_patches: Vec<(String, Content)> = Vec::new();
         if opts.deltas {
             let made = self.recipe(
                 &old_root,
@@ -535,10 +537,27 @@ impl KitSteps<'_> {
                 (layer_bytes, layer_sha256.clone()),
                 &recipe_tmp.0,
             )?;
+            // Only iuk applies FORMAT 3 kits, and it keeps every boot file whose content does
+            // not change: unchanged files of EFI/, syslinux/ and utils/, which FORMAT 2 carries
+            // whole for Tails' installer, are left out; the others are re-created from the
+            // medium's boot files where that is smaller (copy, patch).
+            let mut boot_files = files.clone();
+            boot_files.retain(|(f, e)| {
+                f.path != names.layer_path
+                    && old_boot
+                        .get(&f.path)
+                        .is_none_or(|o| hex(&o.sha256) != e.sha256)
+            });
+            self.phase("choosing boot sources", 0);
+            let boot = choose_boot_files(&old_boot, &new.boot, &boot_files)?;
+            let boot_saved: u64 = boot.iter().map(|c| c.saved).sum();
+            let mut recipe = made.recipe.clone();
+            recipe.boot_files = boot.iter().map(|c| c.record.clone()).collect();
             // FORMAT 3 only when smaller: the recipe image and its control.yml records against
-            // the layer (every other part of the two kits is the same).
+            // the layer and what the boot patches save (every other part of the two kits is
+            // the same; the boot files FORMAT 3 leaves out are not counted).
             let mut with = control.clone();
-            with.recipe = Some(made.recipe.clone());
+            with.recipe = Some(recipe);
             let with_len = with.to_yaml().len() as u64;
             let grows = with_len - control.to_yaml().len() as u64;
             // Recipe paths are UTF-8 (lossy): a base whose name is not UTF-8 cannot be found on
@@ -563,24 +582,28 @@ impl KitSteps<'_> {
                      file, or two files that differ only there): writing FORMAT 2",
                     out.display()
                 ));
-            } else if made.recipe.image_size + grows < layer_bytes {
-                // Only iuk applies FORMAT 3 kits, and it keeps every boot file whose content
-                // does not change: unchanged files of EFI/, syslinux/ and utils/, which FORMAT 2
-                // carries whole for Tails' installer, are left out.
-                files.retain(|(f, e)| {
-                    f.path != names.layer_path
-                        && old_boot
-                            .get(&f.path)
-                            .is_none_or(|o| hex(&o.sha256) != e.sha256)
-                });
-                with.overlay = files.iter().map(|(_, e)| e.clone()).collect();
+            } else if made.recipe.image_size + grows < layer_bytes + boot_saved {
+                with.overlay = boot_files.iter().map(|(_, e)| e.clone()).collect();
+                // Re-created boot files are listed in overlay (what ends on the medium) but
+                // not carried under overlay/; a patch is carried under boot-patches/.
+                files = boot_files
+                    .into_iter()
+                    .filter(|(f, _)| !boot.iter().any(|c| c.record.path == f.path))
+                    .collect();
+                for c in boot {
+                    if let Some(p) = c.patch {
+                        boot_patches
+                            .push((boot_patch_path(&c.record.path), Content::from_bytes(p)));
+                    }
+                }
                 control = with;
                 sources = made.sources;
                 recipe_image = Some(made.image);
             } else {
                 progress.warn(&format!(
                     "{}: a FORMAT 3 kit would not be smaller (recipe {} bytes + {grows} bytes of \
-                     control.yml, layer {layer_bytes} bytes): writing FORMAT 2",
+                     control.yml, layer {layer_bytes} bytes, boot patches save {boot_saved} \
+                     bytes): writing FORMAT 2",
                     out.display(),
                     made.recipe.image_size
                 ));
@@ -588,14 +611,16 @@ impl KitSteps<'_> {
         }
         let recipe_bytes = recipe_image.as_ref().map(|c: &Content| c.size);
         let files: Vec<OverlayFile> = files.into_iter().map(|(f, _)| f).collect();
-        let kit_total: u64 =
-            files.iter().map(|f| f.content.size).sum::<u64>() + recipe_bytes.unwrap_or(0);
+        let kit_total: u64 = files.iter().map(|f| f.content.size).sum::<u64>()
+            + recipe_bytes.unwrap_or(0)
+            + boot_patches.iter().map(|(_, c)| c.size).sum::<u64>();
         self.phase("writing kit", kit_total);
         let kit_sha = write_kit(
             out,
             &control,
             &files,
             recipe_image,
+            &boot_patches,
             (opts.layer.jobs, opts.layer.cache.clone()),
             progress,
         )?;
@@ -973,11 +998,49 @@ impl KitSteps<'_> {
                 image_size: image.size,
                 image_sha256: hex(&sha),
                 files: chosen.into_iter().map(|c| c.record).collect(),
+                boot_files: Vec::new(),
             },
             image,
             sources,
         })
     }
+}
+
+/// FORMAT 3: the boot files of `carried` (new or changed) that the device re-creates from its
+/// current boot files (the old release's), each kept only when what it saves exceeds the bytes
+/// its record adds to control.yml (a patched loader configuration of a few lines would make the
+/// kit larger), in path order.
+fn choose_boot_files(
+    old_boot: &boot::BootTree,
+    new_boot: &boot::BootTree,
+    carried: &[(OverlayFile, FileEntry)],
+) -> Result<Vec<BootChoice>, BuildError> {
+    let old: Vec<BootInput<'_>> = old_boot
+        .files
+        .iter()
+        .map(|f| BootInput {
+            path: &f.path,
+            sha256: &f.sha256,
+            content: &f.content,
+        })
+        .collect();
+    let mut out = Vec::new();
+    for (f, _) in carried {
+        let Some(n) = new_boot.get(&f.path) else {
+            continue;
+        };
+        let input = BootInput {
+            path: &n.path,
+            sha256: &n.sha256,
+            content: &n.content,
+        };
+        if let Some(c) = choose_boot(&old, input)? {
+            if c.saved > c.record.yaml_len() {
+                out.push(c);
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Where the recipe image is written while the kit is built: a hidden name beside the output.
@@ -994,10 +1057,11 @@ fn write_kit(
     control: &Control,
     files: &[OverlayFile],
     recipe_image: Option<Content>,
+    boot_patches: &[(String, Content)],
     (jobs, cache): (usize, Option<Arc<BlockCache>>),
     progress: &dyn Progress,
 ) -> Result<[u8; 32], BuildError> {
-    let kit_tree = kit::container_tree_with(control, files, recipe_image)?;
+    let kit_tree = kit::container_tree_full(control, files, recipe_image, boot_patches)?;
     let mut params = kit::container_params(
         control.layer_params.source_date_epoch,
         jobs,

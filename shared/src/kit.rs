@@ -1,5 +1,6 @@
 //! The kit container (FORMAT 2, Tails-compatible): a SquashFS holding `FORMAT`, `control.yml` and
-//! `overlay/`. Writing (deterministic layout and YAML) and reading (with validation).
+//! `overlay/` (FORMAT 3 also `recipe.squashfs` and the boot files' patches under
+//! `boot-patches/`). Writing (deterministic layout and YAML) and reading (with validation).
 //!
 //! The container is written by our own writer with fixed settings: every entry owned by 0:0,
 //! files 0644, directories 0755, metadata xz-compressed, no fragments. The layer is stored
@@ -314,6 +315,17 @@ pub fn container_tree_with(
     files: &[OverlayFile],
     recipe_image: Option<Content>,
 ) -> Result<Tree, KitError> {
+    container_tree_full(control, files, recipe_image, &[])
+}
+
+/// [`container_tree_with`] with, for a FORMAT 3 kit, the boot files' patches (container paths,
+/// [`crate::delta::recipe::boot_patch_path`]), stamped with the epoch.
+pub fn container_tree_full(
+    control: &Control,
+    files: &[OverlayFile],
+    recipe_image: Option<Content>,
+    boot_patches: &[(String, Content)],
+) -> Result<Tree, KitError> {
     let epoch = control.layer_params.source_date_epoch;
     let dir_meta = Metadata {
         perm: 0o755,
@@ -359,9 +371,15 @@ pub fn container_tree_with(
             kind: InodeKind::Dir,
         },
     )?;
-    for f in files {
-        let mut parent: NodeId = overlay;
-        let parts: Vec<&str> = f.path.split('/').collect();
+    let under_overlay = files
+        .iter()
+        .map(|f| (overlay, f.path.as_str(), f.content.clone(), f.mtime));
+    let patches = boot_patches
+        .iter()
+        .map(|(p, c)| (root, p.as_str(), c.clone(), None));
+    for (top, path, content, mtime) in under_overlay.chain(patches) {
+        let mut parent: NodeId = top;
+        let parts: Vec<&str> = path.split('/').collect();
         let Some((name, dirs)) = parts.split_last() else {
             continue;
         };
@@ -378,7 +396,7 @@ pub fn container_tree_with(
                 )?,
             };
         }
-        t.add(parent, name.as_bytes(), file(f.content.clone(), f.mtime))?;
+        t.add(parent, name.as_bytes(), file(content, mtime))?;
     }
     Ok(t)
 }

@@ -1634,14 +1634,34 @@ fn make_delta_release(dir: &Path, new: bool) {
         ),
     )
     .unwrap();
+    // A loader configuration of some size with one line changed (the version), a boot-loader
+    // binary with a few bytes changed (both patched in a FORMAT 3 kit), and a splash image that
+    // moves from isolinux/ to EFI/BOOT/ with the same content (copied from the medium).
+    let theme: String = pseudo_random(6000, 77)
+        .chunks(30)
+        .map(|c| format!("# theme {}\n", hex(c)))
+        .collect();
     fs::write(
         dir.join("EFI/BOOT/grub.cfg"),
         format!(
             "menuentry 'Tails {v}' {{\n  linux /live/vmlinuz boot=live module=Tails\n  \
-             initrd /live/initrd.img\n}}\n"
+             initrd /live/initrd.img\n}}\n{theme}"
         ),
     )
     .unwrap();
+    let loader = pseudo_random(300_000, 55);
+    let loader = if new {
+        edited(&loader, &[1000, 150_000, 250_000], 8, 56)
+    } else {
+        loader
+    };
+    fs::write(dir.join("EFI/BOOT/bootx64.efi"), loader).unwrap();
+    let splash = if new {
+        "EFI/BOOT/splash.bin"
+    } else {
+        "isolinux/splash.bin"
+    };
+    fs::write(dir.join(splash), pseudo_random(40_000, 66)).unwrap();
 }
 
 /// The generated pair of release directories (old, new) for binary-delta kits, made once per
@@ -1652,8 +1672,10 @@ fn make_delta_release(dir: &Path, new: bool) {
 /// larger than one block), `whole` (a new file larger than one block; a changed gzip file) —
 /// and a renamed kernel ABI directory, a versioned soname, removed files and a removed
 /// directory (whiteouts), new and changed symlinks, a changed hard-link pair, xattrs on files and
-/// a directory, and (as root) a changed owner. Deterministic: fixed seeds, modes, mtimes and
-/// mkfs time. Read them; never change them.
+/// a directory, and (as root) a changed owner; and boot files that the kit re-creates from the
+/// medium's (`EFI/BOOT/grub.cfg` and `EFI/BOOT/bootx64.efi` patched, `EFI/BOOT/splash.bin`
+/// copied from `syslinux/splash.bin`) or carries whole (kernel, initrd, `syslinux/menu.cfg`).
+/// Deterministic: fixed seeds, modes, mtimes and mkfs time. Read them; never change them.
 pub fn delta_pair() -> (PathBuf, PathBuf) {
     static PAIR: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
     PAIR.get_or_init(|| {

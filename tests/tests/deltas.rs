@@ -4,14 +4,16 @@
 //! - on a generated release pair ([`iuk_e2e::delta_pair`]) the FORMAT 3 kit holds every source
 //!   kind, matched bases for a renamed kernel ABI directory and a versioned soname, a recipe whose
 //!   layer tree digest, layer size and sha256 are those of the FORMAT 2 kit's layer, and every
-//!   other control.yml key of the FORMAT 2 kit;
+//!   other control.yml key of the FORMAT 2 kit; its changed boot files are patched (same path)
+//!   or copied (a moved file) from the old release's, or carried whole;
 //! - applied on a medium initialised from the old release it gives the medium the FORMAT 2 kit
 //!   gives, `verify --deep` passes, and the kernel's overlay view of base + rebuilt layer equals
 //!   the new root filesystem (mounted by the kernel);
 //! - the fixture chain built with `--deltas` gives the media of the FORMAT 2 chain (stacking and
 //!   cumulative), and the kits that fall back to FORMAT 2 are byte-identical to FORMAT 2 kits;
-//! - damaged or inconsistent FORMAT 3 kits are refused with one line naming the kit or the file,
-//!   the medium byte-for-byte unchanged;
+//! - damaged or inconsistent FORMAT 3 kits, and media whose boot files are not the ones a kit
+//!   re-creates its boot files from, are refused with one line naming the kit or the medium and
+//!   the file, the medium byte-for-byte unchanged;
 //! - the kit is reproducible (threads, time zone, locale, umask, working directory, TMPDIR) and
 //!   `iuk-build rebuild` reproduces it.
 
@@ -21,10 +23,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, OnceLock};
 
-use iuk::delta::recipe::{SourceKind, RECIPE_IMAGE};
+use iuk::delta::recipe::{boot_patch_path, SourceKind, RECIPE_IMAGE};
 use iuk::diff::HashedTree;
 use iuk::io::{ReadAt, SubImage};
-use iuk::kit::{container_params, container_tree_with, Control, Kit, OverlayFile};
+use iuk::kit::{container_params, container_tree_full, Control, Kit, OverlayFile};
 use iuk::squashfs::archive::Archive;
 use iuk::squashfs::write::write_image;
 use iuk::tree::{hex, Content, InodeKind, Tree};
@@ -278,6 +280,69 @@ fn generated_pair_gives_every_source_kind_and_the_format_2_layer_tree() {
         "a hard-link group is one recipe file"
     );
 
+    // Boot files: patched against the old file at the same path, copied from the old path of a
+    // moved file; patches under boot-patches/, neither kind under overlay/ (control.yml's
+    // overlay still lists what ends on the medium).
+    let boot: BTreeMap<&str, _> = recipe
+        .boot_files
+        .iter()
+        .map(|b| (b.path.as_str(), b))
+        .collect();
+    for (path, kinds, base, old_file) in [
+        (
+            "EFI/BOOT/grub.cfg",
+            &patch[..],
+            "EFI/BOOT/grub.cfg",
+            "EFI/BOOT/grub.cfg",
+        ),
+        (
+            "EFI/BOOT/bootx64.efi",
+            &patch[..],
+            "EFI/BOOT/bootx64.efi",
+            "EFI/BOOT/bootx64.efi",
+        ),
+        (
+            "EFI/BOOT/splash.bin",
+            &copy[..],
+            "syslinux/splash.bin",
+            "isolinux/splash.bin",
+        ),
+    ] {
+        let b = boot
+            .get(path)
+            .unwrap_or_else(|| panic!("{path}: not a boot file of the recipe: {boot:#?}"));
+        assert!(kinds.contains(&b.source), "{path}: {b:?}");
+        assert_eq!(b.base, base, "{path}: {b:?}");
+        assert_eq!(b.base_sha256, sha256_file(&old.join(old_file)), "{path}");
+        let e = k3.control.overlay.iter().find(|e| e.path == path).unwrap();
+        assert_eq!(e.sha256, sha256_file(&new.join(path)), "{path}");
+        let in_kit = |p: &str| k3.tree.lookup(p.as_bytes()).is_some();
+        assert!(!in_kit(&format!("overlay/{path}")), "{path} under overlay/");
+        let at = boot_patch_path(path);
+        match b.patch_size {
+            Some(n) => {
+                let bytes = kit_file(f3, &at);
+                assert_eq!(bytes.len() as u64, n, "{at}");
+                assert_eq!(b.patch_sha256.as_deref(), Some(sha256_hex(&bytes).as_str()));
+                assert!(
+                    n * 10 < e.size,
+                    "{path}: a patch of {n} bytes for {}",
+                    e.size
+                );
+            }
+            None => assert!(!in_kit(&at), "{at}: a copy carries nothing"),
+        }
+    }
+    // Kernel and initrd (nothing in common), a small loader configuration (its record would
+    // cost more than its patch saves): whole.
+    for p in ["live/vmlinuz", "live/initrd.img", "syslinux/menu.cfg"] {
+        assert!(!boot.contains_key(p), "{p}: {boot:#?}");
+        assert!(
+            k3.tree.lookup(format!("overlay/{p}").as_bytes()).is_some(),
+            "{p}"
+        );
+    }
+
     // The recipe describes the FORMAT 2 kit's layer.
     let layer_path = format!("overlay/{}", k2.control.layer_path());
     let layer = kit_file(f2, &layer_path);
@@ -429,11 +494,38 @@ fn rewrite_kit(
     edit_image: impl FnOnce(&mut Tree) -> Option<Vec<u8>>,
     edit_control: impl FnOnce(&mut Control),
 ) {
+    rewrite_kit_with(src, out, format, edit_image, |_| {}, edit_control)
+}
+
+/// [`rewrite_kit`] that also edits the boot files' patches (container path, bytes).
+fn rewrite_kit_with(
+    src: &Path,
+    out: &Path,
+    format: Option<&[u8]>,
+    edit_image: impl FnOnce(&mut Tree) -> Option<Vec<u8>>,
+    edit_patches: impl FnOnce(&mut Vec<(String, Vec<u8>)>),
+    edit_control: impl FnOnce(&mut Control),
+) {
     let kit = open_kit(src);
     let mut control = kit.control.clone();
+    let boot_files = control
+        .recipe
+        .as_ref()
+        .map(|r| r.boot_files.clone())
+        .unwrap_or_default();
+    let mut patches: Vec<(String, Vec<u8>)> = boot_files
+        .iter()
+        .filter(|b| b.patch_size.is_some())
+        .map(|b| {
+            let p = boot_patch_path(&b.path);
+            (p.clone(), kit_file(src, &p))
+        })
+        .collect();
+    edit_patches(&mut patches);
     let files: Vec<OverlayFile> = control
         .overlay
         .iter()
+        .filter(|e| !boot_files.iter().any(|b| b.path == e.path))
         .map(|e| {
             let p = format!("overlay/{}", e.path);
             let inode = kit.tree.node_inode(kit.tree.lookup(p.as_bytes()).unwrap());
@@ -470,7 +562,11 @@ fn rewrite_kit(
         image = Some(Content::from_bytes(bytes));
     }
     edit_control(&mut control);
-    let mut tree = container_tree_with(&control, &files, image).unwrap();
+    let patches: Vec<(String, Content)> = patches
+        .into_iter()
+        .map(|(p, b)| (p, Content::from_bytes(b)))
+        .collect();
+    let mut tree = container_tree_full(&control, &files, image, &patches).unwrap();
     if let Some(f) = format {
         let id = tree.node(tree.lookup(b"FORMAT").unwrap()).inode;
         tree.inode_mut(id).kind = InodeKind::File(Content::from_bytes(f.to_vec()));
@@ -665,6 +761,170 @@ fn refuses_damaged_format_3_kits_before_any_write() {
     apply(&m, f3);
 }
 
+/// Boot files re-created on the device: a damaged patch, a base the kit does not expect and a
+/// medium whose base changed are each refused by `check` and `apply` before any write (exit
+/// status 1, one line naming the kit or the medium and the file, the medium unchanged).
+#[test]
+fn refuses_boot_files_it_cannot_recreate_before_any_write() {
+    let Some((_, f3)) = pair_kits() else { return };
+    let (old, _) = delta_pair();
+    let t = tmpdir();
+    let kit = |name: &str| t.path().join(format!("{name}.iuk"));
+    let check = |m: &Path, what: &str, kit: &Path, needles: &[&str]| {
+        let before = snapshot(m);
+        for sub in ["check", "apply"] {
+            let mut r = run(ia(sub, m).arg(kit));
+            r.stderr = without_key_warning(&r.stderr);
+            for needle in needles {
+                assert_one_line_error(&r, &format!("{sub}: {what}"), needle);
+            }
+            assert_same_tree(
+                &before,
+                &snapshot(m),
+                &format!("{sub}: {what}: medium changed"),
+            );
+        }
+    };
+    let efi = "EFI/BOOT/bootx64.efi";
+    let at = boot_patch_path(efi);
+    let m = t.path().join("m");
+    init(&m, &old);
+    let flip = |b: &mut Vec<u8>| {
+        let i = b.len() / 2;
+        b[i] ^= 0x55;
+    };
+
+    // Patch bytes that do not match control.yml's patch-sha256.
+    let k = kit("patch-sha");
+    rewrite_kit_with(
+        f3,
+        &k,
+        None,
+        |_| None,
+        |p| {
+            p.iter_mut()
+                .filter(|(p, _)| *p == at)
+                .for_each(|(_, b)| flip(b))
+        },
+        |_| {},
+    );
+    check(&m, "boot patch sha256", &k, &[k.to_str().unwrap(), &at]);
+    // A damaged patch recorded as it is: only re-creating the file tells.
+    let k = kit("patch-damaged");
+    let mut damaged = kit_file(f3, &at);
+    flip(&mut damaged);
+    let recorded = damaged.clone();
+    rewrite_kit_with(
+        f3,
+        &k,
+        None,
+        |_| None,
+        |p| {
+            p.iter_mut()
+                .filter(|(p, _)| *p == at)
+                .for_each(|(_, b)| *b = damaged.clone())
+        },
+        |c| {
+            let b = c.recipe.as_mut().unwrap();
+            let b = b.boot_files.iter_mut().find(|b| b.path == efi).unwrap();
+            b.patch_sha256 = Some(sha256_hex(&recorded));
+        },
+    );
+    check(&m, "damaged boot patch", &k, &[k.to_str().unwrap(), &at]);
+    // A patch the kit lacks.
+    let k = kit("patch-missing");
+    rewrite_kit_with(
+        f3,
+        &k,
+        None,
+        |_| None,
+        |p| p.retain(|(p, _)| *p != at),
+        |_| {},
+    );
+    check(&m, "missing boot patch", &k, &[k.to_str().unwrap(), &at]);
+    // A base sha256 other than the medium's (the kit built against other boot files).
+    let k = kit("other-boot-base");
+    rewrite_kit(
+        f3,
+        &k,
+        None,
+        |_| None,
+        |c| {
+            let b = c.recipe.as_mut().unwrap();
+            let b = b.boot_files.iter_mut().find(|b| b.path == efi).unwrap();
+            b.base_sha256 = "ab".repeat(32);
+        },
+    );
+    check(&m, "other boot base", &k, &[m.to_str().unwrap(), efi]);
+
+    // A boot-files record that names no overlay entry; a patch nothing lists.
+    let k = kit("record-unlisted");
+    rewrite_kit(
+        f3,
+        &k,
+        None,
+        |_| None,
+        |c| {
+            let r = c.recipe.as_mut().unwrap();
+            let mut b = r.boot_files.iter().find(|b| b.path == efi).unwrap().clone();
+            b.path = "EFI/BOOT/elsewhere.efi".into();
+            r.boot_files.push(b);
+        },
+    );
+    check(
+        &m,
+        "boot file record without overlay entry",
+        &k,
+        &[k.to_str().unwrap(), "EFI/BOOT/elsewhere.efi"],
+    );
+    let k = kit("patch-unlisted");
+    let extra = boot_patch_path("EFI/BOOT/extra.efi");
+    rewrite_kit_with(
+        f3,
+        &k,
+        None,
+        |_| None,
+        |p| p.push((extra.clone(), b"not listed".to_vec())),
+        |_| {},
+    );
+    check(
+        &m,
+        "unlisted boot patch",
+        &k,
+        &[k.to_str().unwrap(), &extra],
+    );
+
+    // A base that is a link on the medium (same content): never read through it.
+    let ml = t.path().join("linked-base");
+    init(&ml, &old);
+    let base = ml.join("syslinux/splash.bin");
+    let outside = t.path().join("splash-outside.bin");
+    fs::copy(&base, &outside).unwrap();
+    fs::remove_file(&base).unwrap();
+    std::os::unix::fs::symlink(&outside, &base).unwrap();
+    check(&ml, "linked base", f3, &["syslinux/splash.bin"]);
+
+    // A medium whose base boot files changed (same size, a byte flipped): the patched one and
+    // the copied one, each refused naming the medium and the file.
+    for (name, file) in [("patched", efi), ("copied", "syslinux/splash.bin")] {
+        let mc = t.path().join(format!("changed-{name}"));
+        init(&mc, &old);
+        let p = mc.join(file);
+        let mut b = fs::read(&p).unwrap();
+        flip(&mut b);
+        fs::write(&p, b).unwrap();
+        check(
+            &mc,
+            &format!("changed {name} base"),
+            f3,
+            &[mc.to_str().unwrap(), file],
+        );
+    }
+
+    // The unmodified kit applies (the refusals above are the edits').
+    apply(&m, f3);
+}
+
 // ------------------------------------------------------------------------------------------------
 // Determinism and rebuild
 
@@ -776,13 +1036,39 @@ fn fixture_chain_with_deltas_gives_the_format_2_media() {
             "6.9 → 6.11: FORMAT 2 fallback"
         );
     }
+    // A FORMAT 3 kit that re-creates boot files from the 6.9 ones cannot apply on a medium at
+    // 6.10 (its boot files are 6.10's): refused before any write with the advice to take the
+    // FORMAT 2 kit of the path, which `select` takes there.
+    let boot_patched = open_kit(&k3)
+        .control
+        .recipe
+        .is_some_and(|r| !r.boot_files.is_empty());
     for (m, k) in [(&c2, &k2), (&c3, &k3)] {
         init(m, &iso("6.9"));
         apply(m, &fixture_kit_at("6.9", "6.10", EPOCH, &["--deltas"]));
-        apply(m, k);
+        if boot_patched && k == &k3 {
+            let before = snapshot(m);
+            let r = run(ia("apply", m).arg(k));
+            let r = Run {
+                stderr: without_key_warning(&r.stderr),
+                ..r
+            };
+            assert_one_line_error(&r, "cumulative FORMAT 3 on 6.10", "apply the FORMAT 2 kit");
+            assert_same_tree(&before, &snapshot(m), "refused cumulative FORMAT 3 kit");
+            apply(m, &k2);
+        } else {
+            apply(m, k);
+        }
     }
     assert_same_media(&c2, &c3, "cumulative 6.9 → 6.11 on 6.10");
     run_ok(ia("verify", &c3).arg("--deep"));
+    // On a medium at 6.9 the same kit applies and gives the FORMAT 2 kit's medium.
+    let (d2, d3) = (t.path().join("d2"), t.path().join("d3"));
+    for (m, k) in [(&d2, &k2), (&d3, &k3)] {
+        init(m, &iso("6.9"));
+        apply(m, k);
+    }
+    assert_same_media(&d2, &d3, "6.9 → 6.11 on 6.9");
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -790,8 +1076,9 @@ fn fixture_chain_with_deltas_gives_the_format_2_media() {
 
 /// `inspect` shows a kit's FORMAT and, for FORMAT 3, the recipe version, layer tree digest and
 /// per source kind the files, bytes re-created and bytes carried (text and --json); `compare`
-/// names the FORMAT, the recipe file whose base-sha256 differs, and the recipe image entry whose
-/// payload differs.
+/// names the FORMAT, the recipe file whose base-sha256 differs, the recipe image entry whose
+/// payload differs, and a boot file whose source and patch differ; `inspect` shows the boot
+/// files per source kind.
 #[test]
 fn inspect_and_compare_explain_format_3() {
     let Some((f2, f3)) = pair_kits() else { return };
@@ -836,6 +1123,22 @@ fn inspect_and_compare_explain_format_3() {
     ] {
         assert!(text.contains(needle), "inspect: no {needle:?}:\n{text}");
     }
+    // Boot files per source kind: two patched, one copied, whole ones under overlay/.
+    let boot = r["boot_files"].as_array().unwrap();
+    let count = |kinds: &[&str]| -> u64 {
+        boot.iter()
+            .filter(|b| kinds.contains(&b["kind"].as_str().unwrap()))
+            .map(|b| b["files"].as_u64().unwrap())
+            .sum()
+    };
+    assert_eq!(boot.len(), 4, "{r}");
+    assert_eq!(count(&["zstd", "bsdiff"]), 2, "{r}");
+    assert_eq!(count(&["copy"]), 1, "{r}");
+    assert!(count(&["whole"]) >= 3, "{r}");
+    assert!(
+        text.contains("boot files"),
+        "inspect: no boot files:\n{text}"
+    );
     let j2 = inspect(f2);
     assert_eq!(j2["kit"]["format"], "2", "{j2}");
     assert!(j2["kit"]["recipe"].is_null(), "{j2}");
@@ -892,6 +1195,47 @@ fn inspect_and_compare_explain_format_3() {
     assert!(
         out.contains("recipe image recipe.squashfs: entries") && out.contains(&entry),
         "no {entry} in the recipe image section:\n{out}"
+    );
+
+    // A boot file's patch and source: control.yml's record and the patch under boot-patches/.
+    let efi = "EFI/BOOT/bootx64.efi";
+    let at = boot_patch_path(efi);
+    let other_patch = t.path().join("other-patch.iuk");
+    let longer = [kit_file(f3, &at), b"x".to_vec()].concat();
+    let (len, sha) = (longer.len() as u64, sha256_hex(&longer));
+    rewrite_kit_with(
+        f3,
+        &other_patch,
+        None,
+        |_| None,
+        |p| {
+            p.iter_mut()
+                .filter(|(p, _)| *p == at)
+                .for_each(|(_, b)| *b = longer.clone())
+        },
+        |c| {
+            let r = c.recipe.as_mut().unwrap();
+            let b = r.boot_files.iter_mut().find(|b| b.path == efi).unwrap();
+            b.source = match b.source {
+                SourceKind::Zstd => SourceKind::Bsdiff,
+                _ => SourceKind::Zstd,
+            };
+            b.patch_size = Some(len);
+            b.patch_sha256 = Some(sha);
+        },
+    );
+    let out = compare(f3, &other_patch);
+    for key in [
+        format!("recipe.boot-files[{efi}].source"),
+        format!("recipe.boot-files[{efi}].patch-sha256"),
+        format!("{efi}: size"),
+        "boot patches (boot-patches/)".to_string(),
+    ] {
+        assert!(out.contains(&key), "no {key}:\n{out}");
+    }
+    assert!(
+        !out.contains("not in the kit"),
+        "re-created boot files are not missing from the overlay:\n{out}"
     );
 }
 

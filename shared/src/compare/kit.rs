@@ -55,6 +55,7 @@ pub(super) fn kit_sections(sa: &Side, ta: &Tree, sb: &Side, tb: &Tree, out: &mut
     push_section(out, s);
 
     recipe_sections(sa, ta, sb, tb, out);
+    push_section(out, boot_patch_section(ta, tb));
 
     let layer_of = |c: &Option<Control>, r: &ControlBytes| -> Option<String> {
         if let Some(c) = c {
@@ -180,7 +181,17 @@ fn manifest_diff(
     s: &mut Section,
 ) {
     let listed: BTreeSet<&str> = ctl.overlay.iter().map(|e| e.path.as_str()).collect();
-    for e in &ctl.overlay {
+    // FORMAT 3: boot files the device re-creates are listed but not carried.
+    let recreated: BTreeSet<&str> = ctl
+        .recipe
+        .iter()
+        .flat_map(|r| r.boot_files.iter().map(|b| b.path.as_str()))
+        .collect();
+    for e in ctl
+        .overlay
+        .iter()
+        .filter(|e| !recreated.contains(e.path.as_str()))
+    {
         match sums.get(&(i, e.path.clone())) {
             None => s.push(Difference::note(format!(
                 "{side}: {} is in control.yml's overlay manifest but not in the kit",
@@ -276,12 +287,34 @@ fn recipe_sections(sa: &Side, ta: &Tree, sb: &Side, tb: &Tree, out: &mut Vec<Sec
     );
 }
 
+/// FORMAT 3: the boot files' patches (`boot-patches/`) only one kit has or whose size or sha256
+/// differ (control.yml's `recipe.boot-files` says which source and base each has).
+fn boot_patch_section(ta: &Tree, tb: &Tree) -> Section {
+    let dir = crate::delta::recipe::BOOT_PATCHES;
+    let (pa, pb) = (files_under(ta, dir), files_under(tb, dir));
+    let mut sums = Sums::new();
+    for (i, (t, files)) in [(ta, &pa), (tb, &pb)].into_iter().enumerate() {
+        for (p, n) in files {
+            sums.insert((i, p.clone()), file_sum(t, *n));
+        }
+    }
+    let mut s = Section::new(format!("boot patches ({dir}/)"));
+    overlay_diff(&pa, &pb, &sums, &mut s);
+    s
+}
+
 /// Every file under `overlay/`, by path relative to it.
 fn overlay_files(tree: &Tree) -> BTreeMap<String, NodeId> {
+    files_under(tree, "overlay")
+}
+
+/// Every file under the directory `dir` of the kit's root, by path relative to it.
+fn files_under(tree: &Tree, dir: &str) -> BTreeMap<String, NodeId> {
     let mut out = BTreeMap::new();
-    let Some(overlay) = tree.lookup(b"overlay") else {
+    let Some(overlay) = tree.lookup(dir.as_bytes()) else {
         return out;
     };
+    let prefix = format!("{dir}/");
     let mut stack = vec![overlay];
     while let Some(d) = stack.pop() {
         for c in &tree.node(d).children {
@@ -289,7 +322,7 @@ fn overlay_files(tree: &Tree) -> BTreeMap<String, NodeId> {
                 InodeKind::Dir => stack.push(*c),
                 _ => {
                     let p = tree.path(*c);
-                    let rel = p.strip_prefix(b"overlay/").unwrap_or(&p);
+                    let rel = p.strip_prefix(prefix.as_bytes()).unwrap_or(&p);
                     out.insert(escape(rel), *c);
                 }
             }

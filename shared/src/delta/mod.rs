@@ -4,6 +4,7 @@
 //! the device runs ([`source`]). Everything here is a pure function of the bytes and the
 //! documented caps, so a kit stays reproducible.
 
+pub mod boot;
 pub mod choose;
 pub mod matching;
 pub mod recipe;

@@ -12,6 +12,15 @@
 //!   group is one file): its output size and sha256, its source kind, and the base file (a path
 //!   of the old root, i.e. of the device's current stack) with that file's sha256.
 //!
+//! FORMAT 3 boot files: control.yml's `overlay` lists every boot file the kit puts on the medium
+//! as it ends there (path, size, sha256); those the kit re-creates from the medium's current
+//! boot files are listed again in the recipe's `boot-files` ([`BootFile`]: `copy` of another
+//! boot file, or a `zstd`/`bsdiff` patch against the boot file at the same path, carried at
+//! `boot-patches/<path>` in the kit, [`boot_patch_path`]) and are not under `overlay/`. The key
+//! is written only when a kit has such files, so kits without them keep their bytes; a reader
+//! from before it refuses such a kit when it parses control.yml (unknown field `boot-files`:
+//! the recipe denies unknown fields), before any write, so the recipe version stays 1.
+//!
 //! [`recipe_tree`] makes the recipe image's tree from the layer's (builder); [`layer_tree`] makes
 //! the layer's tree back from the recipe image's and the base files (device). The device checks
 //! every base file ([`Recipe::check_bases`]) before any write and every re-created file's sha256
@@ -33,6 +42,8 @@ use crate::yaml::YamlWriter;
 pub const RECIPE_VERSION: u32 = 1;
 /// The recipe image's path inside the kit.
 pub const RECIPE_IMAGE: &str = "recipe.squashfs";
+/// The directory of the kit holding the patches of boot files ([`boot_patch_path`]).
+pub const BOOT_PATCHES: &str = "boot-patches";
 /// The largest patch or base file the device reads into memory to re-create one file: the zstd
 /// cap ([`ZSTD_MAX_TOTAL`]) bounds old + new, bsdiff's is lower.
 pub const MAX_PATCH_INPUT: u64 = ZSTD_MAX_TOTAL;
@@ -96,6 +107,60 @@ pub struct RecipeFile {
     pub base_sha256: Option<String>,
 }
 
+/// A boot file of the kit's `overlay` entries that the device re-creates from one of its current
+/// boot files instead of taking it from the kit (see the module doc). Its output (size, sha256)
+/// is the `overlay` entry of the same path.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct BootFile {
+    /// Path on the medium (an `overlay` entry's path).
+    pub path: String,
+    /// `copy`, `zstd` or `bsdiff` (never `whole`: a whole boot file is under `overlay/`).
+    pub source: SourceKind,
+    /// The boot file it is made from: a path of the medium's current boot files.
+    pub base: String,
+    /// sha256 of the base file, lower-case hex.
+    pub base_sha256: String,
+    /// Size of the patch at [`boot_patch_path`] (patches only).
+    #[serde(default)]
+    pub patch_size: Option<u64>,
+    /// sha256 of the patch, lower-case hex (patches only).
+    #[serde(default)]
+    pub patch_sha256: Option<String>,
+}
+
+impl BootFile {
+    /// Writes the record as one item of the `boot-files` list (keys in field order).
+    pub fn write_yaml(w: &mut YamlWriter, f: &BootFile) {
+        w.string("path", &f.path);
+        w.string("source", f.source.name());
+        w.string("base", &f.base);
+        w.string("base-sha256", &f.base_sha256);
+        if let Some(n) = f.patch_size {
+            w.number("patch-size", n);
+        }
+        if let Some(s) = &f.patch_sha256 {
+            w.string("patch-sha256", s);
+        }
+    }
+
+    /// The bytes the record adds to control.yml (about: as the only item of its list).
+    pub fn yaml_len(&self) -> u64 {
+        let mut w = YamlWriter::new();
+        w.list(
+            "boot-files",
+            std::slice::from_ref(self),
+            BootFile::write_yaml,
+        );
+        w.finish().len() as u64
+    }
+}
+
+/// Where the kit carries the patch of the boot file at `path`.
+pub fn boot_patch_path(path: &str) -> String {
+    format!("{BOOT_PATCHES}/{path}")
+}
+
 /// control.yml's `recipe` mapping (see the module doc).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
@@ -115,6 +180,10 @@ pub struct Recipe {
     pub image_sha256: String,
     /// Every regular file of the layer, in walk order.
     pub files: Vec<RecipeFile>,
+    /// Boot files re-created from the medium's current ones, sorted by path (key written only
+    /// when not empty).
+    #[serde(default)]
+    pub boot_files: Vec<BootFile>,
 }
 
 /// Files and bytes of one source kind (reports, `--json`).
@@ -154,6 +223,9 @@ impl Recipe {
                     w.string("base-sha256", b);
                 }
             });
+            if !self.boot_files.is_empty() {
+                w.list("boot-files", &self.boot_files, BootFile::write_yaml);
+            }
         });
     }
 
@@ -210,7 +282,72 @@ impl Recipe {
                 }
             }
         }
+        self.validate_boot_files()
+    }
+
+    /// The `boot-files` part of [`Recipe::validate`]: each path once (case-insensitively, as on
+    /// FAT), a relative base, digests in lower-case hex, patch size and sha256 exactly for
+    /// patches, never `whole`.
+    fn validate_boot_files(&self) -> Result<(), DeltaError> {
+        let bad = |m: String| DeltaError::Recipe(m);
+        let mut seen = std::collections::BTreeSet::new();
+        for f in &self.boot_files {
+            let name = &f.path;
+            if !seen.insert(name.to_ascii_lowercase()) {
+                return Err(bad(format!("boot file {name}: listed twice")));
+            }
+            let b = &f.base;
+            if b.is_empty() || b.starts_with('/') || b.split('/').any(|c| c == "..") {
+                return Err(bad(format!(
+                    "boot file {name}: base {b:?} is not a relative path"
+                )));
+            }
+            if !is_hex64(&f.base_sha256) {
+                return Err(bad(format!(
+                    "boot file {name}: base-sha256 is not lower-case hex"
+                )));
+            }
+            match (f.source, f.patch_size, &f.patch_sha256) {
+                (SourceKind::Copy, None, None) => {}
+                (SourceKind::Zstd | SourceKind::Bsdiff, Some(_), Some(s)) if is_hex64(s) => {}
+                (SourceKind::Whole, _, _) => {
+                    return Err(bad(format!(
+                        "boot file {name}: a whole boot file is carried under overlay/, not listed"
+                    )))
+                }
+                (kind, _, _) => {
+                    return Err(bad(format!(
+                        "boot file {name}: a {} source {} patch-size and patch-sha256",
+                        kind.name(),
+                        if kind == SourceKind::Copy {
+                            "has no"
+                        } else {
+                            "needs"
+                        }
+                    )))
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// Boot files and output bytes per source kind, in [`SourceKind::ALL`] order, with the
+    /// patch bytes the kit carries for them; `size` gives a boot file's output size (its
+    /// `overlay` entry). Whole boot files are not listed in the recipe: the caller counts them.
+    pub fn boot_totals(&self, size: &dyn Fn(&str) -> u64) -> Vec<(SourceKind, KindTotals, u64)> {
+        SourceKind::ALL
+            .iter()
+            .map(|&k| {
+                let mut t = KindTotals::default();
+                let mut carried = 0u64;
+                for f in self.boot_files.iter().filter(|f| f.source == k) {
+                    t.files += 1;
+                    t.bytes += size(&f.path);
+                    carried += f.patch_size.unwrap_or(0);
+                }
+                (k, t, carried)
+            })
+            .collect()
     }
 
     /// The layer tree digest as bytes.
@@ -600,6 +737,7 @@ mod tests {
             image_size: 0,
             image_sha256: "0".repeat(64),
             files,
+            boot_files: Vec::new(),
         }
     }
 
@@ -757,7 +895,82 @@ mod tests {
         struct Doc {
             recipe: Recipe,
         }
+        let text = w.finish();
+        assert!(
+            !text.contains("boot-files"),
+            "no key without boot files: {text}"
+        );
+        let d: Doc = crate::yaml::parse(&text).unwrap();
+        assert_eq!(d.recipe, r);
+
+        let mut r = r;
+        r.boot_files = vec![
+            boot(
+                "EFI/BOOT/bootx64.efi",
+                SourceKind::Bsdiff,
+                "EFI/BOOT/bootx64.efi",
+            ),
+            boot(
+                "EFI/BOOT/splash.bin",
+                SourceKind::Copy,
+                "syslinux/splash.bin",
+            ),
+        ];
+        r.validate().unwrap();
+        let mut w = YamlWriter::new();
+        r.write_yaml(&mut w);
         let d: Doc = crate::yaml::parse(&w.finish()).unwrap();
         assert_eq!(d.recipe, r);
+        assert_eq!(
+            boot_patch_path("EFI/BOOT/bootx64.efi"),
+            "boot-patches/EFI/BOOT/bootx64.efi"
+        );
+    }
+
+    fn boot(path: &str, source: SourceKind, base: &str) -> BootFile {
+        let patch = source != SourceKind::Copy;
+        BootFile {
+            path: path.into(),
+            source,
+            base: base.into(),
+            base_sha256: sha(base.as_bytes()),
+            patch_size: patch.then_some(10),
+            patch_sha256: patch.then(|| sha(b"patch")),
+        }
+    }
+
+    /// Boot-file records: each path once (case-insensitively), a relative base, patch fields
+    /// exactly for patches, never whole.
+    #[test]
+    fn malformed_boot_files_are_refused() {
+        let with = |files: Vec<BootFile>| {
+            let mut r = recipe(vec![]);
+            r.boot_files = files;
+            r.validate()
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
+        let ok = boot("a", SourceKind::Zstd, "a");
+        assert_eq!(with(vec![ok.clone()]), "");
+        let mut twice = ok.clone();
+        twice.path = "A".into();
+        assert!(with(vec![ok.clone(), twice]).contains("twice"));
+        let mut abs = ok.clone();
+        abs.base = "/etc/x".into();
+        assert!(with(vec![abs]).contains("not a relative path"));
+        let mut up = ok.clone();
+        up.base = "a/../../x".into();
+        assert!(with(vec![up]).contains("not a relative path"));
+        let mut no_patch = ok.clone();
+        no_patch.patch_sha256 = None;
+        assert!(with(vec![no_patch]).contains("needs patch-size"));
+        let mut copy_patch = boot("c", SourceKind::Copy, "d");
+        copy_patch.patch_size = Some(1);
+        assert!(with(vec![copy_patch]).contains("has no patch-size"));
+        assert!(with(vec![boot("w", SourceKind::Whole, "w")]).contains("overlay/"));
+        let mut bad_sha = ok;
+        bad_sha.base_sha256 = "AB".repeat(32);
+        assert!(with(vec![bad_sha]).contains("base-sha256"));
     }
 }

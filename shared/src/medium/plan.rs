@@ -9,6 +9,7 @@ use std::collections::HashSet;
 use std::fs::{self, File};
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
@@ -23,11 +24,12 @@ use super::{io_err, refuse, safe_relative_path, Medium, MediumError, MAX_MEDIUM_
 use crate::boot::{
     check_bootable, is_protected, loader_config_text, MAX_LOADER_CONFIG, MONITORED_DIRS,
 };
+use crate::delta::recipe::{boot_patch_path, PatchedSource, SourceKind, MAX_PATCH_INPUT};
 use crate::kit::{AnyKit, Kit, FORMAT, FORMAT_DELTA};
 use crate::progress::Progress;
 use crate::squashfs::archive::Archive;
 use crate::squashfs::check;
-use crate::tree::{hex, Content};
+use crate::tree::{hex, Content, ContentSource};
 use crate::version;
 
 /// How a kit relates to the medium.
@@ -68,7 +70,8 @@ pub struct BootWrite {
     pub path: String,
     /// sha256 of the new content.
     pub sha256: [u8; 32],
-    /// The new content, read from the kit.
+    /// The new content: read from the kit, or (FORMAT 3) re-created from one of the medium's
+    /// boot files when it is read, and checked then.
     pub content: Content,
     /// sha256 of the file it replaces, if one exists.
     pub old: Option<[u8; 32]>,
@@ -313,6 +316,9 @@ pub fn plan(
     check_listed_versions(&c, verified_udf.as_ref(), &listed, &bad_kit)?;
     check_layer_image(&c, opts.deep, &bad_kit, progress)?;
     let model = check_model(medium, &state, &c, opts, &kit_name)?;
+    let mut c = c;
+    recreate_boot_files(medium, &state, &mut c, &bad_kit, progress)?;
+    kit_leaves_a_bootable_medium(medium, &c, &bad_kit)?;
     // The stack the layer goes on: every image opens with its tables (superblock, id, fragment,
     // export and xattr tables read and checked); with `deep`, its trees are read too (which
     // opens each image the same way) and their digests checked against the state.
@@ -532,8 +538,141 @@ fn read_kit(
             return Err(bad_kit(format!("delete_files entry {d:?} is not allowed")));
         }
     }
-    kit_leaves_a_bootable_medium(medium, &c, bad_kit)?;
     Ok(c)
+}
+
+/// A file of the medium read through [`Medium::beneath`] (never through a link) each time it is
+/// opened: the base of a boot file a FORMAT 3 kit re-creates.
+struct MediumFile {
+    medium: Medium,
+    path: PathBuf,
+}
+
+impl ContentSource for MediumFile {
+    fn open(&self) -> std::io::Result<Box<dyn Read + Send + '_>> {
+        Ok(Box::new(self.medium.beneath().open(&self.path)?))
+    }
+
+    fn describe(&self) -> String {
+        self.path.display().to_string()
+    }
+}
+
+/// FORMAT 3, before any write: every boot file the kit re-creates from the medium's current boot
+/// files gets its base — a boot file the state records with the kit's base sha256, found on the
+/// medium (never through a link) with that sha256 — and is re-created once and checked against
+/// its overlay entry (size, sha256); it then joins the proposal's overlay as content re-created
+/// (and checked again) when the apply stages it. A base the medium does not have is a refusal
+/// naming the medium and the file; a patch that does not re-create the file names the kit.
+fn recreate_boot_files(
+    medium: &Medium,
+    state: &State,
+    c: &mut Proposal,
+    bad_kit: &dyn Fn(String) -> MediumError,
+    progress: &dyn Progress,
+) -> Result<(), MediumError> {
+    let total: u64 = c.boot_sources.iter().map(|b| b.size).sum();
+    progress.phase("checking boot files", total);
+    let mut done = 0u64;
+    for b in std::mem::take(&mut c.boot_sources) {
+        let other = |what: String| {
+            refuse(format!(
+                "{}: boot file {}: {what}: the kit was built against other boot files than this \
+                 medium's (apply the FORMAT 2 kit of this upgrade); nothing was written",
+                medium.root.display(),
+                b.path
+            ))
+        };
+        let want = hex(&b.base_sha256);
+        match state
+            .boot_files
+            .iter()
+            .find(|f| f.path.eq_ignore_ascii_case(&b.base))
+        {
+            Some(f) if f.sha256 == want => {}
+            Some(f) => {
+                return Err(other(format!(
+                    "its base {} has sha256 {} in the state, the kit expects {want}",
+                    b.base, f.sha256
+                )))
+            }
+            None => {
+                return Err(other(format!(
+                    "its base {} is not a boot file of this medium",
+                    b.base
+                )))
+            }
+        }
+        let path = match medium.find(&b.base)? {
+            Some(p) if medium.is_file(&p)? => p,
+            _ => return Err(other(format!("its base {} is not on the medium", b.base))),
+        };
+        let got = medium.sha_of(&path)?;
+        if got != b.base_sha256 {
+            return Err(other(format!(
+                "the medium's {} has sha256 {}, the kit expects {want}",
+                b.base,
+                hex(&got)
+            )));
+        }
+        let base = Content {
+            size: medium.file_len(&path)?,
+            source: Arc::new(MediumFile {
+                medium: medium.clone(),
+                path,
+            }),
+        };
+        let content = match (&b.patch, b.kind) {
+            (Some(patch), kind @ (SourceKind::Zstd | SourceKind::Bsdiff)) => {
+                if base.size.saturating_add(b.size) > MAX_PATCH_INPUT {
+                    return Err(bad_kit(format!(
+                        "boot file {}: base {} and output of {} bytes exceed the \
+                         {MAX_PATCH_INPUT} bytes a device re-creates in memory",
+                        b.path,
+                        b.base,
+                        base.size.saturating_add(b.size)
+                    )));
+                }
+                let source = PatchedSource {
+                    path: format!("boot file {}", b.path),
+                    kind,
+                    patch: patch.clone(),
+                    base,
+                    size: b.size,
+                    sha256: b.sha256,
+                };
+                source.recreate().map_err(|e| {
+                    bad_kit(format!(
+                        "{}: {e}; nothing was written",
+                        boot_patch_path(&b.path)
+                    ))
+                })?;
+                Content {
+                    size: b.size,
+                    source: Arc::new(source),
+                }
+            }
+            (None, SourceKind::Copy) if base.size == b.size => base,
+            (None, SourceKind::Copy) => {
+                return Err(other(format!(
+                    "its base {} has {} bytes, the kit records {}",
+                    b.base, base.size, b.size
+                )))
+            }
+            (_, kind) => {
+                return Err(bad_kit(format!(
+                    "boot file {}: a {} source without its patch",
+                    b.path,
+                    kind.name()
+                )))
+            }
+        };
+        done = done.saturating_add(b.size);
+        progress.position(done);
+        c.overlay
+            .insert(b.path.to_ascii_lowercase(), (content, b.sha256));
+    }
+    Ok(())
 }
 
 /// Refuses a kit whose boot tree would leave a medium that cannot boot ([`check_bootable`]:

@@ -12,7 +12,9 @@ use super::stack::{hash_tree, read_image_tree, stack_layer};
 use super::state::State;
 use super::{refuse, safe_relative_path, Medium, MediumError, BASE, MAX_MEDIUM_FILE};
 use crate::boot::is_protected;
-use crate::delta::recipe::{Recipe, RECIPE_IMAGE};
+use crate::delta::recipe::{
+    boot_patch_path, BootFile, Recipe, SourceKind, BOOT_PATCHES, MAX_PATCH_INPUT, RECIPE_IMAGE,
+};
 use crate::diff::HashedTree;
 use crate::kit::{FileEntry, Kit, LegacyKit, GENERATOR};
 use crate::progress::Progress;
@@ -40,10 +42,33 @@ pub struct Proposal {
     pub writer_format: Option<u32>,
     /// The layer as the kit carries it: an image, or a recipe (FORMAT 3).
     pub layer_source: KitLayer,
-    /// Every overlay file by lower-case path: content and sha256.
+    /// Every overlay file by lower-case path: content and sha256 (FORMAT 3: without the boot
+    /// files the device re-creates, [`Proposal::boot_sources`], until the plan adds them).
     pub overlay: HashMap<String, (Content, [u8; 32])>,
     /// Bytes of every overlay file.
     pub payload: u64,
+    /// FORMAT 3: the overlay files the device re-creates from its current boot files (not in
+    /// `overlay` until [`plan`](super::plan) has checked them against the medium).
+    pub boot_sources: Vec<KitBootSource>,
+}
+
+/// A boot file of a FORMAT 3 kit re-created from the medium's current boot files: the
+/// recipe's `boot-files` record, checked against the kit (its overlay entry, its patch).
+pub struct KitBootSource {
+    /// Path on the medium (the overlay entry's).
+    pub path: String,
+    /// `copy`, `zstd` or `bsdiff`.
+    pub kind: SourceKind,
+    /// Path of the base boot file on the medium.
+    pub base: String,
+    /// sha256 of the base file.
+    pub base_sha256: [u8; 32],
+    /// Output size (the overlay entry's).
+    pub size: u64,
+    /// Output sha256 (the overlay entry's).
+    pub sha256: [u8; 32],
+    /// The patch in the kit (size and sha256 checked); None for a copy.
+    pub patch: Option<Content>,
 }
 
 /// Checks paths a kit names: relative, FAT-safe, never a protected name (the layer aside).
@@ -118,6 +143,22 @@ pub fn iuk_proposal(
     let layer_rel = format!("live/{}.squashfs", c.layer);
     let overlay_paths: Vec<&str> = c.overlay.iter().map(|e| e.path.as_str()).collect();
     check_kit_paths(&overlay_paths, &c.boot_tree, &layer_rel, bad_kit)?;
+    // FORMAT 3: the boot files re-created on the device, by lower-case path.
+    let mut recreated: HashMap<String, &BootFile> = HashMap::new();
+    if let Some(r) = &c.recipe {
+        r.validate()
+            .map_err(|e| bad_kit(format!("control.yml: {e}")))?;
+        for b in &r.boot_files {
+            if !safe_relative_path(&b.base) {
+                return Err(bad_kit(format!(
+                    "control.yml: boot file {}: base {:?} is not a safe relative path on a FAT \
+                     medium",
+                    b.path, b.base
+                )));
+            }
+            recreated.insert(b.path.to_ascii_lowercase(), b);
+        }
+    }
 
     // Every overlay file is in the kit with the recorded size and sha256, and nothing else is.
     let payload = checked_sum(c.overlay.iter().map(|e| e.size)).ok_or_else(|| {
@@ -128,7 +169,18 @@ pub fn iuk_proposal(
     let mut listed: HashSet<Vec<u8>> = HashSet::new();
     let mut layer: Option<(Content, [u8; 32])> = None;
     let mut overlay: HashMap<String, (Content, [u8; 32])> = HashMap::new();
+    let mut boot_sources = Vec::new();
     for e in &c.overlay {
+        if let Some(b) = recreated.remove(&e.path.to_ascii_lowercase()) {
+            let s = boot_source(kit, e, b, &layer_rel, bad_kit)?;
+            listed.extend(
+                s.patch
+                    .as_ref()
+                    .map(|_| boot_patch_path(&e.path).into_bytes()),
+            );
+            boot_sources.push(s);
+            continue;
+        }
         let kit_path_in = format!("overlay/{}", e.path);
         listed.insert(kit_path_in.clone().into_bytes());
         let node = kit
@@ -168,9 +220,15 @@ pub fn iuk_proposal(
         }
         overlay.insert(e.path.to_ascii_lowercase(), (content.clone(), got));
     }
+    if let Some(b) = recreated.values().next() {
+        return Err(bad_kit(format!(
+            "control.yml: boot file {} of the recipe is not an overlay entry",
+            b.path
+        )));
+    }
     for id in kit.tree.walk() {
         let p = kit.tree.path(id);
-        if p.starts_with(b"overlay/")
+        if (p.starts_with(b"overlay/") || p.starts_with(format!("{BOOT_PATCHES}/").as_bytes()))
             && !matches!(kit.tree.node_inode(id).kind, InodeKind::Dir)
             && !listed.contains(&p)
         {
@@ -209,6 +267,87 @@ pub fn iuk_proposal(
         layer_source,
         overlay,
         payload,
+        boot_sources,
+    })
+}
+
+/// FORMAT 3: a boot file re-created on the device, checked against the kit: never the layer; a
+/// copy's base has the overlay entry's sha256; a patch is in the kit at
+/// [`boot_patch_path`] with the recorded size and sha256, within the device's memory caps.
+fn boot_source(
+    kit: &Kit,
+    e: &FileEntry,
+    b: &BootFile,
+    layer_rel: &str,
+    bad_kit: &dyn Fn(String) -> MediumError,
+) -> Result<KitBootSource, MediumError> {
+    if e.path.eq_ignore_ascii_case(layer_rel) {
+        return Err(bad_kit(format!(
+            "control.yml: {layer_rel} is listed as a boot file"
+        )));
+    }
+    if e.size > MAX_MEDIUM_FILE {
+        return Err(bad_kit(format!(
+            "boot file {} has {} bytes, more than the {MAX_MEDIUM_FILE} bytes a FAT medium \
+             holds in one file",
+            e.path, e.size
+        )));
+    }
+    let sha256 = parse_hex(&e.sha256, &e.path)?;
+    let base_sha256 = parse_hex(&b.base_sha256, &b.path)?;
+    let patch = match b.source {
+        SourceKind::Copy => {
+            if base_sha256 != sha256 {
+                return Err(bad_kit(format!(
+                    "control.yml: boot file {}: a copy whose base has another sha256",
+                    e.path
+                )));
+            }
+            None
+        }
+        _ => {
+            let at = boot_patch_path(&e.path);
+            let node = kit
+                .tree
+                .lookup(at.as_bytes())
+                .ok_or_else(|| bad_kit(format!("{at} is missing")))?;
+            let InodeKind::File(content) = &kit.tree.node_inode(node).kind else {
+                return Err(bad_kit(format!("{at} is not a regular file")));
+            };
+            let want_size = b.patch_size.unwrap_or(0);
+            if content.size != want_size {
+                return Err(bad_kit(format!(
+                    "{at} has {} bytes, control.yml says {want_size}",
+                    content.size
+                )));
+            }
+            if content.size > MAX_PATCH_INPUT || e.size > MAX_PATCH_INPUT {
+                return Err(bad_kit(format!(
+                    "{at}: a patch of {} bytes making {} bytes exceeds the {MAX_PATCH_INPUT} \
+                     bytes a device re-creates in memory",
+                    content.size, e.size
+                )));
+            }
+            let want = parse_hex(b.patch_sha256.as_deref().unwrap_or_default(), &at)?;
+            let got = content
+                .sha256()
+                .map_err(|err| bad_kit(format!("{at}: {err}")))?;
+            if got != want {
+                return Err(bad_kit(format!(
+                    "{at} does not have the sha256 control.yml records"
+                )));
+            }
+            Some(content.clone())
+        }
+    };
+    Ok(KitBootSource {
+        path: e.path.clone(),
+        kind: b.source,
+        base: b.base.clone(),
+        base_sha256,
+        size: e.size,
+        sha256,
+        patch,
     })
 }
 
@@ -363,6 +502,7 @@ pub fn legacy_proposal(
         layer_source: KitLayer::Image(layer_content.0, layer_content.1),
         overlay,
         payload,
+        boot_sources: Vec::new(),
     })
 }
 
