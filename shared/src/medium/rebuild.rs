@@ -30,6 +30,7 @@ use crate::diff::{merge, HashedTree};
 use crate::kit::LayerParams;
 use crate::progress::Progress;
 use crate::squashfs::archive::Archive;
+use crate::squashfs::compress::BcjTrial;
 use crate::squashfs::write::{write_image, WriterParams};
 use crate::tree::{hex, Content, InodeKind, Tree};
 
@@ -161,6 +162,9 @@ pub fn prepare(
         .to_writer(jobs)
         .map_err(|e| bad_kit(e.to_string()))?;
     params.exportable = false;
+    // The device's layer is checked by its tree digest, not its bytes: the BCJ filter is chosen
+    // by a fast trial (a third less CPU on the device's long step, 0.02 % larger measured).
+    params.bcj_trial = BcjTrial::Fast;
     let digest = kit
         .recipe
         .layer_digest()

@@ -33,7 +33,7 @@ use std::sync::Mutex;
 
 use sha2::{Digest, Sha256};
 
-use super::compress::Compressor;
+use super::compress::{BcjTrial, Compressor};
 use super::data::StoredFile;
 use super::inode::BLOCK_UNCOMPRESSED;
 use super::table::FragmentEntry;
@@ -76,10 +76,23 @@ pub struct BlockParams<'a> {
     pub jobs: usize,
     /// Compressed blocks remembered across the images of a run. Never changes the output bytes.
     pub cache: Option<&'a BlockCache>,
+    /// How xz blocks get the BCJ x86 filter.
+    pub bcj_trial: BcjTrial,
 }
 
 /// A [`BlockCache`]'s entries: (compressor, sha256 of the block) → compressed bytes.
-type CacheMap = HashMap<(Compressor, [u8; 32]), Option<Vec<u8>>>;
+type CacheMap = HashMap<(Compressor, BcjTrial, [u8; 32]), Option<Vec<u8>>>;
+
+impl<'a> BlockParams<'a> {
+    /// How this image's blocks are compressed.
+    fn compression(&self) -> BlockCompression<'a> {
+        BlockCompression {
+            compressor: self.compressor,
+            trial: self.bcj_trial,
+            cache: self.cache,
+        }
+    }
+}
 
 /// What blocks compressed to, remembered across the images one run writes (the kits of a batch
 /// share most fragment blocks and boot files): keyed by compressor and the sha256 of the
@@ -126,15 +139,24 @@ impl BlockCache {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// `compressor.compress(data)`, taken from the cache when the same bytes were compressed
-    /// with the same compressor before.
-    pub fn compress(&self, compressor: &Compressor, data: &[u8]) -> Result<Option<Vec<u8>>> {
-        let key = (compressor.clone(), <[u8; 32]>::from(Sha256::digest(data)));
+    /// `compressor.compress_with(data, trial)`, taken from the cache when the same bytes were
+    /// compressed the same way before.
+    pub fn compress(
+        &self,
+        compressor: &Compressor,
+        trial: BcjTrial,
+        data: &[u8],
+    ) -> Result<Option<Vec<u8>>> {
+        let key = (
+            compressor.clone(),
+            trial,
+            <[u8; 32]>::from(Sha256::digest(data)),
+        );
         if let Some(z) = self.lock().get(&key) {
             self.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(z.clone());
         }
-        let z = compressor.compress(data)?;
+        let z = compressor.compress_with(data, trial)?;
         let len = z.as_ref().map_or(0, Vec::len) as u64 + 64;
         if self.bytes.load(Ordering::Relaxed) + len <= self.cap {
             self.bytes.fetch_add(len, Ordering::Relaxed);
@@ -144,15 +166,21 @@ impl BlockCache {
     }
 }
 
-/// `compressor.compress(data)`, through `cache` when there is one.
-fn compress_block(
-    compressor: &Compressor,
-    cache: Option<&BlockCache>,
-    data: &[u8],
-) -> Result<Option<Vec<u8>>> {
-    match cache {
-        Some(c) => c.compress(compressor, data),
-        None => compressor.compress(data),
+/// How the data path compresses a block: compressor, BCJ trial, and the cache if any.
+#[derive(Clone, Copy)]
+struct BlockCompression<'a> {
+    compressor: &'a Compressor,
+    trial: BcjTrial,
+    cache: Option<&'a BlockCache>,
+}
+
+impl BlockCompression<'_> {
+    /// Compresses `data` (`None`: it does not shrink), through the cache when there is one.
+    fn compress(&self, data: &[u8]) -> Result<Option<Vec<u8>>> {
+        match self.cache {
+            Some(c) => c.compress(self.compressor, self.trial, data),
+            None => self.compressor.compress_with(data, self.trial),
+        }
     }
 }
 
@@ -268,10 +296,11 @@ enum Origin {
 
 impl Payload {
     /// Compresses (or passes through) the payload.
-    fn finish(self, compressor: &Compressor, cache: Option<&BlockCache>) -> Result<Stored> {
+    fn finish(self, how: BlockCompression<'_>) -> Result<Stored> {
+        let compressor = how.compressor;
         let (bytes, compressed, sparse_len, origin) = match self {
             Payload::Sparse(len) => (Vec::new(), false, len, Origin::Stored),
-            Payload::Data(d) => match compress_block(compressor, cache, &d)? {
+            Payload::Data(d) => match how.compress(&d)? {
                 Some(z) => (z, true, 0, Origin::Compressed),
                 None => (d, false, 0, Origin::Compressed),
             },
@@ -395,8 +424,7 @@ pub fn write_data<W: Write>(
                     scope: s,
                     tokens: &token_rx,
                     done: done_tx,
-                    compressor: params.compressor,
-                    cache: params.cache,
+                    how: params.compression(),
                     stop: stop_ref,
                     seq: 0,
                 };
@@ -479,8 +507,7 @@ struct Submitter<'s, 'scope> {
     scope: &'s rayon::Scope<'scope>,
     tokens: &'s Receiver<()>,
     done: Sender<Msg>,
-    compressor: &'scope Compressor,
-    cache: Option<&'scope BlockCache>,
+    how: BlockCompression<'scope>,
     stop: &'s AtomicBool,
     /// Jobs submitted so far (the next job's sequence number).
     seq: u64,
@@ -503,10 +530,10 @@ impl Submitter<'_, '_> {
         let seq = self.seq;
         self.seq += 1;
         let done = self.done.clone();
-        let (compressor, cache) = (self.compressor, self.cache);
+        let how = self.how;
         self.scope.spawn(move |_| {
             let BlockJob { target, payload } = job;
-            let stored = payload.finish(compressor, cache);
+            let stored = payload.finish(how);
             let _ = done.send(Msg::Done(Finished {
                 seq,
                 target,
@@ -695,18 +722,16 @@ impl<'a> Producer<'a> {
             DataCompression::All => Payload::Data(block),
             DataCompression::None if short_last => Payload::Data(block),
             DataCompression::None => Payload::Stored(block),
-            DataCompression::Probe => {
-                match compress_block(self.params.compressor, self.params.cache, &block)? {
-                    Some(z) => {
-                        *mode = DataCompression::All;
-                        Payload::Packed(z)
-                    }
-                    None => {
-                        *mode = DataCompression::None;
-                        Payload::Stored(block)
-                    }
+            DataCompression::Probe => match self.params.compression().compress(&block)? {
+                Some(z) => {
+                    *mode = DataCompression::All;
+                    Payload::Packed(z)
                 }
-            }
+                None => {
+                    *mode = DataCompression::None;
+                    Payload::Stored(block)
+                }
+            },
         })
     }
 

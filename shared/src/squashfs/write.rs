@@ -34,7 +34,7 @@ use std::collections::HashMap;
 use std::io::{Seek, SeekFrom, Write};
 
 use super::blocks::{self, BlockCache, BlockParams, FileData};
-use super::compress::Compressor;
+use super::compress::{BcjTrial, Compressor};
 use super::dir::{self, DirEntry};
 use super::inode::{self, DiskInode, InodeBody, InodeHeader};
 use super::meta::{MetaRef, MetaWriter};
@@ -80,6 +80,9 @@ pub struct WriterParams {
     /// Compressed blocks shared with the other images of a run (the kits of a batch). Never
     /// changes the output bytes.
     pub cache: Option<std::sync::Arc<BlockCache>>,
+    /// How xz blocks get the BCJ x86 filter: [`BcjTrial::Full`] (the writer format's) unless
+    /// the image's bytes are never compared, only its tree (a device's rebuilt layer).
+    pub bcj_trial: BcjTrial,
 }
 
 impl WriterParams {
@@ -96,6 +99,7 @@ impl WriterParams {
             sort: SortFile::default(),
             jobs: std::thread::available_parallelism().map_or(1, |n| n.get()),
             cache: None,
+            bcj_trial: BcjTrial::Full,
         }
     }
 
@@ -170,6 +174,7 @@ pub fn write_image<W: Write + Seek>(
         stored_paths: &params.stored_paths,
         jobs: params.jobs,
         cache: params.cache.as_deref(),
+        bcj_trial: params.bcj_trial,
     };
     let data = blocks::write_data(tree, &order, &block_params, out, start, progress)?;
     let mut file_data: HashMap<InodeId, &FileData> = HashMap::with_capacity(order.len());
