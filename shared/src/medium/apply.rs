@@ -93,7 +93,8 @@ pub fn execute(
         std::iter::once(plan.layer.size()).chain(plan.writes.iter().map(|w| w.content.size)),
     )?;
     let staged = plan.writes.iter().filter(|w| !w.direct);
-    let bytes_written = sum_sizes(std::iter::once(total).chain(staged.map(|w| w.content.size)))?;
+    let mut bytes_written =
+        sum_sizes(std::iter::once(total).chain(staged.map(|w| w.content.size)))?;
     let live = medium.live();
     let staging = medium.staging();
     if !medium.is_dir(&staging)? {
@@ -137,6 +138,8 @@ pub fn execute(
             }
             progress.phase("staging", total);
             done = r.size;
+            // The device's layer has its own size (its own BCJ choices): report what it wrote.
+            bytes_written = bytes_written.saturating_sub(r.size).saturating_add(size);
         }
     }
     let journal = plan_journal(plan.old_state_sha, &new_state, &plan.writes, &plan.deletes);

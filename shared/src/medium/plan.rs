@@ -362,7 +362,7 @@ pub fn plan(
         &state,
         old_state_sha,
         &c,
-        layer.size(),
+        layer.space(),
         &new_state,
         &writes,
         &deletes,

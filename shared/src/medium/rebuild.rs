@@ -80,7 +80,20 @@ impl LayerWrite {
             LayerWrite::Rebuild(r) => r.size,
         }
     }
+
+    /// The bytes counted against the medium's free space: for a rebuild, the builder's layer
+    /// size plus [`REBUILD_ALLOWANCE`] of it, since the device's layer makes its own BCJ choices
+    /// and block copies (measured 8 KiB, 0.01 %, over an 81 MB layer).
+    pub fn space(&self) -> u64 {
+        match self {
+            LayerWrite::Copy(c, _) => c.size,
+            LayerWrite::Rebuild(r) => r.size.saturating_add(r.size / REBUILD_ALLOWANCE),
+        }
+    }
 }
+
+/// A rebuilt layer is counted as 1/64 (1.6 %) larger than the builder's for free space.
+pub const REBUILD_ALLOWANCE: u64 = 64;
 
 /// The merged tree of the images the kit applies to: the base, and with `stacking` every layer
 /// above it (see the module doc).
@@ -286,4 +299,32 @@ pub fn check_written(
         )));
     }
     Ok((size, sha))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::squashfs::compress::Compressor;
+    use crate::tree::Metadata;
+
+    #[test]
+    fn a_rebuilt_layer_is_counted_with_its_allowance() {
+        let c = Compressor::Xz {
+            level: 6,
+            dict_size: 1 << 20,
+            bcj_x86: true,
+        };
+        let rebuild = LayerWrite::Rebuild(Box::new(Rebuild {
+            tree: Tree::new(Metadata::default()),
+            params: WriterParams::new(c, 1 << 20, 0),
+            digest: [0; 32],
+            size: 81_346_560,
+        }));
+        assert_eq!(rebuild.size(), 81_346_560);
+        assert_eq!(rebuild.space(), 81_346_560 + 1_271_040);
+        // The device's own layer on the bench pair (81,354,752 B) fits the count.
+        assert!(rebuild.space() >= 81_354_752);
+        let copy = LayerWrite::Copy(Content::from_bytes(vec![1; 10]), [0; 32]);
+        assert_eq!((copy.size(), copy.space()), (10, 10));
+    }
 }
