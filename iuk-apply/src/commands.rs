@@ -5,11 +5,13 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
+use iuk::delta::recipe::{KindTotals, SourceKind};
 use iuk::medium::apply;
 use iuk::medium::fsops::RealFs;
 use iuk::medium::init::{self, InitOptions};
 use iuk::medium::keyring::{self, KeyringInput};
 use iuk::medium::plan::{self, ApplyOptions, Plan};
+use iuk::medium::rebuild::LayerWrite;
 use iuk::medium::recover::{self, Recovery};
 use iuk::medium::signed_udf::{self, Outcome, SignedUdf};
 use iuk::medium::{Medium, MediumError};
@@ -407,7 +409,27 @@ fn describe_plan(p: &Plan) -> serde_json::Value {
         "free_bytes": p.free,
         "reinstall_bootloader": p.reinstall_bootloader,
         "warnings": p.warnings,
+        "format": if matches!(p.layer, LayerWrite::Rebuild(_)) { "3" } else { "2" },
+        "layer_sources": kinds_json(&p.layer_sources),
+        "boot_sources": kinds_json(&p.boot_sources),
     })
+}
+
+/// Per source kind: `{"kind", "files", "bytes"}` (FORMAT 3 plans).
+fn kinds_json(kinds: &[(SourceKind, KindTotals)]) -> serde_json::Value {
+    kinds
+        .iter()
+        .map(|(k, t)| serde_json::json!({ "kind": k.name(), "files": t.files, "bytes": t.bytes }))
+        .collect()
+}
+
+/// `copy 3838 files 62624946 bytes, zstd …` (FORMAT 3 plans).
+fn kinds_text(kinds: &[(SourceKind, KindTotals)]) -> String {
+    kinds
+        .iter()
+        .map(|(k, t)| format!("{} {} files {} bytes", k.name(), t.files, t.bytes))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 impl KitArgs {
@@ -453,6 +475,18 @@ fn check_cmd(a: KitArgs) -> Result<()> {
             plan.needed,
             plan.free.map(|f| format!(", {f} free")).unwrap_or_default()
         );
+        if matches!(plan.layer, LayerWrite::Rebuild(_)) {
+            println!(
+                "FORMAT 3: the layer is rebuilt on this medium from {}",
+                kinds_text(&plan.layer_sources)
+            );
+            if !plan.boot_sources.is_empty() {
+                println!(
+                    "boot files re-created from this medium's: {}",
+                    kinds_text(&plan.boot_sources)
+                );
+            }
+        }
         if plan.reinstall_bootloader {
             println!(
                 "syslinux/ldlinux.c32 changes: the boot loader must be reinstalled afterwards"

@@ -450,6 +450,34 @@ fn generated_pair_applies_like_format_2() {
     let (m2, m3) = (t.path().join("m2"), t.path().join("m3"));
     init(&m2, &old);
     init(&m3, &old);
+    // `check` tells how the layer and the boot files will be made, per source kind.
+    let c = run_ok(ia("check", &m3).arg(f3).arg("--json"));
+    let c: serde_json::Value = serde_json::from_slice(&c.stdout).unwrap();
+    assert_eq!(c["format"], "3", "{c}");
+    let kinds = |key: &str| -> Vec<String> {
+        c[key]
+            .as_array()
+            .unwrap_or_else(|| panic!("no {key}: {c}"))
+            .iter()
+            .filter(|k| k["files"].as_u64() > Some(0))
+            .map(|k| k["kind"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    assert_eq!(
+        kinds("layer_sources"),
+        ["copy", "zstd", "bsdiff", "whole"],
+        "{c}"
+    );
+    assert!(!kinds("boot_sources").is_empty(), "{c}");
+    let text = run_ok(ia("check", &m3).arg(f3));
+    assert!(
+        String::from_utf8_lossy(&text.stdout)
+            .contains("FORMAT 3: the layer is rebuilt on this medium from copy "),
+        "{text}"
+    );
+    let c2 = run_ok(ia("check", &m2).arg(f2).arg("--json"));
+    let c2: serde_json::Value = serde_json::from_slice(&c2.stdout).unwrap();
+    assert_eq!(c2["format"], "2", "{c2}");
     apply(&m2, f2);
     apply(&m3, f3);
     assert_same_media(&m2, &m3, "generated pair");

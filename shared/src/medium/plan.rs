@@ -24,7 +24,9 @@ use super::{io_err, refuse, safe_relative_path, Medium, MediumError, MAX_MEDIUM_
 use crate::boot::{
     check_bootable, is_protected, loader_config_text, MAX_LOADER_CONFIG, MONITORED_DIRS,
 };
-use crate::delta::recipe::{boot_patch_path, PatchedSource, SourceKind, MAX_PATCH_INPUT};
+use crate::delta::recipe::{
+    boot_patch_path, KindTotals, PatchedSource, SourceKind, MAX_PATCH_INPUT,
+};
 use crate::kit::{AnyKit, Kit, FORMAT, FORMAT_DELTA};
 use crate::progress::Progress;
 use crate::squashfs::archive::Archive;
@@ -126,6 +128,12 @@ pub struct Plan {
     pub warnings: Vec<String>,
     /// True when `syslinux/ldlinux.c32` changes: the boot loader must be reinstalled to match.
     pub reinstall_bootloader: bool,
+    /// FORMAT 3: the layer's files and the bytes they make, per source kind (empty for a kit
+    /// that carries the layer image).
+    pub layer_sources: Vec<(SourceKind, KindTotals)>,
+    /// FORMAT 3: boot files re-created from the medium's own, per source kind (copy, zstd,
+    /// bsdiff; kinds without files left out).
+    pub boot_sources: Vec<(SourceKind, KindTotals)>,
 }
 
 fn statvfs(path: &Path) -> Result<libc::statvfs, MediumError> {
@@ -317,6 +325,18 @@ pub fn plan(
     check_layer_image(&c, opts.deep, &bad_kit, progress)?;
     let model = check_model(medium, &state, &c, opts, &kit_name)?;
     let mut c = c;
+    let boot_sources = SourceKind::ALL
+        .iter()
+        .map(|&k| {
+            let of_kind = c.boot_sources.iter().filter(|b| b.kind == k);
+            let totals = KindTotals {
+                files: of_kind.clone().count() as u64,
+                bytes: of_kind.map(|b| b.size).sum(),
+            };
+            (k, totals)
+        })
+        .filter(|(_, t)| t.files > 0)
+        .collect();
     recreate_boot_files(medium, &state, &mut c, &bad_kit, progress)?;
     kit_leaves_a_bootable_medium(medium, &c, &bad_kit)?;
     // The stack the layer goes on: every image opens with its tables (superblock, id, fragment,
@@ -327,6 +347,10 @@ pub fn plan(
     } else {
         check_images(medium, &state)?;
     }
+    let layer_sources = match &c.layer_source {
+        KitLayer::Image(..) => Vec::new(),
+        KitLayer::Recipe(r) => r.recipe.totals(),
+    };
     let layer = match &c.layer_source {
         KitLayer::Image(content, sha) => LayerWrite::Copy(content.clone(), *sha),
         KitLayer::Recipe(r) => LayerWrite::Rebuild(Box::new(rebuild::prepare(
@@ -394,6 +418,8 @@ pub fn plan(
         free: space.free,
         warnings,
         reinstall_bootloader,
+        layer_sources,
+        boot_sources,
     })
 }
 
