@@ -101,6 +101,9 @@ impl<'a> BlockParams<'a> {
 /// on it (compression is deterministic); only time does.
 pub struct BlockCache {
     entries: Mutex<CacheMap>,
+    /// Copied blocks already checked: (sha256 of the stored bytes, sha256 of what they decode
+    /// to). The same stored bytes with the same expected content need no second decoding.
+    checked: Mutex<std::collections::HashSet<([u8; 32], [u8; 32])>>,
     bytes: AtomicU64,
     cap: u64,
     hits: AtomicU64,
@@ -124,6 +127,7 @@ impl BlockCache {
     pub fn new(cap: u64) -> BlockCache {
         BlockCache {
             entries: Mutex::new(HashMap::new()),
+            checked: Mutex::new(std::collections::HashSet::new()),
             bytes: AtomicU64::new(0),
             cap,
             hits: AtomicU64::new(0),
@@ -137,6 +141,30 @@ impl BlockCache {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, CacheMap> {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// [`check_copied`], skipped when the same stored bytes were checked to decode to the same
+    /// content (by sha256 of both) before.
+    fn check_copied(
+        &self,
+        compressor: &Compressor,
+        raw: &[u8],
+        compressed: bool,
+        plain: &[u8],
+        what: &str,
+    ) -> Result<()> {
+        let key: ([u8; 32], [u8; 32]) = (Sha256::digest(raw).into(), Sha256::digest(plain).into());
+        let lock = || self.checked.lock().unwrap_or_else(|p| p.into_inner());
+        if lock().contains(&key) {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        check_copied(compressor, raw, compressed, plain, what)?;
+        if self.bytes.load(Ordering::Relaxed) + 64 <= self.cap {
+            self.bytes.fetch_add(64, Ordering::Relaxed);
+            lock().insert(key);
+        }
+        Ok(())
     }
 
     /// `compressor.compress_with(data, trial)`, taken from the cache when the same bytes were
@@ -312,7 +340,10 @@ impl Payload {
                 plain,
                 what,
             } => {
-                check_copied(compressor, &raw, compressed, &plain, &what)?;
+                match how.cache {
+                    Some(c) => c.check_copied(compressor, &raw, compressed, &plain, &what)?,
+                    None => check_copied(compressor, &raw, compressed, &plain, &what)?,
+                }
                 (raw, compressed, 0, Origin::Copied)
             }
         };
@@ -1247,6 +1278,29 @@ mod tests {
             "the noise block stays stored"
         );
         assert_eq!(b.len(), 4);
+    }
+
+    #[test]
+    fn a_shared_cache_checks_a_copied_block_once() {
+        let (input, _) = write(&sample(), &params(xz(0, BS as u32, false), BS, 2));
+        let t = read(input);
+        let p = params(xz(6, BS as u32, false), BS, 2);
+        let alone = write(&t, &p).0;
+        let mut shared = p.clone();
+        let cache = Arc::new(BlockCache::new(BlockCache::DEFAULT_CAP));
+        shared.cache = Some(cache.clone());
+        let (first, r) = write(&t, &shared);
+        assert_eq!(r.copied_blocks, 8);
+        let before = cache.hits();
+        assert_eq!(write(&t, &shared).0, first);
+        // Every copied block was checked by the first write; the fragments repeat too.
+        assert!(
+            cache.hits() >= before + 8,
+            "{} then {}",
+            before,
+            cache.hits()
+        );
+        assert_eq!(first, alone, "the cache changed the bytes");
     }
 
     #[test]
