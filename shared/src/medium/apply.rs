@@ -92,9 +92,6 @@ pub fn execute(
     let total = sum_sizes(
         std::iter::once(plan.layer.size()).chain(plan.writes.iter().map(|w| w.content.size)),
     )?;
-    let staged = plan.writes.iter().filter(|w| !w.direct);
-    let mut bytes_written =
-        sum_sizes(std::iter::once(total).chain(staged.map(|w| w.content.size)))?;
     let live = medium.live();
     let staging = medium.staging();
     if !medium.is_dir(&staging)? {
@@ -111,7 +108,8 @@ pub fn execute(
     let mut done = 0u64;
     let layer_path = medium.root.join(&plan.layer_rel);
     let mut new_state = plan.new_state.clone();
-    match &plan.layer {
+    // The bytes the layer took: a rebuilt layer has the device's own size (its BCJ choices).
+    let layer_written = match &plan.layer {
         LayerWrite::Copy(content, want) => {
             progress.phase("staging", total);
             let (sha, size) = copy_in(fs, &layer_path, content, progress, &mut done)?;
@@ -123,6 +121,7 @@ pub fn execute(
                     changed = KIT_CHANGED
                 )));
             }
+            size
         }
         LayerWrite::Rebuild(r) => {
             rebuild::write_layer(fs, &layer_path, r, progress)?;
@@ -138,10 +137,15 @@ pub fn execute(
             }
             progress.phase("staging", total);
             done = r.size;
-            // The device's layer has its own size (its own BCJ choices): report what it wrote.
-            bytes_written = bytes_written.saturating_sub(r.size).saturating_add(size);
+            size
         }
-    }
+    };
+    let staged = plan.writes.iter().filter(|w| !w.direct);
+    let bytes_written = sum_sizes(
+        std::iter::once(layer_written)
+            .chain(plan.writes.iter().map(|w| w.content.size))
+            .chain(staged.map(|w| w.content.size)),
+    )?;
     let journal = plan_journal(plan.old_state_sha, &new_state, &plan.writes, &plan.deletes);
     let mut written = vec![layer_path];
     let mut touched = Vec::new();

@@ -210,6 +210,14 @@ impl BlockCompression<'_> {
             None => self.compressor.compress_with(data, self.trial),
         }
     }
+
+    /// [`check_copied`], through the cache when there is one.
+    fn check_copied(&self, raw: &[u8], compressed: bool, plain: &[u8], what: &str) -> Result<()> {
+        match self.cache {
+            Some(c) => c.check_copied(self.compressor, raw, compressed, plain, what),
+            None => check_copied(self.compressor, raw, compressed, plain, what),
+        }
+    }
 }
 
 /// Where one file's data ended up (what its inode records).
@@ -325,7 +333,6 @@ enum Origin {
 impl Payload {
     /// Compresses (or passes through) the payload.
     fn finish(self, how: BlockCompression<'_>) -> Result<Stored> {
-        let compressor = how.compressor;
         let (bytes, compressed, sparse_len, origin) = match self {
             Payload::Sparse(len) => (Vec::new(), false, len, Origin::Stored),
             Payload::Data(d) => match how.compress(&d)? {
@@ -340,10 +347,7 @@ impl Payload {
                 plain,
                 what,
             } => {
-                match how.cache {
-                    Some(c) => c.check_copied(compressor, &raw, compressed, &plain, &what)?,
-                    None => check_copied(compressor, &raw, compressed, &plain, &what)?,
-                }
+                how.check_copied(&raw, compressed, &plain, &what)?;
                 (raw, compressed, 0, Origin::Copied)
             }
         };
