@@ -33,7 +33,9 @@ use crate::progress::Progress;
 use crate::release::{self, hex_opt, Release, ReleaseError};
 use crate::squashfs::archive::Archive;
 use crate::squashfs::blocks::BlockCache;
-use crate::squashfs::write::{write_image, WriteReport, WriterParams, WRITER_FORMAT_VERSION};
+use crate::squashfs::write::{
+    write_image, write_image_hashed, DataOrder, WriteReport, WriterParams, WRITER_FORMAT_VERSION,
+};
 use crate::squashfs::SqfsError;
 use crate::tree::{hex, Content, Tree, TreeError};
 use crate::version;
@@ -482,12 +484,17 @@ impl KitSteps<'_> {
         let old_digest = old_root.digest();
 
         self.phase("diffing", 0);
-        let (layer_tree, stats) = diff::diff(old_root.hashed(), new.root.hashed(), epoch)?;
+        let (layer, stats) = diff::diff_hashed(old_root.hashed(), new.root.hashed(), epoch)?;
 
         // The layer goes to a temporary file beside the output, removed whatever happens.
         let layer_tmp = TempFile(layer_temp_path(out));
         self.phase("compressing", stats.content_bytes);
-        let written = write_layer(&layer_tree, &opts.layer, &layer_tmp.0, progress)?;
+        let written = write_layer(
+            (&layer.tree, Some(&layer.hashes)),
+            &opts.layer,
+            &layer_tmp.0,
+            progress,
+        )?;
         self.phase("verifying", stats.content_bytes);
         let inputs = [old.path(), new.release.path()];
         let layer_read = verify_layer(
@@ -827,9 +834,11 @@ fn layer_temp_path(out: &Path) -> PathBuf {
 
 /// Step 3: writes the diff layer with the declared parameters to `path`. Files the layer carries
 /// are read from the new image: their blocks are copied from it when its compressor settings and
-/// block size equal the layer's (block sources, see [`crate::squashfs::blocks`]).
+/// block size equal the layer's (block sources, see [`crate::squashfs::blocks`]). `hashes` are
+/// the files' known sha256 (the new root's), when known. A diff layer (and a recipe, which has
+/// its entries) has no export table and its files newest first ([`DataOrder::NewestFirst`]).
 fn write_layer(
-    layer_tree: &Tree,
+    (tree, hashes): (&Tree, Option<&[Option<[u8; 32]>]>),
     params: &WriterParams,
     path: &Path,
     progress: &dyn Progress,
@@ -843,7 +852,10 @@ fn write_layer(
     // A diff layer is never exported over NFS: no export table (as gensquashfs by default).
     let mut layer_params = params.clone();
     layer_params.exportable = false;
-    let report = write_image(layer_tree, &layer_params, &mut w, &|n| progress.position(n))?;
+    layer_params.order = DataOrder::NewestFirst;
+    let report = write_image_hashed(tree, hashes, &layer_params, &mut w, &|n| {
+        progress.position(n)
+    })?;
     w.into_inner().map_err(|e| io(e.into_error()))?;
     Ok(report)
 }
@@ -970,7 +982,7 @@ impl KitSteps<'_> {
         )?;
         let tree = recipe_tree(&layer.tree, &chosen)?;
         self.phase("writing recipe", tree.content_bytes());
-        write_layer(&tree, &opts.layer, path, progress)?;
+        write_layer((&tree, None), &opts.layer, path, progress)?;
         let io = |e: std::io::Error| OutputError::Io {
             path: path.to_path_buf(),
             source: e,

@@ -343,6 +343,16 @@ pub fn diff(
     new: Hashed<'_>,
     whiteout_mtime: u32,
 ) -> Result<(Tree, DiffStats), DiffError> {
+    diff_hashed(old, new, whiteout_mtime).map(|(layer, stats)| (layer.tree, stats))
+}
+
+/// [`diff`], with the layer's content hashes (each layer file has its new file's sha256), so
+/// that the layer's writer need not read a file just to hash it.
+pub fn diff_hashed(
+    old: Hashed<'_>,
+    new: Hashed<'_>,
+    whiteout_mtime: u32,
+) -> Result<(HashedTree, DiffStats), DiffError> {
     let mut d = Differ {
         old,
         new,
@@ -438,7 +448,19 @@ pub fn diff(
         )?;
     }
     d.stats.layer_entries = layer.node_count() as u64;
-    Ok((layer, d.stats))
+    let mut hashes = vec![None; layer.inode_count()];
+    for (n, l) in &inode_map {
+        if let Some(h) = hashes.get_mut(l.0 as usize) {
+            *h = new.hashes.get(n.0 as usize).copied().flatten();
+        }
+    }
+    Ok((
+        HashedTree {
+            tree: layer,
+            hashes,
+        },
+        d.stats,
+    ))
 }
 
 /// The overlayfs view of `upper` stacked on `lower`: whiteouts hide lower entries, directories

@@ -31,7 +31,7 @@ use crate::kit::LayerParams;
 use crate::progress::Progress;
 use crate::squashfs::archive::Archive;
 use crate::squashfs::compress::BcjTrial;
-use crate::squashfs::write::{write_image, WriterParams};
+use crate::squashfs::write::{write_image, DataOrder, WriterParams};
 use crate::tree::{hex, Content, InodeKind, Tree};
 
 /// A FORMAT 3 kit's layer as the kit carries it: its recipe, checked against control.yml.
@@ -175,6 +175,7 @@ pub fn prepare(
         .to_writer(jobs)
         .map_err(|e| bad_kit(e.to_string()))?;
     params.exportable = false;
+    params.order = DataOrder::NewestFirst;
     // The device's layer is checked by its tree digest, not its bytes: the BCJ filter is chosen
     // by a fast trial (a third less CPU on the device's long step, 0.02 % larger measured).
     params.bcj_trial = BcjTrial::Fast;

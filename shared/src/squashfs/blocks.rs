@@ -18,12 +18,19 @@
 //! compressed again ([`copy_block`] says which: a pure function of the input image and the
 //! parameters, never of timing or the number of threads). The producer still reads (decodes) and
 //! hashes the file as usual (dedup, "changed while read" check); each copied block is checked on
-//! the pool to decode to exactly those bytes before the emitter writes it.
+//! the pool to decode to exactly those bytes before the emitter writes it. When the file's sha256
+//! is known beforehand (a diff layer's files: [`BlockParams::hashes`]) and every whole block of
+//! it may be copied, the producer reads each block's stored bytes once, decodes them once (the
+//! copied bytes are then the ones checked) and compares the file's sha256 at its end
+//! (`Producer::copied_file`).
 //!
 //! A [`BlockCache`] shared by the images of one run (the kits of a batch) remembers what each
 //! block compressed to: a block whose bytes and compressor equal one compressed before takes that
 //! result instead of being compressed again. Compression is a pure function of the bytes and the
-//! compressor, so the cache never changes the output, only the time.
+//! compressor, so the cache never changes the output, only the time. It also remembers the files
+//! whose copied blocks were checked against their known sha256 (by the digest of their stored
+//! form): a later image of the run copies such a file's blocks without decoding them again, after
+//! checking that the bytes it copied have that same digest.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
@@ -34,7 +41,7 @@ use std::sync::Mutex;
 use sha2::{Digest, Sha256};
 
 use super::compress::{BcjTrial, Compressor};
-use super::data::StoredFile;
+use super::data::{StoredDigest, StoredFile};
 use super::inode::BLOCK_UNCOMPRESSED;
 use super::table::FragmentEntry;
 use super::{Result, SqfsError};
@@ -78,10 +85,24 @@ pub struct BlockParams<'a> {
     pub cache: Option<&'a BlockCache>,
     /// How xz blocks get the BCJ x86 filter.
     pub bcj_trial: BcjTrial,
+    /// The sha256 of files' content known beforehand, by [`InodeId`] (a diff layer's files).
+    /// Never changes the output bytes; a file that does not match fails the write.
+    pub hashes: Option<&'a [Option<[u8; 32]>]>,
 }
 
 /// A [`BlockCache`]'s entries: (compressor, sha256 of the block) → compressed bytes.
 type CacheMap = HashMap<(Compressor, BcjTrial, [u8; 32]), Option<Vec<u8>>>;
+
+/// A file checked to have the content with sha256 `content` when every whole block of its
+/// stored form (digest `stored`, [`StoredDigest`]) is copied into an image with `compressor` and
+/// `block_size`: no block of it decodes to zeros, every one passes the kernel traps.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct VerifiedFile {
+    compressor: Compressor,
+    block_size: u32,
+    stored: [u8; 32],
+    content: [u8; 32],
+}
 
 impl<'a> BlockParams<'a> {
     /// How this image's blocks are compressed.
@@ -104,6 +125,8 @@ pub struct BlockCache {
     /// Copied blocks already checked: (sha256 of the stored bytes, sha256 of what they decode
     /// to). The same stored bytes with the same expected content need no second decoding.
     checked: Mutex<std::collections::HashSet<([u8; 32], [u8; 32])>>,
+    /// Files whose copied blocks were checked against their known sha256.
+    verified: Mutex<std::collections::HashSet<VerifiedFile>>,
     bytes: AtomicU64,
     cap: u64,
     hits: AtomicU64,
@@ -128,6 +151,7 @@ impl BlockCache {
         BlockCache {
             entries: Mutex::new(HashMap::new()),
             checked: Mutex::new(std::collections::HashSet::new()),
+            verified: Mutex::new(std::collections::HashSet::new()),
             bytes: AtomicU64::new(0),
             cap,
             hits: AtomicU64::new(0),
@@ -165,6 +189,30 @@ impl BlockCache {
             lock().insert(key);
         }
         Ok(())
+    }
+
+    /// Whether `file` was checked before in this run.
+    fn is_verified(&self, file: &VerifiedFile) -> bool {
+        let hit = self
+            .verified
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(file);
+        if hit {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+        }
+        hit
+    }
+
+    /// Remembers that `file` was checked (while the cache has room).
+    fn add_verified(&self, file: VerifiedFile) {
+        if self.bytes.load(Ordering::Relaxed) + 128 <= self.cap {
+            self.bytes.fetch_add(128, Ordering::Relaxed);
+            self.verified
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(file);
+        }
     }
 
     /// `compressor.compress_with(data, trial)`, taken from the cache when the same bytes were
@@ -295,6 +343,14 @@ pub enum Payload {
         /// Which file and block, for the error when it does not.
         what: String,
     },
+    /// A block copied verbatim from an input image whose content the producer has checked
+    /// already (decoded from these very bytes, or a file checked earlier in the run).
+    Verified {
+        /// The block as the input image stores it.
+        raw: Vec<u8>,
+        /// Whether `raw` is compressed.
+        compressed: bool,
+    },
 }
 
 /// The unit of work of the data path: one data or fragment block and its bytes. Jobs are
@@ -350,6 +406,7 @@ impl Payload {
                 how.check_copied(&raw, compressed, &plain, &what)?;
                 (raw, compressed, 0, Origin::Copied)
             }
+            Payload::Verified { raw, compressed } => (raw, compressed, 0, Origin::Copied),
         };
         Ok(Stored {
             bytes,
@@ -659,7 +716,14 @@ impl<'a> Producer<'a> {
     /// Hashes one file and submits its blocks and tail, or records it as a duplicate.
     fn file(&mut self, fi: usize, content: &Content, sub: &mut Submitter<'_, '_>) -> Result<()> {
         let bs = self.params.block_size as u64;
-        let (hash, inline) = hash_content(content)?;
+        let known = self
+            .params
+            .hashes
+            .and_then(|h| h.get(self.order[fi].0 .0 as usize).copied().flatten());
+        let (hash, inline) = match known {
+            Some(h) => (h, None),
+            None => hash_content(content)?,
+        };
         if let Some(orig) = self.seen.get(&(content.size, hash)) {
             self.dups.push((fi, *orig));
             return self.advance(content.size, fi);
@@ -685,6 +749,12 @@ impl<'a> Producer<'a> {
             m => m,
         };
         let source = self.block_source(content, mode);
+        if let Some(src) = source
+            .as_ref()
+            .filter(|s| known.is_some() && self.params.fragments && all_copyable(s, nblocks))
+        {
+            return self.copied_file(fi, src, nblocks, hash, sub);
+        }
         for b in 0..nblocks {
             let len = (size - b * bs).min(bs) as usize;
             let mut block = vec![0u8; len];
@@ -722,6 +792,106 @@ impl<'a> Producer<'a> {
                  no longer being modified)",
                 content.source.describe()
             )));
+        }
+        Ok(())
+    }
+
+    /// A file of known sha256 `hash` whose `nblocks` whole blocks may all be copied from `src`
+    /// ([`all_copyable`]): each block's stored bytes are read once and decoded once (to check
+    /// them, and because a block that decodes to zeros stays sparse, one the kernel would refuse
+    /// is compressed here), the tail is packed, and the file's sha256 must equal `hash`. With a
+    /// [`BlockCache`] that saw this very stored form checked, nothing is decoded: the stored
+    /// bytes copied must then have the digest checked before. Either way the copied bytes are
+    /// the ones checked, and the blocks written are those [`copy_block`] would give.
+    fn copied_file(
+        &mut self,
+        fi: usize,
+        src: &StoredFile<'_>,
+        nblocks: u64,
+        hash: [u8; 32],
+        sub: &mut Submitter<'_, '_>,
+    ) -> Result<()> {
+        let bs = self.params.block_size as u64;
+        let size = src.size();
+        let changed = || {
+            SqfsError::Invalid(format!(
+                "{}: file changed while it was being read (write the image again once it is \
+                 no longer being modified)",
+                src.describe()
+            ))
+        };
+        let mut digest = StoredDigest::begin(src).ok_or_else(changed)?;
+        let cache = self.params.cache;
+        let verified = |stored: [u8; 32]| VerifiedFile {
+            compressor: self.params.compressor.clone(),
+            block_size: self.params.block_size,
+            stored,
+            content: hash,
+        };
+        // Checked earlier in the run: the digest the copied bytes must have.
+        let expect = match cache {
+            Some(c) if nblocks > 0 => src
+                .stored_digest()?
+                .filter(|d| c.is_verified(&verified(*d))),
+            _ => None,
+        };
+        let mut check = Sha256::new();
+        let mut all_copied = true;
+        for b in 0..nblocks {
+            let len = (size - b * bs).min(bs);
+            let raw = src.raw_block(b as usize)?;
+            digest.block(&raw);
+            let compressed = src
+                .block_sizes()
+                .get(b as usize)
+                .is_some_and(|s| s & BLOCK_UNCOMPRESSED == 0);
+            let safe = !compressed
+                || self
+                    .params
+                    .compressor
+                    .kernel_safe_block(&raw, self.params.block_size);
+            let payload = if expect.is_some() && safe {
+                Payload::Verified { raw, compressed }
+            } else {
+                let plain = src.decode_raw(b as usize, &raw)?;
+                check.update(&plain);
+                if plain.iter().all(|x| *x == 0) {
+                    all_copied = false;
+                    Payload::Sparse(len)
+                } else if !safe {
+                    all_copied = false;
+                    Payload::Data(plain)
+                } else {
+                    Payload::Verified { raw, compressed }
+                }
+            };
+            self.advance(len, fi)?;
+            sub.submit(BlockJob {
+                target: Target::Block { file: fi, index: b },
+                payload,
+            })?;
+        }
+        let tail = src.tail()?;
+        if tail.len() as u64 != size - nblocks * bs {
+            return Err(changed());
+        }
+        check.update(&tail);
+        let stored = digest.finish(&tail);
+        self.advance(tail.len() as u64, fi)?;
+        if !tail.is_empty() {
+            self.tail(fi, &tail, sub)?;
+        }
+        match expect {
+            Some(d) if d != stored => return Err(changed()),
+            Some(_) => {}
+            None => {
+                if <[u8; 32]>::from(check.finalize()) != hash {
+                    return Err(changed());
+                }
+                if let (Some(c), true) = (cache, all_copied && nblocks > 0) {
+                    c.add_verified(verified(stored));
+                }
+            }
         }
         Ok(())
     }
@@ -837,6 +1007,14 @@ fn copy_block(
         plain: block,
         what: format!("{}: block {b}", src.describe()),
     }))
+}
+
+/// Whether every one of a file's `nblocks` whole blocks has a non-sparse entry in `src`'s block
+/// list (so [`copy_block`] copies each one unless it decodes to zeros or fails the kernel traps).
+fn all_copyable(src: &StoredFile<'_>, nblocks: u64) -> bool {
+    src.full_blocks().is_some_and(|full| {
+        full.len() as u64 == nblocks && full.iter().all(|s| s & !BLOCK_UNCOMPRESSED != 0)
+    })
 }
 
 /// Writes finished jobs in sequence order and records where each block went (see the module
@@ -1454,5 +1632,121 @@ mod tests {
                 );
             }
         }
+    }
+
+    // ---- known hashes, the batch's checked files, newest first ----
+
+    use crate::squashfs::write::{write_image_hashed, DataOrder};
+
+    /// Each inode's sha256, as a diff layer's writer gets them.
+    fn hashes_of(t: &Tree) -> Vec<Option<[u8; 32]>> {
+        crate::tree::content_hashes(t, &|_| {}).unwrap()
+    }
+
+    fn write_hashed(
+        t: &Tree,
+        hashes: &[Option<[u8; 32]>],
+        p: &WriterParams,
+    ) -> Result<(Vec<u8>, WriteReport)> {
+        let mut out = Cursor::new(Vec::new());
+        let r = write_image_hashed(t, Some(hashes), p, &mut out, &|_| {})?;
+        Ok((out.into_inner(), r))
+    }
+
+    /// The inode of the file `name` in the root of `t`.
+    fn inode_of(t: &Tree, name: &[u8]) -> usize {
+        let root = t.root();
+        let n = t
+            .node(root)
+            .children
+            .iter()
+            .find(|c| t.node(**c).name == name);
+        t.node(*n.unwrap()).inode.0 as usize
+    }
+
+    #[test]
+    fn known_hashes_change_no_byte_and_a_checked_file_is_decoded_once_per_run() {
+        let (input, _) = write(&sample(), &params(xz(0, BS as u32, false), BS, 2));
+        let t = read(input);
+        let h = hashes_of(&t);
+        let p = params(xz(6, BS as u32, false), BS, 2);
+        let (alone, r) = write(&t, &p);
+        let (known, kr) = write_hashed(&t, &h, &p).unwrap();
+        assert_eq!(known, alone, "known hashes changed the bytes");
+        assert_eq!(
+            (kr.copied_blocks, kr.compressed_blocks),
+            (r.copied_blocks, 0)
+        );
+        // A run: the second image takes the files checked by the first from the cache.
+        let mut shared = p.clone();
+        let cache = Arc::new(BlockCache::new(BlockCache::DEFAULT_CAP));
+        shared.cache = Some(cache.clone());
+        assert_eq!(write_hashed(&t, &h, &shared).unwrap().0, alone);
+        let before = cache.hits();
+        assert_eq!(write_hashed(&t, &h, &shared).unwrap().0, alone);
+        // Taken from the cache: `a` and `d1` as checked files (every block copyable; `d2`
+        // shares `d1`'s), `b`'s three copied blocks (it has a sparse entry, so its blocks are
+        // checked one by one) and the fragment block. Without the checked files: 4.
+        assert_eq!(cache.hits(), before + 6);
+        // The same content stored otherwise (another input image) is not taken as checked.
+        let (other, _) = write(&sample(), &params(xz(1, BS as u32, false), BS, 2));
+        let t2 = read(other);
+        let (alone2, _) = write(&t2, &p);
+        assert_ne!(alone2, alone, "presets 0 and 1 should store other bytes");
+        assert_eq!(
+            write_hashed(&t2, &hashes_of(&t2), &shared).unwrap().0,
+            alone2
+        );
+    }
+
+    #[test]
+    fn a_file_that_does_not_match_its_known_hash_fails_the_write() {
+        let (input, _) = write(&sample(), &params(xz(0, BS as u32, false), BS, 2));
+        let t = read(input);
+        let p = params(xz(6, BS as u32, false), BS, 2);
+        let mut shared = p.clone();
+        shared.cache = Some(Arc::new(BlockCache::new(BlockCache::DEFAULT_CAP)));
+        for name in [&b"a"[..], b"b", b"c"] {
+            let mut h = hashes_of(&t);
+            h[inode_of(&t, name)] = Some([7; 32]);
+            for params in [&p, &shared] {
+                let err = write_hashed(&t, &h, params).unwrap_err().to_string();
+                assert!(err.contains("changed while it was being read"), "{err}");
+            }
+        }
+    }
+
+    #[test]
+    fn newest_first_orders_data_by_mtime_then_path() {
+        let mut t = Tree::new(meta(0o755));
+        let root = t.root();
+        for (name, mtime, seed) in [("a", 5, 21), ("b", 9, 22), ("c", 5, 23), ("d", 9, 24)] {
+            let inode = Inode {
+                meta: Metadata {
+                    mtime,
+                    ..meta(0o644)
+                },
+                kind: InodeKind::File(Content::from_bytes(text(BS + 10, seed))),
+            };
+            t.add(root, name.as_bytes(), inode).unwrap();
+        }
+        let mut p = params(xz(6, BS as u32, false), BS, 2);
+        let position = |image: &[u8], name: &[u8]| {
+            let back = read(image.to_vec());
+            let f = stored(&back).into_iter().find(|f| f.0 == name).unwrap();
+            let raw = &f.3[0];
+            image
+                .windows(raw.len())
+                .position(|w| w == raw.as_slice())
+                .unwrap()
+        };
+        let order = |image: &[u8]| {
+            let mut names = [&b"a"[..], b"b", b"c", b"d"];
+            names.sort_by_key(|n| position(image, n));
+            names.map(|n| n[0] as char).iter().collect::<String>()
+        };
+        assert_eq!(order(&write(&t, &p).0), "abcd");
+        p.order = DataOrder::NewestFirst;
+        assert_eq!(order(&write(&t, &p).0), "bdac");
     }
 }

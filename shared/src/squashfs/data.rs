@@ -326,26 +326,85 @@ impl<'a> StoredFile<'a> {
     /// bytes of every whole block, and the decoded tail (wherever it lies). Two files with equal
     /// stored digests have equal content; only the tail is decoded. None for a damaged file.
     pub fn stored_digest(&self) -> Result<Option<[u8; 32]>> {
-        use sha2::{Digest, Sha256};
-        let Some(full) = self.full_blocks() else {
+        let Some(mut d) = StoredDigest::begin(self) else {
             return Ok(None);
         };
+        for i in 0..self.full_blocks().map_or(0, <[u32]>::len) {
+            d.block(&self.raw_block(i)?);
+        }
+        Ok(Some(d.finish(&self.tail()?)))
+    }
+
+    /// What whole block `i`, whose stored bytes (as [`StoredFile::raw_block`] gives them) are
+    /// `raw`, decodes to: checked to be exactly the block's length, as when streaming.
+    pub fn decode_raw(&self, i: usize, raw: &[u8]) -> Result<Vec<u8>> {
+        let l = &*self.file.layout;
+        let what = || format!("{}: data block {i}", self.describe());
+        let (Some(&s), Some(expected)) = (l.block_sizes.get(i), block_len(l.size, l.block_size, i))
+        else {
+            return Err(corrupt!("{}: lies past the end of the file", what()));
+        };
+        if raw.len() as u64 != (s & !BLOCK_UNCOMPRESSED) as u64 {
+            return Err(corrupt!(
+                "{}: {} stored bytes, the block list says {}",
+                what(),
+                raw.len(),
+                s & !BLOCK_UNCOMPRESSED
+            ));
+        }
+        let data = if s & BLOCK_UNCOMPRESSED != 0 {
+            raw.to_vec()
+        } else {
+            self.compressor()
+                .decompress(raw, expected as usize)
+                .map_err(|e| wrap(e, what()))?
+        };
+        if data.len() as u64 != expected {
+            return Err(corrupt!(
+                "{}: holds {} bytes, expected {expected}",
+                what(),
+                data.len()
+            ));
+        }
+        Ok(data)
+    }
+}
+
+/// [`StoredFile::stored_digest`] computed as the stored bytes go by: begun with the file's
+/// layout, fed each whole block's stored bytes in order, finished with the decoded tail. The
+/// writer computes it while it copies a file's blocks, so that the digest covers the very bytes
+/// it copied.
+pub struct StoredDigest(sha2::Sha256);
+
+impl StoredDigest {
+    /// The digest of `file` begun (compressor id, block size, size, block list); None when the
+    /// block list is too short for the size (a damaged file).
+    pub fn begin(file: &StoredFile<'_>) -> Option<StoredDigest> {
+        use sha2::{Digest, Sha256};
+        let full = file.full_blocks()?;
         let mut h = Sha256::new();
         h.update(b"iuk-stored-file-v1\n");
-        h.update(self.compressor().id().to_le_bytes());
-        h.update(self.block_size().to_le_bytes());
-        h.update(self.size().to_le_bytes());
+        h.update(file.compressor().id().to_le_bytes());
+        h.update(file.block_size().to_le_bytes());
+        h.update(file.size().to_le_bytes());
         h.update((full.len() as u64).to_le_bytes());
         for s in full {
             h.update(s.to_le_bytes());
         }
-        for i in 0..full.len() {
-            h.update(self.raw_block(i)?);
-        }
-        let tail = self.tail()?;
-        h.update((tail.len() as u64).to_le_bytes());
-        h.update(&tail);
-        Ok(Some(h.finalize().into()))
+        Some(StoredDigest(h))
+    }
+
+    /// Adds the next whole block's stored bytes.
+    pub fn block(&mut self, raw: &[u8]) {
+        sha2::Digest::update(&mut self.0, raw);
+    }
+
+    /// Adds the decoded tail and gives the digest.
+    pub fn finish(mut self, tail: &[u8]) -> [u8; 32] {
+        use sha2::Digest;
+        self.0.update((tail.len() as u64).to_le_bytes());
+        self.0.update(tail);
+        self.0.finalize().into()
     }
 }
 
