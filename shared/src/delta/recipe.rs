@@ -498,6 +498,7 @@ pub fn layer_tree(
     let paths = file_paths(recipe_image);
     let mut t = recipe_image.clone();
     let mut patched = Vec::new();
+    let mut hashes = vec![None; t.inode_count()];
     let mut used = 0usize;
     for (i, path) in paths.iter().enumerate() {
         let Some(path) = path else { continue };
@@ -509,6 +510,7 @@ pub fn layer_tree(
             continue;
         };
         let sha = parse_sha(&rec.sha256, path)?;
+        hashes[i] = Some(sha);
         let base_content = match &rec.base {
             Some(b) if rec.source.needs_base() => Some(base(b).ok_or_else(|| {
                 DeltaError::Base(format!(
@@ -581,7 +583,11 @@ pub fn layer_tree(
             "{missing}: a record names no regular file of the recipe image"
         )));
     }
-    Ok(LayerTree { tree: t, patched })
+    Ok(LayerTree {
+        tree: t,
+        patched,
+        hashes,
+    })
 }
 
 /// The layer's tree as [`layer_tree`] makes it, with the files it re-creates from patches.
@@ -590,6 +596,9 @@ pub struct LayerTree {
     pub tree: Tree,
     /// Every file re-created from a patch (also reachable through `tree`).
     pub patched: Vec<Arc<PatchedSource>>,
+    /// Each regular file's recorded sha256, by inode of `tree` (what the writer checks each
+    /// file against as it reads it, instead of hashing it in a pass of its own).
+    pub hashes: Vec<Option<[u8; 32]>>,
 }
 
 impl LayerTree {

@@ -31,7 +31,7 @@ use crate::kit::LayerParams;
 use crate::progress::Progress;
 use crate::squashfs::archive::Archive;
 use crate::squashfs::compress::BcjTrial;
-use crate::squashfs::write::{write_image, DataOrder, WriterParams};
+use crate::squashfs::write::{write_image_hashed, DataOrder, WriterParams};
 use crate::tree::{hex, Content, InodeKind, Tree};
 
 /// A FORMAT 3 kit's layer as the kit carries it: its recipe, checked against control.yml.
@@ -48,6 +48,9 @@ pub struct RecipeKit {
 pub struct Rebuild {
     /// The layer's tree, contents from the kit and the stack.
     pub tree: Tree,
+    /// Each regular file's recorded sha256, by inode of `tree`: the writer checks every file
+    /// against it as it reads it.
+    pub hashes: Vec<Option<[u8; 32]>>,
     /// The layer's writer parameters (no export table, as the builder's layer).
     pub params: WriterParams,
     /// The tree digest the written layer must have.
@@ -168,7 +171,7 @@ pub fn prepare(
             progress.position(made.fetch_add(n, std::sync::atomic::Ordering::Relaxed) + n)
         })
         .map_err(|e| bad_kit(format!("{}: {e}", kit_image_name())))?;
-    let tree = layer.tree;
+    let (tree, hashes) = (layer.tree, layer.hashes);
     let jobs = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut params = kit
         .params
@@ -185,6 +188,7 @@ pub fn prepare(
         .map_err(|e| bad_kit(format!("control.yml: {e}")))?;
     Ok(Rebuild {
         tree,
+        hashes,
         params,
         digest,
         size: kit.recipe.layer_size,
@@ -252,9 +256,13 @@ pub fn write_layer(
         },
     );
     progress.phase("rebuilding layer", rebuild.tree.content_bytes());
-    write_image(&rebuild.tree, &rebuild.params, &mut w, &|n| {
-        progress.position(n)
-    })
+    write_image_hashed(
+        &rebuild.tree,
+        Some(&rebuild.hashes),
+        &rebuild.params,
+        &mut w,
+        &|n| progress.position(n),
+    )
     .map_err(|e| {
         refuse(format!(
             "{}: rebuilding the layer: {e}; nothing was committed",
@@ -317,6 +325,7 @@ mod tests {
         };
         let rebuild = LayerWrite::Rebuild(Box::new(Rebuild {
             tree: Tree::new(Metadata::default()),
+            hashes: Vec::new(),
             params: WriterParams::new(c, 1 << 20, 0),
             digest: [0; 32],
             size: 81_346_560,
