@@ -29,8 +29,9 @@
 //! [`XZ_CANDIDATES`]); a stream that neither reproduces is kept verbatim in the layout (its
 //! plain content stays in the plain, so `plain == plain_view` always holds).
 //!
-//! Invariants: `unpack(d).plain == plain_view(d)` and `repack(plain, layout) == d`, checked by
-//! `unpack` itself before it returns (it re-creates every stream as the device will); both
+//! Invariants: `unpack(d).plain == plain_view(d)` and `repack(plain, layout) == d`: `unpack`
+//! re-creates every stream as the device will and keeps only settings that give its exact
+//! bytes; both
 //! [`plain_view`] and [`unpack`] are pure functions of the bytes and the caps (no threads,
 //! clocks or environment), so the layout bytes are reproducible. Hostile layouts or plains give
 //! an error or other bytes, never a panic (preflate-rs's internal panics are caught); the
@@ -38,9 +39,18 @@
 //!
 //! Memory: one file's [`unpack`] holds the file, its plain content and preflate-rs's analysis of
 //! the largest deflate stream (its token list and a second copy of that stream's plain text);
-//! [`repack`] holds the plain, the output and preflate-rs's re-creation state. Both are bounded
-//! by [`UnpackCaps::max_plain`]; xz re-creation adds the encoder's memory, about 11.5× the dictionary size (at most
-//! [`UnpackCaps::max_xz_dict`]).
+//! [`repack`] holds the plain, the output and preflate-rs's re-creation state or liblzma's
+//! encoder (about 11.5× the dictionary size, at most [`UnpackCaps::max_xz_dict`]). Measured
+//! (`shared/examples/unpack_bench.rs`, release build, one core of a loaded 2-core machine,
+//! Debian 12.1's kernel 6.1.0-50):
+//!
+//! | file | size | plain | layout | unpack | repack |
+//! |---|---|---|---|---|---|
+//! | initrd (one gzip member) | 36,325,677 | 130,344,448 | 172,189 | 19.3 s, 518 MB | 7.9 s, 479 MB |
+//! | vmlinuz (xz payload, `--x86`, dict 32 MiB: preset 6 reproduces it) | 8,222,656 | 66,028,724 | 87 | 25.3 s, 453 MB | 22.3 s, 453 MB |
+//!
+//! Peak RSS is about 4× the plain content for deflate; with the default cap of 256 MiB of plain
+//! content a file stays near 1 GB either way.
 
 use std::io::Write;
 use std::ops::Range;
@@ -1191,7 +1201,9 @@ fn xz_settings(src: &[u8], plain: &[u8], dict_size: u32, x86: bool) -> Option<Xz
 /// Decomposes `data` into its plain content (equal to [`plain_view`]) and a [`Layout`] that
 /// re-creates it exactly: `None` when nothing is recognised, when no recognised stream can be
 /// re-created, or when the file exceeds `caps`. Streams that cannot be re-created are kept
-/// verbatim in the layout. The result is checked with [`repack`] before it is returned.
+/// verbatim in the layout. Every re-created stream has been re-created by the very code
+/// [`repack`] runs and compared byte for byte (preflate-rs's output in full, liblzma's output
+/// while it is produced); copies and literals are the file's bytes.
 pub fn unpack(data: &[u8], caps: UnpackCaps) -> Result<Option<Unpacked>, DeltaError> {
     let Some(scan) = scan(data, caps)? else {
         return Ok(None);
@@ -1238,9 +1250,6 @@ pub fn unpack(data: &[u8], caps: UnpackCaps) -> Result<Option<Unpacked>, DeltaEr
     let layout = Layout { segments };
     if layout.recreated_streams() == 0 {
         return Ok(None);
-    }
-    if repack(&scan.plain, &layout, caps)? != data {
-        return Err(encode_err("the layout does not re-create the file"));
     }
     Ok(Some(Unpacked {
         plain: scan.plain,
