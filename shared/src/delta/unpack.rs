@@ -1473,6 +1473,44 @@ mod tests {
         assert!(plain_view(&bogus, UnpackCaps::DEFAULT).unwrap().is_none());
     }
 
+    #[test]
+    fn gzip_header_fields_and_threads() {
+        if !have("gzip") {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let content = text(50_000, 16);
+        let gz = gzip_file(dir.path(), "t", &content, "-n -6");
+        // The same member with FEXTRA, FNAME, FCOMMENT and FHCRC (gzip itself writes only
+        // FNAME): flags 0x1e, then XLEN and the extra field, name, comment, header CRC-16.
+        let mut member = gz[..10].to_vec();
+        member[3] = 0x1e;
+        member.extend_from_slice(&[4, 0, b'i', b'u', 1, 0]);
+        member.extend_from_slice(b"name\0comment\0");
+        let hcrc = (crc32(&member) & 0xffff) as u16;
+        member.extend_from_slice(&hcrc.to_le_bytes());
+        member.extend_from_slice(&gz[10..]);
+        let u = check(&member);
+        assert_eq!(u.plain, content);
+        // A wrong header CRC: not a member.
+        let mut bad = member.clone();
+        let at = member.len() - gz.len() + 10 - 2;
+        bad[at] ^= 1;
+        assert!(unpack(&bad, UnpackCaps::DEFAULT).unwrap().is_none());
+        // The same layout bytes from another thread (no thread-dependent state).
+        let data = member.clone();
+        let other = std::thread::spawn(move || {
+            unpack(&data, UnpackCaps::DEFAULT)
+                .unwrap()
+                .unwrap()
+                .layout
+                .to_bytes()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(other, u.layout.to_bytes());
+    }
+
     fn zip_file(dir: &Path) -> Option<Vec<u8>> {
         let d = dir.join("z");
         std::fs::create_dir_all(d.join("META-INF")).unwrap();
@@ -1544,6 +1582,8 @@ mod tests {
             "-9e",
             "--check=crc32 --x86 --lzma2=preset=6,dict=32MiB",
             "-0 --check=sha256",
+            "-6 --block-size=60000",
+            "-6 -T2 --block-size=60000",
         ] {
             let Some((xz, ls)) = xz_of_ls(args) else {
                 return;
@@ -1551,8 +1591,14 @@ mod tests {
             let u = check(&xz);
             assert_eq!(u.plain, ls, "{args}");
             assert_eq!(u.layout.stored_streams(), 0, "{args}: {:?}", u.layout);
-            assert_eq!(u.layout.recreated_streams(), 1, "{args}");
-            assert!(u.layout.to_bytes().len() < 200, "{args}");
+            let blocks = ls.len().div_ceil(60_000);
+            let want = if args.contains("block-size") {
+                blocks
+            } else {
+                1
+            };
+            assert_eq!(u.layout.recreated_streams(), want, "{args}");
+            assert!(u.layout.to_bytes().len() < 100 * want + 100, "{args}");
         }
     }
 
