@@ -1715,6 +1715,52 @@ mod tests {
     }
 
     #[test]
+    fn unreproducible_xz_is_kept_verbatim() {
+        // lc=4 is none of the candidates' settings: the block is kept in the layout.
+        let Some((xz, ls)) = xz_of_ls("--lzma2=preset=6,lc=4,lp=0") else {
+            return;
+        };
+        assert!(unpack(&xz, UnpackCaps::DEFAULT).unwrap().is_none());
+        assert_eq!(
+            plain_view(&xz, UnpackCaps::DEFAULT).unwrap().as_ref(),
+            Some(&ls)
+        );
+        if !have("gzip") {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let gz = gzip_file(dir.path(), "t", &text(20_000, 17), "-6");
+        let u = check(&[&xz[..], &gz[..]].concat());
+        assert_eq!(u.layout.stored_streams(), 1);
+        assert_eq!(u.layout.recreated_streams(), 1);
+    }
+
+    #[test]
+    fn hostile_files_never_panic() {
+        let Some(u) = mixed() else {
+            return;
+        };
+        let caps = UnpackCaps::DEFAULT;
+        let file = repack(&u.plain, &u.layout, caps).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let zip = zip_file(dir.path()).unwrap_or_default();
+        for data in [&file, &zip] {
+            let step = (data.len() / 150).max(1);
+            for pos in (0..data.len()).step_by(step) {
+                let mut flipped = data.clone();
+                flipped[pos] ^= 0x10;
+                for bad in [data[..pos].to_vec(), flipped] {
+                    let view = plain_view(&bad, caps).unwrap();
+                    if let Some(u) = unpack(&bad, caps).unwrap() {
+                        assert_eq!(Some(&u.plain), view.as_ref());
+                        assert_eq!(repack(&u.plain, &u.layout, caps).unwrap(), bad);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
     fn caps_are_enforced() {
         let Some(u) = mixed() else {
             return;
