@@ -4,6 +4,7 @@
 //! unpack_bench unpack FILE OUT_PREFIX   # writes OUT_PREFIX.plain and OUT_PREFIX.layout
 //! unpack_bench repack OUT_PREFIX FILE   # re-creates FILE from them and compares
 //! unpack_bench pairs OLD_ROOT NEW_ROOT  # *.gz and *.jar changed between two trees
+//! unpack_bench survey ROOT              # every *.gz, *.jar, *.ja, *.zip, *.xz of a tree
 //! ```
 //!
 //! Run under `/usr/bin/time -v` for the peak RSS of one step, e.g.
@@ -28,6 +29,7 @@ fn main() -> Res<()> {
         ["unpack", file, prefix] => unpack_file(Path::new(file), prefix),
         ["repack", prefix, file] => repack_file(prefix, Path::new(file)),
         ["pairs", old, new] => pairs(Path::new(old), Path::new(new)),
+        ["survey", root] => survey(Path::new(root)),
         _ => Err(
             "usage: unpack_bench unpack FILE PREFIX | repack PREFIX FILE | pairs OLD NEW".into(),
         ),
@@ -73,15 +75,19 @@ fn repack_file(prefix: &str, file: &Path) -> Res<()> {
 }
 
 fn walk(root: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> Res<()> {
+    walk_ext(root, rel, &[".gz", ".jar"], out)
+}
+
+fn walk_ext(root: &Path, rel: &Path, exts: &[&str], out: &mut Vec<PathBuf>) -> Res<()> {
     for e in std::fs::read_dir(root.join(rel))? {
         let e = e?;
         let ft = e.file_type()?;
         let r = rel.join(e.file_name());
         if ft.is_dir() {
-            walk(root, &r, out)?;
+            walk_ext(root, &r, exts, out)?;
         } else if ft.is_file() {
             let n = e.file_name().to_string_lossy().into_owned();
-            if n.ends_with(".gz") || n.ends_with(".jar") {
+            if exts.iter().any(|e| n.ends_with(e)) {
                 out.push(r);
             }
         }
@@ -170,5 +176,46 @@ fn pairs(old_root: &Path, new_root: &Path) -> Res<()> {
         t.best_raw, t.best_plain, t.best_either
     );
     println!("layout bytes in total: {}", t.layouts);
+    Ok(())
+}
+
+/// Every compressed file of a tree through `unpack`: how many are unpacked, how many streams
+/// are re-created or kept verbatim, what the layouts cost.
+fn survey(root: &Path) -> Res<()> {
+    let mut files = Vec::new();
+    walk_ext(
+        root,
+        Path::new(""),
+        &[".gz", ".jar", ".ja", ".zip", ".xz"],
+        &mut files,
+    )?;
+    files.sort();
+    let started = Instant::now();
+    let (mut bytes, mut unpacked, mut recreated, mut stored, mut layouts) = (0u64, 0, 0, 0, 0u64);
+    for rel in &files {
+        let data = std::fs::read(root.join(rel))?;
+        bytes += data.len() as u64;
+        match unpack(&data, UnpackCaps::DEFAULT)? {
+            Some(u) => {
+                unpacked += 1;
+                recreated += u.layout.recreated_streams();
+                stored += u.layout.stored_streams();
+                layouts += u.layout.to_bytes().len() as u64;
+                if u.layout.stored_streams() > 0 {
+                    println!(
+                        "{}: {} streams kept verbatim",
+                        rel.display(),
+                        u.layout.stored_streams()
+                    );
+                }
+            }
+            None => println!("not unpacked: {}", rel.display()),
+        }
+    }
+    println!(
+        "{} files, {bytes} B: {unpacked} unpacked, {recreated} streams re-created, {stored} kept verbatim, {layouts} B of layouts, {:.1} s",
+        files.len(),
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }

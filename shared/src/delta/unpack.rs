@@ -51,6 +51,14 @@
 //!
 //! Peak RSS is about 4× the plain content for deflate; with the default cap of 256 MiB of plain
 //! content a file stays near 1 GB either way.
+//!
+//! Coverage, Debian 12.1's root (`unpack_bench survey`): of 2,207 `*.gz`, 2 `*.jar` and 1 `*.ja`
+//! files (26.9 MB), 2,191 are unpacked with 2,252 streams re-created (481 KB of layouts, 11 s);
+//! 19 small gzip files are not, because preflate-rs 0.7.6 cannot model their deflate stream
+//! (`PredictionFailure`), and 3 of the 61 entries of `jrt-fs.jar` are kept verbatim. Gain
+//! (`unpack_bench pairs`, 364 `*.gz`/`*.jar` changed from Debian 12.0 to 12.1, 2,490,027 B):
+//! zstd patch-from of the compressed files 1,947,581 B, of plain(old) → plain(new) plus the
+//! layouts 113,712 B (74,916 B of it layouts); bsdiff 2,192,511 B against 167,588 B.
 
 use std::io::Write;
 use std::ops::Range;
@@ -79,7 +87,7 @@ pub struct UnpackCaps {
 
 impl UnpackCaps {
     /// The caps the builder and the device use: 256 MiB plain per file (a Debian initrd holds
-    /// 130 MB; preflate-rs needs about 5× a deflate stream's plain size to analyse it), 65,536
+    /// 130 MB; unpack and repack peak at about 4× the plain content), 65,536
     /// segments (a jar of ~20,000 entries), 64 MiB of false-candidate work and xz dictionaries
     /// up to 64 MiB (`xz -9`; the kernel's payload uses 32 MiB).
     pub const DEFAULT: UnpackCaps = UnpackCaps {
