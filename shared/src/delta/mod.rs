@@ -9,6 +9,7 @@ pub mod choose;
 pub mod matching;
 pub mod recipe;
 pub mod source;
+pub mod unpack;
 
 /// Errors of delta making and reconstruction.
 #[derive(Debug, thiserror::Error)]

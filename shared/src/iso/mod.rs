@@ -709,7 +709,7 @@ mod tests {
         let mut image = original.to_vec();
         let pick = |state: &mut u64| {
             let r = xorshift(state);
-            if r % 8 == 0 {
+            if r.is_multiple_of(8) {
                 (r >> 8) as usize % original.len()
             } else {
                 hot[(r >> 8) as usize % hot.len()] * 2048 + (r >> 40) as usize % 2048

@@ -225,7 +225,7 @@ impl Compressor {
                 block.len() >= 2
                     && block[0] & 0x0F == 8
                     && block[0] >> 4 <= 7
-                    && u16::from_be_bytes([block[0], block[1]]) % 31 == 0
+                    && u16::from_be_bytes([block[0], block[1]]).is_multiple_of(31)
             }
             Compressor::Lz4 | Compressor::Lzma | Compressor::Lzo => false,
         }
