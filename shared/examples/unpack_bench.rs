@@ -3,6 +3,7 @@
 //! ```text
 //! unpack_bench unpack FILE OUT_PREFIX   # writes OUT_PREFIX.plain and OUT_PREFIX.layout
 //! unpack_bench repack OUT_PREFIX FILE   # re-creates FILE from them and compares
+//! unpack_bench view FILE                # plain_view only (what the device runs on its old file)
 //! unpack_bench pairs OLD_ROOT NEW_ROOT  # *.gz and *.jar changed between two trees
 //! unpack_bench survey ROOT              # every *.gz, *.jar, *.ja, *.zip, *.xz of a tree
 //! ```
@@ -28,10 +29,11 @@ fn main() -> Res<()> {
     {
         ["unpack", file, prefix] => unpack_file(Path::new(file), prefix),
         ["repack", prefix, file] => repack_file(prefix, Path::new(file)),
+        ["view", file] => view_file(Path::new(file)),
         ["pairs", old, new] => pairs(Path::new(old), Path::new(new)),
         ["survey", root] => survey(Path::new(root)),
         _ => Err(
-            "usage: unpack_bench unpack FILE PREFIX | repack PREFIX FILE | pairs OLD NEW".into(),
+            "usage: unpack_bench unpack FILE PREFIX | repack PREFIX FILE | view FILE | pairs OLD NEW".into(),
         ),
     }
 }
@@ -71,6 +73,19 @@ fn repack_file(prefix: &str, file: &Path) -> Res<()> {
     if !same {
         return Err("repack differs".into());
     }
+    Ok(())
+}
+
+fn view_file(file: &Path) -> Res<()> {
+    let data = std::fs::read(file)?;
+    let t = Instant::now();
+    let plain = plain_view(&data, UnpackCaps::DEFAULT)?.ok_or("nothing recognised")?;
+    println!(
+        "plain_view {}: {} B plain, {:.2} s",
+        file.display(),
+        plain.len(),
+        t.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
