@@ -17,6 +17,10 @@ IUK_TOOLS=(
   "rsync:rsync"
   "faketime:faketime"
   "python3:python3"
+  "gzip:gzip"
+  "xz:xz-utils"
+  "cpio:cpio"
+  "zip:zip"
 )
 
 # Installs the Debian packages of every missing tool (apt-get update first), skipping what is present.

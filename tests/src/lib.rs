@@ -1262,22 +1262,80 @@ fn address_table(words: usize, seed: u64, shift: u32) -> Vec<u8> {
         .collect()
 }
 
-/// `gzip -n -9` of `data` (a gzip stream: the builder never patches it).
-fn gzip(data: &[u8]) -> Vec<u8> {
+/// The output of the external command `cmd args` fed `data` on its standard input (fixtures of
+/// compressed files are made by GNU gzip, xz, cpio and Python's zlib, never by our code).
+fn filter(cmd: &str, args: &[&str], data: &[u8]) -> Vec<u8> {
     use std::io::Write;
-    let mut child = Command::new("gzip")
-        .args(["-n", "-9", "-c"])
+    let mut child = Command::new(cmd)
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
-        .expect("gzip");
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
     let mut stdin = child.stdin.take().unwrap();
     let input = data.to_vec();
     let writer = std::thread::spawn(move || stdin.write_all(&input));
-    let out = child.wait_with_output().expect("gzip");
-    writer.join().unwrap().expect("gzip stdin");
-    assert!(out.status.success(), "gzip failed");
+    let out = child.wait_with_output().expect(cmd);
+    writer.join().unwrap().expect("stdin");
+    assert!(out.status.success(), "{cmd} failed");
     out.stdout
+}
+
+/// `gzip -n -9` of `data`.
+fn gzip(data: &[u8]) -> Vec<u8> {
+    filter("gzip", &["-n", "-9", "-c"], data)
+}
+
+/// `xz -6` of `data`.
+fn xz(data: &[u8]) -> Vec<u8> {
+    filter("xz", &["-6", "-c"], data)
+}
+
+/// A zip archive (deflated entries, as a jar or `omni.ja`) of `data` cut into eight entries,
+/// made by Python's zipfile with fixed dates.
+fn zip_of(data: &[u8]) -> Vec<u8> {
+    const SCRIPT: &str = "import sys, io, zipfile\n\
+        d = sys.stdin.buffer.read(); n = 8; step = len(d) // n + 1\n\
+        b = io.BytesIO()\n\
+        with zipfile.ZipFile(b, 'w') as z:\n\
+        \x20   for i in range(n):\n\
+        \x20       info = zipfile.ZipInfo('chrome/part%d.js' % i, (2020, 1, 1, 0, 0, 0))\n\
+        \x20       info.compress_type = zipfile.ZIP_DEFLATED\n\
+        \x20       z.writestr(info, d[i * step:(i + 1) * step], compresslevel=9)\n\
+        sys.stdout.buffer.write(b.getvalue())\n";
+    filter("python3", &["-c", SCRIPT], data)
+}
+
+/// An initrd as Debian makes one: an uncompressed cpio archive with early microcode, then the
+/// main cpio archive gzip'd (by GNU cpio and gzip); `new` changes one module of the main part.
+fn initrd(new: bool) -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let early = dir.path().join("early/kernel/x86/microcode");
+    let main = dir.path().join("main/lib/modules");
+    fs::create_dir_all(&early).unwrap();
+    fs::create_dir_all(&main).unwrap();
+    fs::write(early.join("GenuineIntel.bin"), pseudo_random(30_000, 301)).unwrap();
+    for i in 0..6u64 {
+        let mut text = Vec::new();
+        for l in 0..3000u64 {
+            text.extend_from_slice(format!("module {i} symbol {l} {}\n", l * 31 % 97).as_bytes());
+        }
+        if new && i == 2 {
+            text.extend_from_slice(b"a fix in 7.1\n");
+        }
+        fs::write(main.join(format!("m{i}.ko")), text).unwrap();
+    }
+    let cpio = |sub: &str| {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg("find . | LC_ALL=C sort | cpio --quiet -o -H newc --reproducible")
+            .current_dir(dir.path().join(sub))
+            .output()
+            .expect("cpio");
+        assert!(out.status.success(), "cpio failed");
+        out.stdout
+    };
+    [cpio("early"), gzip(&cpio("main"))].concat()
 }
 
 /// One entry of a generated root.
@@ -1493,7 +1551,8 @@ fn delta_root(new: bool) -> Vec<GenItem> {
     e.push((lib_name, f(lib, 0o644), tn, none()));
     e.push(("usr/share", d(0o755), tn, none()));
     e.push(("usr/share/doc", d(0o755), tn, none()));
-    // A gzip file that changes: always carried whole.
+    // A gzip file, an xz file and a zip archive that change: repack patches of their plain
+    // content.
     let mut text = Vec::new();
     for i in 0..4000 {
         text.extend_from_slice(format!("{i:05} changelog entry {}\n", i * 7 % 13).as_bytes());
@@ -1507,6 +1566,9 @@ fn delta_root(new: bool) -> Vec<GenItem> {
         tn,
         none(),
     ));
+    e.push(("usr/share/doc/news.xz", f(xz(&text), 0o644), tn, none()));
+    e.push(("usr/lib/app", d(0o755), t, none()));
+    e.push(("usr/lib/app/omni.ja", f(zip_of(&text), 0o644), tn, none()));
     if !new {
         e.push((
             "usr/share/doc/obsolete.txt",
@@ -1615,11 +1677,7 @@ fn make_delta_release(dir: &Path, new: bool) {
     );
     let kernel_seed = if new { 102 } else { 101 };
     fs::write(dir.join("live/vmlinuz"), pseudo_random(6000, kernel_seed)).unwrap();
-    fs::write(
-        dir.join("live/initrd.img"),
-        pseudo_random(8000, kernel_seed + 10),
-    )
-    .unwrap();
+    fs::write(dir.join("live/initrd.img"), initrd(new)).unwrap();
     fs::write(dir.join("live/Tails.module"), b"filesystem.squashfs\n").unwrap();
     fs::write(
         dir.join("isolinux/isolinux.cfg"),

@@ -273,15 +273,23 @@ fn generated_pair_gives_every_source_kind_and_the_format_2_layer_tree() {
     );
     expect("usr/bin/mode-only", &copy, Some("usr/bin/mode-only"));
     expect("usr/bin/xattr-only", &copy, Some("usr/bin/xattr-only"));
-    expect("usr/share/doc/changelog.gz", &whole, None);
+    let repack = [SourceKind::Repack];
+    for f in [
+        "usr/share/doc/changelog.gz",
+        "usr/share/doc/news.xz",
+        "usr/lib/app/omni.ja",
+    ] {
+        expect(f, &repack, Some(f));
+    }
     expect("usr/share/new-place/fresh.bin", &whole, None);
     assert!(
         !by_path.contains_key("usr/bin/hl-b"),
         "a hard-link group is one recipe file"
     );
 
-    // Boot files: patched against the old file at the same path, copied from the old path of a
-    // moved file; patches under boot-patches/, neither kind under overlay/ (control.yml's
+    // Boot files: patched against the old file at the same path (the initrd, an uncompressed
+    // cpio and a gzip'd one, as a repack patch of its plain content), copied from the old path
+    // of a moved file; patches under boot-patches/, neither kind under overlay/ (control.yml's
     // overlay still lists what ends on the medium).
     let boot: BTreeMap<&str, _> = recipe
         .boot_files
@@ -306,6 +314,12 @@ fn generated_pair_gives_every_source_kind_and_the_format_2_layer_tree() {
             &copy[..],
             "syslinux/splash.bin",
             "isolinux/splash.bin",
+        ),
+        (
+            "live/initrd.img",
+            &repack[..],
+            "live/initrd.img",
+            "live/initrd.img",
         ),
     ] {
         let b = boot
@@ -333,9 +347,9 @@ fn generated_pair_gives_every_source_kind_and_the_format_2_layer_tree() {
             None => assert!(!in_kit(&at), "{at}: a copy carries nothing"),
         }
     }
-    // Kernel and initrd (nothing in common), a small loader configuration (its record would
-    // cost more than its patch saves): whole.
-    for p in ["live/vmlinuz", "live/initrd.img", "syslinux/menu.cfg"] {
+    // The kernel (nothing in common), a small loader configuration (its record would cost more
+    // than its patch saves): whole.
+    for p in ["live/vmlinuz", "syslinux/menu.cfg"] {
         assert!(!boot.contains_key(p), "{p}: {boot:#?}");
         assert!(
             k3.tree.lookup(format!("overlay/{p}").as_bytes()).is_some(),
@@ -465,7 +479,7 @@ fn generated_pair_applies_like_format_2() {
     };
     assert_eq!(
         kinds("layer_sources"),
-        ["copy", "zstd", "bsdiff", "whole"],
+        ["copy", "zstd", "bsdiff", "repack", "whole"],
         "{c}"
     );
     assert!(!kinds("boot_sources").is_empty(), "{c}");
@@ -1130,7 +1144,7 @@ fn inspect_and_compare_explain_format_3() {
     assert_eq!(r["layer_tree_digest"], recipe.layer_tree_digest.as_str());
     assert_eq!(r["image_size"], recipe.image_size);
     let sources = r["sources"].as_array().unwrap();
-    assert_eq!(sources.len(), 4, "{r}");
+    assert_eq!(sources.len(), SourceKind::ALL.len(), "{r}");
     for (s, (kind, totals)) in sources.iter().zip(recipe.totals()) {
         assert_eq!(s["kind"], kind.name(), "{r}");
         assert_eq!(s["files"], totals.files, "{kind:?}: {r}");
@@ -1151,7 +1165,8 @@ fn inspect_and_compare_explain_format_3() {
     ] {
         assert!(text.contains(needle), "inspect: no {needle:?}:\n{text}");
     }
-    // Boot files per source kind: two patched, one copied, whole ones under overlay/.
+    // Boot files per source kind: two patched, the initrd repacked, one copied, whole ones
+    // under overlay/.
     let boot = r["boot_files"].as_array().unwrap();
     let count = |kinds: &[&str]| -> u64 {
         boot.iter()
@@ -1159,10 +1174,11 @@ fn inspect_and_compare_explain_format_3() {
             .map(|b| b["files"].as_u64().unwrap())
             .sum()
     };
-    assert_eq!(boot.len(), 4, "{r}");
+    assert_eq!(boot.len(), SourceKind::ALL.len(), "{r}");
     assert_eq!(count(&["zstd", "bsdiff"]), 2, "{r}");
+    assert_eq!(count(&["repack"]), 1, "{r}");
     assert_eq!(count(&["copy"]), 1, "{r}");
-    assert!(count(&["whole"]) >= 3, "{r}");
+    assert!(count(&["whole"]) >= 2, "{r}");
     assert!(
         text.contains("boot files"),
         "inspect: no boot files:\n{text}"

@@ -11,7 +11,7 @@
 //! A pure function of the two boot trees: the same choices and patches on every machine.
 
 use super::recipe::{BootFile, SourceKind, MAX_PATCH_INPUT};
-use super::source::{best_patch, Patch};
+use super::source::best_patch;
 use super::DeltaError;
 use crate::squashfs::compress::Compressor;
 use crate::tree::{hex, Content};
@@ -118,10 +118,7 @@ pub fn choose_boot(
     let Some(patch) = best_patch(&old_bytes, &new_bytes, whole)? else {
         return Ok(None);
     };
-    let (kind, bytes) = match patch {
-        Patch::Zstd(b) => (SourceKind::Zstd, b),
-        Patch::Bsdiff(b) => (SourceKind::Bsdiff, b),
-    };
+    let (kind, bytes) = (SourceKind::of(&patch), patch.into_bytes());
     use sha2::{Digest, Sha256};
     Ok(Some(BootChoice {
         record: BootFile {
@@ -245,11 +242,7 @@ mod tests {
         let bytes = p.patch.clone().unwrap();
         assert_eq!(p.record.patch_size, Some(bytes.len() as u64));
         assert!(bytes.len() < 1000, "{}", bytes.len());
-        let patch = match p.record.source {
-            SourceKind::Zstd => Patch::Zstd(bytes),
-            SourceKind::Bsdiff => Patch::Bsdiff(bytes),
-            k => panic!("{k:?}"),
-        };
+        let patch = p.record.source.patch(bytes).unwrap();
         let out = reconstruct(&patch, &efi_old, efi_new.len() as u64, &s_efi_new).unwrap();
         assert_eq!(out, efi_new);
 

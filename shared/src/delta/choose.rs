@@ -5,25 +5,30 @@
 //!    path, then the first such file in walk order): metadata-only changes, moves and renames
 //!    cost nothing;
 //! 3. a base file ([`BaseIndex`]: same path, renamed kernel ABI directory, versioned soname) →
-//!    the smaller of a `zstd` patch-from and a `bsdiff` patch ([`best_patch`]), kept only when
-//!    smaller than what the file costs whole in the layer ([`whole_cost`]); files that start
-//!    with a compressed-stream signature and files over the caps are not tried;
+//!    the smallest of a `zstd` patch-from and a `bsdiff` patch (not for files that start with
+//!    a compressed-stream signature) and, for files that may hold compressed streams, a
+//!    `repack` patch between the plain contents ([`best_patch`]), kept only when smaller than
+//!    what the file costs whole in the layer ([`whole_cost`]); files over the caps are not
+//!    tried;
 //! 4. otherwise `whole`.
 //!
 //! Everything is a pure function of the two trees, their contents and the layer's compressor
 //! settings: trials run in parallel but results are collected by file, and patches themselves
 //! are deterministic ([`super::source`]). Memory: files whose base and new content together
 //! exceed [`PARALLEL_MAX`] are tried one at a time (a bsdiff trial needs about six times the
-//! base's size).
+//! base's size), and so are files over [`PARALLEL_REPACK_MAX`] that may hold compressed
+//! streams (a repack trial holds their plain content).
 
 use std::collections::HashMap;
+use std::io::Read;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use rayon::prelude::*;
 
 use super::matching::BaseIndex;
-use super::recipe::{file_paths, Chosen, RecipeFile, SourceKind};
-use super::source::{best_patch, looks_compressed, Patch, BSDIFF_MAX_TOTAL, ZSTD_MAX_TOTAL};
+use super::recipe::{file_paths, Chosen, RecipeFile, SourceKind, PARALLEL_REPACK_MAX};
+use super::repack;
+use super::source::{best_patch, Patch, BSDIFF_MAX_TOTAL, ZSTD_MAX_TOTAL};
 use super::DeltaError;
 use crate::diff::Hashed;
 use crate::squashfs::compress::Compressor;
@@ -85,12 +90,17 @@ fn compressed_len(c: &Compressor, data: &[u8]) -> Result<u64, DeltaError> {
 }
 
 /// What the choice found, for reports.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ChoiceStats {
     /// Files tried for a patch.
     pub tried: u64,
-    /// Files skipped as compressed streams.
+    /// Files tried that may hold compressed streams ([`repack::worth_trying`]).
     pub compressed: u64,
+    /// What those files cost whole in the layer (bytes, an upper bound: full blocks as
+    /// stored, tails raw).
+    pub compressed_whole_bytes: u64,
+    /// What the kit carries for them (their patch, or their cost whole).
+    pub compressed_carried_bytes: u64,
     /// Files over the caps.
     pub over_caps: u64,
 }
@@ -191,9 +201,14 @@ pub fn choose(
     }
 
     let mut stats = ChoiceStats::default();
-    let (small, large): (Vec<&Trial>, Vec<&Trial>) = trials
-        .iter()
-        .partition(|t| t.base.size + chosen[t.at].payload.size <= PARALLEL_MAX);
+    // A repack trial holds the plain content of its streams: only small ones run in parallel.
+    let parallel = |t: &&Trial| {
+        let new = &chosen[t.at].payload;
+        let total = t.base.size + new.size;
+        total <= PARALLEL_REPACK_MAX
+            || (total <= PARALLEL_MAX && !head(new).is_ok_and(|h| repack::worth_trying(&h)))
+    };
+    let (small, large): (Vec<&Trial>, Vec<&Trial>) = trials.iter().partition(parallel);
     let done = AtomicU64::new(0);
     let progress = |n: u64| read(done.fetch_add(n, Ordering::Relaxed) + n);
     let try_one = |t: &Trial| -> Result<Outcome, DeltaError> {
@@ -208,39 +223,52 @@ pub fn choose(
     }
     let trial_at: HashMap<usize, &Trial> = trials.iter().map(|t| (t.at, t)).collect();
     for (at, outcome) in outcomes {
-        match outcome {
-            Outcome::Compressed => stats.compressed += 1,
-            Outcome::OverCaps => stats.over_caps += 1,
-            Outcome::Whole => stats.tried += 1,
-            Outcome::Patch(p) => {
-                stats.tried += 1;
-                let t = trial_at[&at];
-                let c = &mut chosen[at];
-                c.record.source = match p {
-                    Patch::Zstd(_) => SourceKind::Zstd,
-                    Patch::Bsdiff(_) => SourceKind::Bsdiff,
-                };
-                c.record.base = Some(t.base_path.clone());
-                c.record.base_sha256 = Some(hex(&t.base_sha));
-                c.payload = Content::from_bytes(match p {
-                    Patch::Zstd(b) | Patch::Bsdiff(b) => b,
-                });
-            }
+        let Outcome::Tried {
+            patch,
+            streams,
+            whole,
+        } = outcome
+        else {
+            stats.over_caps += 1;
+            continue;
+        };
+        stats.tried += 1;
+        if streams {
+            stats.compressed += 1;
+            stats.compressed_whole_bytes += whole;
+            stats.compressed_carried_bytes +=
+                patch.as_ref().map_or(whole, |p| p.bytes().len() as u64);
+        }
+        if let Some(p) = patch {
+            let t = trial_at[&at];
+            let c = &mut chosen[at];
+            c.record.source = SourceKind::of(&p);
+            c.record.base = Some(t.base_path.clone());
+            c.record.base_sha256 = Some(hex(&t.base_sha));
+            c.payload = Content::from_bytes(p.into_bytes());
         }
     }
     Ok((chosen, stats))
 }
 
+/// The first bytes of `c` (enough for [`repack::worth_trying`]).
+fn head(c: &Content) -> std::io::Result<Vec<u8>> {
+    let mut h = Vec::with_capacity(0x206);
+    c.source.open()?.take(0x206).read_to_end(&mut h)?;
+    Ok(h)
+}
+
 /// What one trial gave.
 enum Outcome {
-    /// The file starts with a compressed-stream signature: not tried.
-    Compressed,
     /// Base and file exceed every cap: not tried.
     OverCaps,
-    /// No patch is smaller than the file whole.
-    Whole,
-    /// The patch to carry.
-    Patch(Patch),
+    /// Tried: the patch to carry, if one is smaller than the file whole; whether the file may
+    /// hold compressed streams; what it costs whole (an upper bound).
+    Tried {
+        patch: Option<Patch>,
+        streams: bool,
+        whole: u64,
+    },
 }
 
 fn try_patch(
@@ -259,22 +287,25 @@ fn try_patch(
     };
     let new_bytes = read(new)?;
     progress(new.size);
-    if looks_compressed(&new_bytes) {
-        return Ok(Outcome::Compressed);
-    }
+    let streams = repack::worth_trying(&new_bytes);
     let old_bytes = read(&t.base)?;
     // A patch has to beat the file's cost whole: first against a bound that is never lower
     // (full blocks as stored plus the raw tail), then, when the patch is larger than the full
     // blocks alone, against the measured cost.
     let upper = upper_cost(new, compression);
+    let tried = |patch| Outcome::Tried {
+        patch,
+        streams,
+        whole: upper,
+    };
     let Some(p) = best_patch(&old_bytes, &new_bytes, upper)? else {
-        return Ok(Outcome::Whole);
+        return Ok(tried(None));
     };
     let len = p.bytes().len() as u64;
     if len >= lower_cost(new, compression) && len >= whole_cost(new, compression)? {
-        return Ok(Outcome::Whole);
+        return Ok(tried(None));
     }
-    Ok(Outcome::Patch(p))
+    Ok(tried(Some(p)))
 }
 
 /// The stored full blocks when the new image's settings are the layer's (else 0).

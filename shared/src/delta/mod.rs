@@ -1,14 +1,18 @@
 //! Binary deltas for FORMAT 3 kits (DESIGN.md, "Binary deltas (FORMAT 3)"): which old file a new
 //! file is patched against ([`matching`]), and the per-file choice of content source — `copy`,
-//! `zstd` patch-from, a bsdiff-style patch, or the whole file — with the reconstruction that
-//! the device runs ([`source`]). Everything here is a pure function of the bytes and the
-//! documented caps, so a kit stays reproducible.
+//! `zstd` patch-from, a bsdiff-style patch, a `repack` patch between the plain contents of
+//! files that hold compressed streams ([`repack`], [`unpack`]), or the whole file — with the
+//! reconstruction that the device runs ([`source`]). Everything here is a pure function of the
+//! bytes and the documented caps, so a kit stays reproducible.
 
 pub mod boot;
 pub mod choose;
 pub mod matching;
 pub mod recipe;
+pub mod repack;
 pub mod source;
+#[cfg(test)]
+mod testtools;
 pub mod unpack;
 
 /// Errors of delta making and reconstruction.

@@ -58,16 +58,21 @@ pub enum SourceKind {
     Zstd,
     /// A bsdiff 4 patch against the base file.
     Bsdiff,
+    /// A patch between the plain contents of the base file and the file, which holds
+    /// compressed streams, with what re-creates its exact compressed bytes
+    /// ([`super::repack`]).
+    Repack,
     /// The content itself, in the recipe image.
     Whole,
 }
 
 impl SourceKind {
     /// Every kind, in the order reports list them.
-    pub const ALL: [SourceKind; 4] = [
+    pub const ALL: [SourceKind; 5] = [
         SourceKind::Copy,
         SourceKind::Zstd,
         SourceKind::Bsdiff,
+        SourceKind::Repack,
         SourceKind::Whole,
     ];
 
@@ -77,8 +82,36 @@ impl SourceKind {
             SourceKind::Copy => "copy",
             SourceKind::Zstd => "zstd",
             SourceKind::Bsdiff => "bsdiff",
+            SourceKind::Repack => "repack",
             SourceKind::Whole => "whole",
         }
+    }
+
+    /// The kind of a patch.
+    pub fn of(patch: &Patch) -> SourceKind {
+        match patch {
+            Patch::Zstd(_) => SourceKind::Zstd,
+            Patch::Bsdiff(_) => SourceKind::Bsdiff,
+            Patch::Repack(_) => SourceKind::Repack,
+        }
+    }
+
+    /// The patch of this kind with `bytes` (None for `copy` and `whole`, which are no patch).
+    pub fn patch(self, bytes: Vec<u8>) -> Option<Patch> {
+        match self {
+            SourceKind::Zstd => Some(Patch::Zstd(bytes)),
+            SourceKind::Bsdiff => Some(Patch::Bsdiff(bytes)),
+            SourceKind::Repack => Some(Patch::Repack(bytes)),
+            SourceKind::Copy | SourceKind::Whole => None,
+        }
+    }
+
+    /// Whether the kind is a patch carried in the kit.
+    pub fn is_patch(self) -> bool {
+        matches!(
+            self,
+            SourceKind::Zstd | SourceKind::Bsdiff | SourceKind::Repack
+        )
     }
 
     /// Whether the kind reads a base file.
@@ -309,7 +342,7 @@ impl Recipe {
             }
             match (f.source, f.patch_size, &f.patch_sha256) {
                 (SourceKind::Copy, None, None) => {}
-                (SourceKind::Zstd | SourceKind::Bsdiff, Some(_), Some(s)) if is_hex64(s) => {}
+                (k, Some(_), Some(s)) if k.is_patch() && is_hex64(s) => {}
                 (SourceKind::Whole, _, _) => {
                     return Err(bad(format!(
                         "boot file {name}: a whole boot file is carried under overlay/, not listed"
@@ -538,7 +571,7 @@ pub fn layer_tree(
                 }
                 b
             }
-            (kind @ (SourceKind::Zstd | SourceKind::Bsdiff), Some(b)) => {
+            (kind, Some(b)) if kind.is_patch() => {
                 if payload.size > MAX_PATCH_INPUT
                     || b.size.saturating_add(rec.size) > MAX_PATCH_INPUT
                 {
@@ -561,6 +594,9 @@ pub fn layer_tree(
                     size: rec.size,
                     source,
                 }
+            }
+            (kind, Some(_)) => {
+                return Err(bad(format!("{path}: a {} source with a base", kind.name())))
             }
             (kind, None) => {
                 return Err(bad(format!(
@@ -611,7 +647,7 @@ impl LayerTree {
         let (small, large): (Vec<_>, Vec<_>) = self
             .patched
             .iter()
-            .partition(|p| p.base.size.saturating_add(p.size) <= PARALLEL_RECREATE_MAX);
+            .partition(|p| p.base.size.saturating_add(p.size) <= parallel_max(p.kind));
         let one = |p: &&Arc<PatchedSource>| -> Result<(), DeltaError> {
             p.recreate().map_err(|e| DeltaError::Patch(e.to_string()))?;
             done(p.size);
@@ -625,6 +661,19 @@ impl LayerTree {
 /// Patched files whose base and output together are at most this large are re-created in
 /// parallel by [`LayerTree::check_patches`].
 pub const PARALLEL_RECREATE_MAX: u64 = 32 << 20;
+/// [`PARALLEL_RECREATE_MAX`] for `repack` patches: a repack holds its streams' plain content
+/// (a gzip initrd's is four times its size) and preflate-rs's state (about three times a
+/// deflate stream's plain content).
+pub const PARALLEL_REPACK_MAX: u64 = 4 << 20;
+
+/// The largest base and output a patch of `kind` is re-created in parallel with others.
+pub fn parallel_max(kind: SourceKind) -> u64 {
+    if kind == SourceKind::Repack {
+        PARALLEL_REPACK_MAX
+    } else {
+        PARALLEL_RECREATE_MAX
+    }
+}
 
 fn parse_sha(s: &str, path: &str) -> Result<[u8; 32], DeltaError> {
     let mut out = [0u8; 32];
@@ -647,7 +696,7 @@ fn parse_sha(s: &str, path: &str) -> Result<[u8; 32], DeltaError> {
 pub struct PatchedSource {
     /// The file's path in the layer (for messages).
     pub path: String,
-    /// `zstd` or `bsdiff`.
+    /// `zstd`, `bsdiff` or `repack`.
     pub kind: SourceKind,
     /// The patch (a file of the recipe image).
     pub patch: Content,
@@ -665,16 +714,12 @@ impl PatchedSource {
         let err = |m: String| io::Error::new(io::ErrorKind::InvalidData, m);
         let patch = self.patch.read_all()?;
         let base = self.base.read_all()?;
-        let patch = match self.kind {
-            SourceKind::Zstd => Patch::Zstd(patch),
-            SourceKind::Bsdiff => Patch::Bsdiff(patch),
-            other => {
-                return Err(err(format!(
-                    "{}: {} is not a patch",
-                    self.path,
-                    other.name()
-                )))
-            }
+        let Some(patch) = self.kind.patch(patch) else {
+            return Err(err(format!(
+                "{}: {} is not a patch",
+                self.path,
+                self.kind.name()
+            )));
         };
         reconstruct(&patch, &base, self.size, &self.sha256)
             .map_err(|e| err(format!("{}: {e}", self.path)))

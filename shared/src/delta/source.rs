@@ -3,7 +3,9 @@
 //! keeps the smaller, only when it is smaller than what the file costs whole (never larger than
 //! FORMAT 2, per file). [`reconstruct`] re-creates the file on the device and checks it against
 //! the recorded size and sha256. Files that start with a compressed-stream signature skip the
-//! trials (byte deltas gain ≤ 1.5 % on them: REFERENCE.md, "Deltas").
+//! byte-delta trials (they gain ≤ 1.5 % on them: REFERENCE.md, "Deltas"); such files, and others
+//! that may hold compressed streams, are tried as a `repack` patch instead, taken between the
+//! plain contents ([`super::repack`]).
 //!
 //! Determinism: zstd runs single-threaded at a fixed level with `deterministicRefPrefix`;
 //! qbsdiff cuts the new file into fixed-size chunks ([`BSDIFF_CHUNK`]), so its bytes do not
@@ -13,7 +15,7 @@ use qbsdiff::{Bsdiff, Bspatch, ParallelScheme};
 use sha2::{Digest, Sha256};
 use zstd::zstd_safe::{CCtx, CParameter, DCtx, DParameter};
 
-use super::DeltaError;
+use super::{repack, DeltaError};
 
 /// The largest old + new size a bsdiff-style patch is tried for: qbsdiff needs about six times
 /// the old file's size in memory (69 MB → 421 MB measured), so this keeps the build under 1 GiB.
@@ -39,6 +41,9 @@ pub enum Patch {
     Zstd(Vec<u8>),
     /// bsdiff 4 patch (qbsdiff's format) against the base file.
     Bsdiff(Vec<u8>),
+    /// A repack patch ([`super::repack`]): a zstd or bsdiff patch between the plain contents
+    /// of the base and of the file, and the layout that re-creates the file's compressed bytes.
+    Repack(Vec<u8>),
 }
 
 impl Patch {
@@ -47,13 +52,30 @@ impl Patch {
         match self {
             Patch::Zstd(_) => "zstd",
             Patch::Bsdiff(_) => "bsdiff",
+            Patch::Repack(_) => "repack",
         }
     }
 
     /// The patch's bytes (what the kit carries).
     pub fn bytes(&self) -> &[u8] {
         match self {
-            Patch::Zstd(b) | Patch::Bsdiff(b) => b,
+            Patch::Zstd(b) | Patch::Bsdiff(b) | Patch::Repack(b) => b,
+        }
+    }
+
+    /// A patch of the same kind with other bytes.
+    pub fn with_bytes(&self, bytes: Vec<u8>) -> Patch {
+        match self {
+            Patch::Zstd(_) => Patch::Zstd(bytes),
+            Patch::Bsdiff(_) => Patch::Bsdiff(bytes),
+            Patch::Repack(_) => Patch::Repack(bytes),
+        }
+    }
+
+    /// The patch's bytes, owned.
+    pub fn into_bytes(self) -> Vec<u8> {
+        match self {
+            Patch::Zstd(b) | Patch::Bsdiff(b) | Patch::Repack(b) => b,
         }
     }
 }
@@ -67,17 +89,33 @@ pub fn looks_compressed(data: &[u8]) -> bool {
 }
 
 /// The smallest patch of `new` against `old` that is smaller than `whole_cost` (the bytes the
-/// file costs carried whole), or `None` (carry it whole). Patches over the caps are not tried.
+/// file costs carried whole), or `None` (carry it whole): a `zstd` or `bsdiff` patch unless
+/// `new` starts like a compressed stream, and a `repack` patch when `new` may hold streams
+/// ([`repack::worth_trying`]). Patches over the caps are not tried.
 pub fn best_patch(old: &[u8], new: &[u8], whole_cost: u64) -> Result<Option<Patch>, DeltaError> {
-    if looks_compressed(new) {
-        return Ok(None);
+    let mut best = if looks_compressed(new) {
+        None
+    } else {
+        best_plain_patch(old, new, whole_cost)?
+    };
+    if repack::worth_trying(new) {
+        let limit = best.as_ref().map_or(whole_cost, |b| b.bytes().len() as u64);
+        if let Some(r) = repack::make(old, new, limit)? {
+            best = Some(Patch::Repack(r));
+        }
     }
+    Ok(best)
+}
+
+/// The smaller of a `zstd` and a `bsdiff` patch of `new` against `old`, when smaller than
+/// `limit`; patches over the caps are not tried.
+pub fn best_plain_patch(old: &[u8], new: &[u8], limit: u64) -> Result<Option<Patch>, DeltaError> {
     let total = old.len() as u64 + new.len() as u64;
     let mut best: Option<Patch> = None;
     let mut consider = |p: Patch| {
         let len = p.bytes().len() as u64;
-        let limit = best.as_ref().map_or(whole_cost, |b| b.bytes().len() as u64);
-        if len < limit {
+        let bound = best.as_ref().map_or(limit, |b| b.bytes().len() as u64);
+        if len < bound {
             best = Some(p);
         }
     };
@@ -146,6 +184,9 @@ pub fn reconstruct(
     size: u64,
     sha256: &[u8; 32],
 ) -> Result<Vec<u8>, DeltaError> {
+    if let Patch::Repack(blob) = patch {
+        return repack::apply(blob, old, size, sha256);
+    }
     let kind = patch.kind();
     let dec = |msg: String| DeltaError::Decode { kind, msg };
     let cap = usize::try_from(size).map_err(|_| dec(format!("{size} bytes do not fit memory")))?;
@@ -181,6 +222,7 @@ pub fn reconstruct(
                 .map_err(|e| dec(e.to_string()))?;
             out
         }
+        Patch::Repack(_) => return Err(dec("a repack patch in the plain path".into())),
     };
     let got: [u8; 32] = Sha256::digest(&out).into();
     if out.len() as u64 != size || got != *sha256 {
@@ -235,7 +277,7 @@ mod tests {
             );
             let again = match &p {
                 Patch::Zstd(_) => zstd_patch(&old, &new).unwrap(),
-                Patch::Bsdiff(_) => bsdiff_patch(&old, &new).unwrap(),
+                _ => bsdiff_patch(&old, &new).unwrap(),
             };
             assert_eq!(again, p.bytes(), "{}: not deterministic", p.kind());
             let out = reconstruct(&p, &old, new.len() as u64, &sha(&new)).unwrap();
@@ -289,10 +331,7 @@ mod tests {
             );
             let bytes = p.bytes();
             for cut in [0, bytes.len() / 2, bytes.len() - 1] {
-                let t = match &p {
-                    Patch::Zstd(_) => Patch::Zstd(bytes[..cut].to_vec()),
-                    Patch::Bsdiff(_) => Patch::Bsdiff(bytes[..cut].to_vec()),
-                };
+                let t = p.with_bytes(bytes[..cut].to_vec());
                 // Refused, or (a trailing byte the decoder never needs) exactly the file.
                 if let Ok(out) = reconstruct(&t, &old, size, &digest) {
                     assert!(cut > 0 && out == new, "{} cut {cut}", p.kind());
@@ -301,10 +340,7 @@ mod tests {
             for at in (0..bytes.len()).step_by(bytes.len() / 16 + 1) {
                 let mut f = bytes.to_vec();
                 f[at] ^= 0x40;
-                let t = match &p {
-                    Patch::Zstd(_) => Patch::Zstd(f),
-                    Patch::Bsdiff(_) => Patch::Bsdiff(f),
-                };
+                let t = p.with_bytes(f);
                 // Never a panic; an output other than the recorded one is refused.
                 if let Ok(out) = reconstruct(&t, &old, size, &digest) {
                     assert_eq!(out, new);

@@ -649,7 +649,7 @@ fn recreate_boot_files(
             }),
         };
         let content = match (&b.patch, b.kind) {
-            (Some(patch), kind @ (SourceKind::Zstd | SourceKind::Bsdiff)) => {
+            (Some(patch), kind) if kind.is_patch() => {
                 if base.size.saturating_add(b.size) > MAX_PATCH_INPUT {
                     return Err(bad_kit(format!(
                         "boot file {}: base {} and output of {} bytes exceed the \
