@@ -302,5 +302,14 @@ fn print_summary(r: &BuildReport) {
             kinds.join(", ")
         );
     }
+    if let Some(c) = r.compressed_files.as_ref().filter(|c| c.compressed > 0) {
+        println!(
+            "compressed files: {} with a base, {} bytes whole, {} carried ({:.1}% saved)",
+            c.compressed,
+            c.compressed_whole_bytes,
+            c.compressed_carried_bytes,
+            100.0 * (1.0 - c.compressed_carried_bytes as f64 / c.compressed_whole_bytes as f64)
+        );
+    }
     println!("sha256 {}", r.kit_sha256);
 }

@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 
 use crate::boot::{self, BootError, BootFile, WHOLE_DIRS};
 use crate::delta::boot::{choose_boot, BootChoice, BootInput};
-use crate::delta::choose::{choose, LayerCompression};
+use crate::delta::choose::{choose, ChoiceStats, LayerCompression};
 use crate::delta::recipe::{boot_patch_path, recipe_tree, Recipe, SourceKind, RECIPE_VERSION};
 use crate::delta::DeltaError;
 use crate::diff::{self, DiffError, DiffStats, HashedTree};
@@ -125,6 +125,10 @@ pub struct BuildReport {
     /// FORMAT 3: size of the recipe image.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recipe_bytes: Option<u64>,
+    /// FORMAT 3: the layer files tried that may hold compressed streams (repack candidates),
+    /// what they cost whole and what the kit carries for them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compressed_files: Option<ChoiceStats>,
     /// Size of the kit.
     pub kit_bytes: u64,
     /// Size of the new release (the ISO file, or the root filesystem image for a directory).
@@ -535,6 +539,7 @@ impl KitSteps<'_> {
 
         let recipe_tmp = TempFile(recipe_temp_path(out));
         let mut sources = Vec::new();
+        let mut compressed_files = None;
         let mut recipe_image = None;
         let mut boot_patches: Vec<(String, Content)> = Vec::new();
         if opts.deltas {
@@ -605,6 +610,7 @@ impl KitSteps<'_> {
                 }
                 control = with;
                 sources = made.sources;
+                compressed_files = Some(made.stats);
                 recipe_image = Some(made.image);
             } else {
                 progress.warn(&format!(
@@ -647,6 +653,7 @@ impl KitSteps<'_> {
             format: control.format().to_string(),
             sources,
             recipe_bytes,
+            compressed_files,
             kit_bytes,
             new_image_bytes: new.image_bytes,
             ratio: if new.image_bytes > 0 {
@@ -956,6 +963,8 @@ struct MadeRecipe {
     image: Content,
     /// Per source kind, for the report.
     sources: Vec<SourceReport>,
+    /// What the choice found (compressed files), for the report.
+    stats: ChoiceStats,
 }
 
 impl KitSteps<'_> {
@@ -971,7 +980,7 @@ impl KitSteps<'_> {
         let (opts, progress) = (self.opts, self.progress);
         self.phase("choosing sources", layer.tree.content_bytes());
         let done = std::sync::atomic::AtomicU64::new(0);
-        let (chosen, _) = choose(
+        let (chosen, stats) = choose(
             layer.hashed(),
             old_root.hashed(),
             LayerCompression {
@@ -1014,6 +1023,7 @@ impl KitSteps<'_> {
             },
             image,
             sources,
+            stats,
         })
     }
 }

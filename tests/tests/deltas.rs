@@ -656,6 +656,7 @@ fn refuses_damaged_format_3_kits_before_any_write() {
             .clone()
     };
     let (zstd, bsdiff) = (of_kind(SourceKind::Zstd), of_kind(SourceKind::Bsdiff));
+    let repack = of_kind(SourceKind::Repack);
     let f3s = f3.to_str().unwrap().to_string();
     let mut n = 0;
     let mut check = |subs: &[&str], what: &str, kit: &Path, needles: &[&str]| {
@@ -797,9 +798,28 @@ fn refuses_damaged_format_3_kits_before_any_write() {
         );
         check(&both, &what, &k, &[&f.path]);
     }
+    // A repack patch whose reconstruction stream (the layout, preflate-rs's corrections) has a
+    // byte flipped: the re-created bytes differ, refused before any write.
+    let k = kit("corrupt-repack-layout");
+    rewrite_kit(
+        f3,
+        &k,
+        None,
+        |tree| {
+            edit_payload(tree, &repack.path, |mut b| {
+                let header = iuk::delta::repack::HEADER_LEN;
+                let len = u64::from_le_bytes(b[header - 8..header].try_into().unwrap()) as usize;
+                b[header + len / 2] ^= 0x55;
+                b
+            });
+            None
+        },
+        |_| {},
+    );
+    check(&both, "corrupt repack layout", &k, &[&repack.path]);
     // The unmodified kit applies (the refusals above are the edits').
     assert!(f3s.ends_with(".iuk"));
-    assert_eq!(n, 10);
+    assert_eq!(n, 11);
     apply(&m, f3);
 }
 
