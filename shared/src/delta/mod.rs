@@ -8,6 +8,7 @@
 pub mod boot;
 pub mod choose;
 pub mod matching;
+pub mod plain;
 pub mod recipe;
 pub mod repack;
 pub mod source;
