@@ -34,10 +34,10 @@ use iuk::squashfs::inspect::{self, Report};
 ///
 /// When the image is a kit of iuk, also its FORMAT, product, versions and layer; for a FORMAT 3
 /// kit the recipe version, the layer tree digest, the layer and recipe image sizes, and per
-/// source kind (copy, zstd, bsdiff, whole) the number of files, the bytes they re-create and the
+/// source kind (copy, zstd, bsdiff, repack, whole) the number of files, the bytes they re-create and the
 /// bytes the recipe image carries for them (the sizes of their payloads in its tree); and per
 /// source kind the boot files of its overlay: re-created from the medium's boot files (copy, a
-/// zstd or bsdiff patch carried under boot-patches/) or carried whole under overlay/.
+/// zstd, bsdiff or repack patch carried under boot-patches/) or carried whole under overlay/.
 ///
 /// With --list, every entry with its metadata, like `unsquashfs -lln` (numeric owners, UTC times).
 /// An image that fails a check gives a one-line error naming the image and what is wrong (table,
