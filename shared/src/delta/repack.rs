@@ -284,10 +284,6 @@ mod tests {
         [early, main].concat()
     }
 
-    fn sha(b: &[u8]) -> [u8; 32] {
-        Sha256::digest(b).into()
-    }
-
     /// Makes the repack patch of `new` against `old`, checks it is small, exact and
     /// reproducible; returns it.
     fn made(old: &[u8], new: &[u8], at_most: f64) -> Vec<u8> {

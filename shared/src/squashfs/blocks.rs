@@ -787,11 +787,7 @@ impl<'a> Producer<'a> {
         let mut extra = [0u8; 1];
         let more = reader.read(&mut extra).map_err(|e| read_err(content, e))?;
         if more != 0 || <[u8; 32]>::from(check.finalize()) != hash {
-            return Err(SqfsError::Invalid(format!(
-                "{}: file changed while it was being read (write the image again once it is \
-                 no longer being modified)",
-                content.source.describe()
-            )));
+            return Err(changed_while_read(&content.source.describe()));
         }
         Ok(())
     }
@@ -813,13 +809,7 @@ impl<'a> Producer<'a> {
     ) -> Result<()> {
         let bs = self.params.block_size as u64;
         let size = src.size();
-        let changed = || {
-            SqfsError::Invalid(format!(
-                "{}: file changed while it was being read (write the image again once it is \
-                 no longer being modified)",
-                src.describe()
-            ))
-        };
+        let changed = || changed_while_read(src.describe());
         let mut digest = StoredDigest::begin(src).ok_or_else(changed)?;
         let cache = self.params.cache;
         let verified = |stored: [u8; 32]| VerifiedFile {
@@ -845,11 +835,7 @@ impl<'a> Producer<'a> {
                 .block_sizes()
                 .get(b as usize)
                 .is_some_and(|s| s & BLOCK_UNCOMPRESSED == 0);
-            let safe = !compressed
-                || self
-                    .params
-                    .compressor
-                    .kernel_safe_block(&raw, self.params.block_size);
+            let safe = passes_kernel_traps(self.params, &raw, compressed);
             let payload = if expect.is_some() && safe {
                 Payload::Verified { raw, compressed }
             } else {
@@ -998,7 +984,7 @@ fn copy_block(
     }
     let raw = src.raw_block(b as usize)?;
     let compressed = s & BLOCK_UNCOMPRESSED == 0;
-    if compressed && !params.compressor.kernel_safe_block(&raw, params.block_size) {
+    if !passes_kernel_traps(params, &raw, compressed) {
         return Ok(Err(block));
     }
     Ok(Ok(Payload::Copied {
@@ -1007,6 +993,20 @@ fn copy_block(
         plain: block,
         what: format!("{}: block {b}", src.describe()),
     }))
+}
+
+/// Whether a block stored as `raw` (`compressed` or not) may be copied into this image as it
+/// is: a compressed one must pass the kernel traps ([`Compressor::kernel_safe_block`]).
+fn passes_kernel_traps(params: &BlockParams<'_>, raw: &[u8], compressed: bool) -> bool {
+    !compressed || params.compressor.kernel_safe_block(raw, params.block_size)
+}
+
+/// The error of a file whose bytes changed while the writer read them (`what` names it).
+fn changed_while_read(what: &str) -> SqfsError {
+    SqfsError::Invalid(format!(
+        "{what}: file changed while it was being read (write the image again once it is no \
+         longer being modified)"
+    ))
 }
 
 /// Whether every one of a file's `nblocks` whole blocks has a non-sparse entry in `src`'s block
