@@ -27,8 +27,9 @@ use iuk::progress::Bars;
 /// NAME; TAILS_VERSION_ID else VERSION_ID). Layer defaults: xz, BCJ x86, 1 MiB blocks and
 /// dictionary (Tails' settings). When the new root filesystem has the layer's compressor, block
 /// size and compressor options, the full data blocks of the files the layer carries are copied
-/// from it instead of compressed again (the summary counts them); old-root files stored exactly
-/// as in the new image are not decoded.
+/// from it instead of compressed again, and so is each of its fragment blocks whose every tail
+/// the layer carries (the summary counts both); old-root files stored exactly as in the new
+/// image are not decoded.
 #[derive(Args)]
 #[command(after_help = "Examples:\n  \
     SOURCE_DATE_EPOCH=1700000000 iuk-build build --old Tails-6.10.iso --new Tails-6.11.iso\n  \
@@ -285,8 +286,12 @@ fn print_summary(r: &BuildReport) {
         r.seconds
     );
     println!(
-        "layer data blocks: {} copied from the new image, {} compressed",
-        r.layer_copied_blocks, r.layer_compressed_blocks
+        "layer data blocks: {} copied from the new image, {} compressed; fragment blocks: {} \
+         copied, {} packed",
+        r.layer_copied_blocks,
+        r.layer_compressed_blocks,
+        r.layer_copied_fragments,
+        r.layer_fragment_blocks - r.layer_copied_fragments
     );
     if let Some(recipe) = r.recipe_bytes {
         let kinds: Vec<String> = r

@@ -24,8 +24,8 @@ use crate::writer_args::{BcjName, CompressionName, WriterArgs, WriterDefaults};
 ///
 /// Repacking an image whose compressor, block size and compressor options (xz dictionary and
 /// BCJ filter, zstd/gzip level as the image declares them) equal the output's copies its full
-/// data blocks as they are instead of compressing them again; tails are always packed into
-/// fragments and compressed. --json counts copied and compressed blocks.
+/// data blocks and its fragment blocks (tail ends) as they are instead of compressing them
+/// again. --json counts copied and compressed blocks and copied fragment blocks.
 #[derive(Args)]
 #[command(after_help = "Examples:\n  \
     SOURCE_DATE_EPOCH=1700000000 iuk-build pack rootfs/ rootfs.squashfs\n  \
@@ -171,8 +171,12 @@ pub fn run(a: PackArgs) -> Result<()> {
             report.bytes_out
         );
         println!(
-            "data blocks: {} copied from the source image, {} compressed",
-            report.copied_blocks, report.compressed_blocks
+            "data blocks: {} copied from the source image, {} compressed; fragment blocks: {} \
+             copied, {} packed",
+            report.copied_blocks,
+            report.compressed_blocks,
+            report.copied_fragment_blocks,
+            report.fragment_blocks - report.copied_fragment_blocks
         );
     }
     Ok(())

@@ -117,6 +117,10 @@ pub struct BuildReport {
     pub layer_copied_blocks: u64,
     /// Data blocks of the layer compressed by the build.
     pub layer_compressed_blocks: u64,
+    /// Fragment blocks of the layer.
+    pub layer_fragment_blocks: u64,
+    /// Fragment blocks of the layer copied verbatim from the new image (fragment sources).
+    pub layer_copied_fragments: u64,
     /// The kit's FORMAT: `2` (whole files) or `3` (a recipe of per-file sources).
     pub format: String,
     /// FORMAT 3: files, bytes re-created and bytes carried, per source kind.
@@ -650,6 +654,8 @@ impl KitSteps<'_> {
             layer_bytes,
             layer_copied_blocks: written.copied_blocks,
             layer_compressed_blocks: written.compressed_blocks,
+            layer_fragment_blocks: written.fragment_blocks,
+            layer_copied_fragments: written.copied_fragment_blocks,
             format: control.format().to_string(),
             sources,
             recipe_bytes,

@@ -1380,3 +1380,70 @@ fn names_that_are_not_utf8_fall_back_to_format_2() {
     apply(&m, &kit);
     run_ok(ia("verify", &m).arg("--deep"));
 }
+
+// ------------------------------------------------------------------------------------------------
+// Fragment sources
+
+/// `files` as [`tiny_release`] takes them.
+fn refs(files: &[(Vec<u8>, Vec<u8>)]) -> Vec<(&[u8], Vec<u8>)> {
+    files.iter().map(|(p, d)| (&p[..], d.clone())).collect()
+}
+
+/// A kernel ABI change's shape: the new release adds a directory of 150 small modules (about
+/// 3 MB of tails, so mksquashfs packs whole fragment blocks of them): the FORMAT 2 layer copies
+/// those fragment blocks from the new image, the kit applies, and the kernel's view of the
+/// medium's stack equals the new root.
+#[test]
+fn a_new_directory_of_small_files_has_its_fragment_blocks_copied() {
+    if !tools_or_skip(&["mksquashfs"]) {
+        return;
+    }
+    let t = tmpdir();
+    let text = |n: usize, seed: u64| -> Vec<u8> {
+        // Compressible: hex of pseudo-random bytes, lines of a module-like listing.
+        let raw = iuk_e2e::pseudo_random(n / 2, seed);
+        raw.iter()
+            .flat_map(|b| format!("{b:02x}").into_bytes())
+            .collect()
+    };
+    let common: Vec<(Vec<u8>, Vec<u8>)> = (0..8)
+        .map(|i| (format!("usr/share/doc/d{i}").into_bytes(), text(9_000, i)))
+        .collect();
+    let modules: Vec<(Vec<u8>, Vec<u8>)> = (0..150)
+        .map(|i| {
+            (
+                format!("usr/lib/modules/6.1.0-57/kernel/m{i:03}.ko").into_bytes(),
+                text(15_000 + 97 * i as usize, 100 + i),
+            )
+        })
+        .collect();
+    let (old, new) = (t.path().join("old"), t.path().join("new"));
+    tiny_release(&old, "7.0", &refs(&common));
+    tiny_release(&new, "7.1", &[refs(&common), refs(&modules)].concat());
+    let kit = t.path().join("k.iuk");
+    // tiny_release's image: xz without a branch filter, 1 MiB blocks.
+    let r = run_ok(
+        build_cmd(&old, &new, &kit)
+            .arg(format!("--source-date-epoch={EPOCH}"))
+            .args(["--xz-bcj", "none", "--json"]),
+    );
+    let v: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    let copied = v["layer_copied_fragments"].as_u64().unwrap();
+    assert!(copied >= 1, "{v}");
+    assert!(
+        v["layer_fragment_blocks"].as_u64().unwrap() >= copied,
+        "{v}"
+    );
+    let m = t.path().join("m");
+    init(&m, &old);
+    apply(&m, &kit);
+    run_ok(ia("verify", &m).arg("--deep"));
+    if !(require_root_or_skip() && kernel_or_skip()) {
+        return;
+    }
+    let want = {
+        let mnt = mount_squashfs(&new.join("live/filesystem.squashfs"));
+        snapshot(mnt.path())
+    };
+    assert_same_tree(&want, &kernel_stack(&m), "kernel stack after the kit");
+}

@@ -884,7 +884,7 @@ fn repack_of_mksquashfs_image_is_exact() {
 }
 
 /// mksquashfs image (xz, BCJ x86, 64 KiB blocks) → `pack IMAGE` with the same settings: the
-/// full blocks are copied, not compressed (`--json` counts), the result does not depend on the
+/// full blocks and the fragment blocks are copied, not compressed (`--json` counts), the result does not depend on the
 /// thread count, unsquashfs extracts it, and the kernel's view equals its view of the original.
 #[test]
 fn repack_with_equal_settings_copies_blocks_and_mounts() {
@@ -923,6 +923,8 @@ fn repack_with_equal_settings_copies_blocks_and_mounts() {
     let copied = v["copied_blocks"].as_u64().unwrap();
     assert!(copied > 0, "{v}");
     assert_eq!(v["compressed_blocks"].as_u64(), Some(0), "{v}");
+    // Every file is carried, so mksquashfs's fragment blocks are copied too.
+    assert!(v["copied_fragment_blocks"].as_u64().unwrap() > 0, "{v}");
     pack(
         &foreign,
         &b,
@@ -950,6 +952,7 @@ fn repack_with_equal_settings_copies_blocks_and_mounts() {
     let v: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
     assert_eq!(v["copied_blocks"].as_u64(), Some(0), "{v}");
     assert_eq!(v["compressed_blocks"].as_u64(), Some(copied), "{v}");
+    assert_eq!(v["copied_fragment_blocks"].as_u64(), Some(0), "{v}");
 }
 
 #[test]

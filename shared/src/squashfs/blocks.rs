@@ -24,6 +24,10 @@
 //! copied bytes are then the ones checked) and compares the file's sha256 at its end
 //! (`Producer::copied_file`).
 //!
+//! Fragment sources ([`super::fragment_source`]): an input image's fragment block whose every
+//! byte is a tail of a file written here is copied as it is stored; those files' tails point
+//! into it, the other tails are packed.
+//!
 //! A [`BlockCache`] shared by the images of one run (the kits of a batch) remembers what each
 //! block compressed to: a block whose bytes and compressor equal one compressed before takes that
 //! result instead of being compressed again. Compression is a pure function of the bytes and the
@@ -42,6 +46,7 @@ use sha2::{Digest, Sha256};
 
 use super::compress::{BcjTrial, Compressor};
 use super::data::{StoredDigest, StoredFile};
+use super::fragment_source::FragmentSources;
 use super::inode::BLOCK_UNCOMPRESSED;
 use super::table::FragmentEntry;
 use super::{Result, SqfsError};
@@ -297,6 +302,8 @@ pub struct DataLayout {
     /// Data blocks this writer compressed (kept compressed, or stored when that did not shrink
     /// them); with `copied_blocks` and the blocks stored by rule, they make `data_blocks`.
     pub compressed_blocks: u64,
+    /// Fragment blocks copied verbatim from an input image (fragment sources).
+    pub copied_fragments: u64,
     /// Files whose data was shared with an earlier identical file.
     pub duplicates: u64,
     /// Bytes of file content.
@@ -540,6 +547,7 @@ pub fn write_data<W: Write>(
     }
     produced?;
     let mut files = emitter.files;
+    let copied_fragments = producer.sources.copied();
     finish_layout(tree, order, producer, &mut files).map(|(data_blocks, duplicates, bytes_in)| {
         DataLayout {
             files,
@@ -548,6 +556,7 @@ pub fn write_data<W: Write>(
             data_blocks,
             copied_blocks: emitter.copied,
             compressed_blocks: emitter.compressed,
+            copied_fragments,
             duplicates,
             bytes_in,
         }
@@ -657,8 +666,12 @@ struct Producer<'a> {
     seen: HashMap<(u64, [u8; 32]), usize>,
     /// Tails packed into the current fragment block.
     frag_buf: Vec<u8>,
-    /// Index of the current fragment block.
-    frag_count: u32,
+    /// (data-order position, offset) of each tail in `frag_buf`.
+    frag_members: Vec<(usize, u32)>,
+    /// The next fragment table index (fragment blocks are numbered as they are submitted).
+    next_frag: u32,
+    /// Input fragment blocks that may be copied whole.
+    sources: FragmentSources,
 }
 
 impl<'a> Producer<'a> {
@@ -680,12 +693,51 @@ impl<'a> Producer<'a> {
             dups: Vec::new(),
             seen: HashMap::new(),
             frag_buf: Vec::with_capacity(params.block_size as usize),
-            frag_count: 0,
+            frag_members: Vec::new(),
+            next_frag: 0,
+            sources: FragmentSources::default(),
+        }
+    }
+
+    /// Lists the input fragment blocks the files' tails may be copied with: every file whose
+    /// whole blocks have a block source ([`Producer::block_source`]) and whose tail lies in
+    /// such an image's fragment block.
+    fn plan_fragment_sources(&mut self) {
+        if !self.params.fragments {
+            return;
+        }
+        let bs = self.params.block_size as u64;
+        let mut tails = Vec::new();
+        for (fi, (id, node)) in self.order.iter().enumerate() {
+            let InodeKind::File(content) = &self.tree.inode(*id).kind else {
+                continue;
+            };
+            if content.size % bs == 0 || self.mode_of(*node) != DataCompression::All {
+                continue;
+            }
+            if let Some(t) = self
+                .block_source(content, DataCompression::All)
+                .and_then(|src| src.fragment_tail())
+            {
+                tails.push((fi, t));
+            }
+        }
+        self.sources = FragmentSources::plan(tails);
+    }
+
+    /// How the data of the file at `node` is compressed to begin with.
+    fn mode_of(&self, node: NodeId) -> DataCompression {
+        let stored_path = !self.params.stored_paths.is_empty()
+            && self.params.stored_paths.contains(&self.tree.path(node));
+        match self.params.data {
+            _ if stored_path => DataCompression::None,
+            m => m,
         }
     }
 
     /// Submits every file's jobs, then the last fragment block.
     fn run(&mut self, sub: &mut Submitter<'_, '_>) -> Result<()> {
+        self.plan_fragment_sources();
         for fi in 0..self.order.len() {
             let InodeKind::File(content) = &self.tree.inode(self.order[fi].0).kind else {
                 continue;
@@ -699,8 +751,7 @@ impl<'a> Producer<'a> {
             self.file(fi, content, sub)?;
         }
         if !self.frag_buf.is_empty() {
-            let full = std::mem::take(&mut self.frag_buf);
-            self.submit_fragment(full, sub)?;
+            self.submit_fragment(sub)?;
         }
         Ok(())
     }
@@ -743,11 +794,7 @@ impl<'a> Producer<'a> {
         let node = self.order[fi].1;
         let stored_path = !self.params.stored_paths.is_empty()
             && self.params.stored_paths.contains(&self.tree.path(node));
-        let mut mode = match self.params.data {
-            DataCompression::None => DataCompression::None,
-            _ if stored_path => DataCompression::None,
-            m => m,
-        };
+        let mut mode = self.mode_of(node);
         let source = self.block_source(content, mode);
         if let Some(src) = source
             .as_ref()
@@ -926,33 +973,50 @@ impl<'a> Producer<'a> {
         })
     }
 
-    /// Packs a file's tail into the current fragment block, first submitting that block when
-    /// the tail does not fit.
+    /// Places a file's tail: in the input fragment block it lies in when that block is copied
+    /// ([`FragmentSources`]), else packed into the current fragment block, first submitting
+    /// that block when the tail does not fit.
     fn tail(&mut self, fi: usize, t: &[u8], sub: &mut Submitter<'_, '_>) -> Result<()> {
+        let what = || match &self.tree.inode(self.order[fi].0).kind {
+            InodeKind::File(c) => c.source.describe(),
+            _ => String::new(),
+        };
+        let params = self.params;
+        let safe = |raw: &[u8], compressed: bool| passes_kernel_traps(params, raw, compressed);
+        let next_frag = &mut self.next_frag;
+        let mut emit = |payload: Payload| -> Result<u32> {
+            let index = take_index(next_frag)?;
+            sub.submit(BlockJob {
+                target: Target::Fragment { index },
+                payload,
+            })?;
+            Ok(index)
+        };
+        if let Some(at) = self.sources.place(fi, t, &what(), &safe, &mut emit)? {
+            self.frag_of[fi] = Some(at);
+            return Ok(());
+        }
         let bs = self.params.block_size as usize;
         if self.frag_buf.len() + t.len() > bs {
-            let full = std::mem::replace(&mut self.frag_buf, Vec::with_capacity(bs));
-            self.submit_fragment(full, sub)?;
+            self.submit_fragment(sub)?;
         }
-        self.frag_of[fi] = Some((self.frag_count, self.frag_buf.len() as u32));
+        self.frag_members.push((fi, self.frag_buf.len() as u32));
         self.frag_buf.extend_from_slice(t);
         Ok(())
     }
 
-    /// Submits a full fragment block and moves on to the next one.
-    fn submit_fragment(&mut self, full: Vec<u8>, sub: &mut Submitter<'_, '_>) -> Result<()> {
+    /// Submits the current fragment block (numbered now) and starts the next one.
+    fn submit_fragment(&mut self, sub: &mut Submitter<'_, '_>) -> Result<()> {
+        let bs = self.params.block_size as usize;
+        let full = std::mem::replace(&mut self.frag_buf, Vec::with_capacity(bs));
+        let index = take_index(&mut self.next_frag)?;
+        for (fi, offset) in self.frag_members.drain(..) {
+            self.frag_of[fi] = Some((index, offset));
+        }
         sub.submit(BlockJob {
-            target: Target::Fragment {
-                index: self.frag_count,
-            },
+            target: Target::Fragment { index },
             payload: Payload::Data(full),
-        })?;
-        self.frag_count = self.frag_count.checked_add(1).ok_or_else(|| {
-            SqfsError::Invalid(
-                "more than 2^32 fragment blocks (write the image without fragments)".into(),
-            )
-        })?;
-        Ok(())
+        })
     }
 }
 
@@ -995,6 +1059,17 @@ fn copy_block(
     }))
 }
 
+/// The next fragment table index, counted.
+fn take_index(next: &mut u32) -> Result<u32> {
+    let index = *next;
+    *next = next.checked_add(1).ok_or_else(|| {
+        SqfsError::Invalid(
+            "more than 2^32 fragment blocks (write the image without fragments)".into(),
+        )
+    })?;
+    Ok(index)
+}
+
 /// Whether a block stored as `raw` (`compressed` or not) may be copied into this image as it
 /// is: a compressed one must pass the kernel traps ([`Compressor::kernel_safe_block`]).
 fn passes_kernel_traps(params: &BlockParams<'_>, raw: &[u8], compressed: bool) -> bool {
@@ -1002,7 +1077,7 @@ fn passes_kernel_traps(params: &BlockParams<'_>, raw: &[u8], compressed: bool) -
 }
 
 /// The error of a file whose bytes changed while the writer read them (`what` names it).
-fn changed_while_read(what: &str) -> SqfsError {
+pub(super) fn changed_while_read(what: &str) -> SqfsError {
     SqfsError::Invalid(format!(
         "{what}: file changed while it was being read (write the image again once it is no \
          longer being modified)"
@@ -1540,6 +1615,118 @@ mod tests {
         assert_eq!(stored(&read(out)), stored(&t));
     }
 
+    /// A tree holding the root files `names` of `t` (their inodes, so the same content sources).
+    fn subset(t: &Tree, names: &[&str]) -> Tree {
+        let mut out = Tree::new(meta(0o755));
+        let root = out.root();
+        for name in names {
+            let node = t.lookup(name.as_bytes()).unwrap();
+            out.add(root, name.as_bytes(), t.node_inode(node).clone())
+                .unwrap();
+        }
+        out
+    }
+
+    /// The stored bytes of the fragment block `name`'s tail lies in.
+    fn fragment_of(t: &Tree, name: &str) -> Vec<u8> {
+        let node = t.lookup(name.as_bytes()).unwrap();
+        let InodeKind::File(c) = &t.node_inode(node).kind else {
+            panic!("{name} is not a file");
+        };
+        let tail = StoredFile::of(c).unwrap().fragment_tail().unwrap();
+        tail.block(name).unwrap().0
+    }
+
+    /// 40 small files of 300 bytes (4 KiB blocks: 13 tails per fragment block, 4 blocks).
+    fn smalls() -> Vec<(String, Vec<u8>)> {
+        (0..40)
+            .map(|i| (format!("s{i:02}"), text(300, 100 + i)))
+            .collect()
+    }
+
+    #[test]
+    fn fragment_blocks_whose_every_tail_is_carried_are_copied() {
+        let files = smalls();
+        let named: Vec<(&str, Vec<u8>)> =
+            files.iter().map(|(n, d)| (n.as_str(), d.clone())).collect();
+        let (input, ir) = write(&tree_of(&named), &params(xz(0, BS as u32, false), BS, 2));
+        assert_eq!(ir.fragment_blocks, 4);
+        let t = read(input);
+        let p = params(xz(6, BS as u32, false), BS, 2);
+        // Every file: every fragment block is copied, as it is stored.
+        let (out, r) = write(&t, &p);
+        assert_eq!(
+            (r.fragment_blocks, r.copied_fragment_blocks),
+            (4, 4),
+            "{r:?}"
+        );
+        let back = read(out);
+        for (name, data) in &files {
+            let node = back.lookup(name.as_bytes()).unwrap();
+            let InodeKind::File(c) = &back.node_inode(node).kind else {
+                panic!()
+            };
+            assert_eq!(&c.read_all().unwrap(), data, "{name}");
+            assert_eq!(fragment_of(&back, name), fragment_of(&t, name), "{name}");
+        }
+        // The first block's 13 files and 5 of the second's: only the first is copied, the five
+        // tails are packed (compressed here: their block differs from the input's).
+        let names: Vec<&str> = files[..18].iter().map(|(n, _)| n.as_str()).collect();
+        let part = subset(&t, &names);
+        let (out, r) = write(&part, &p);
+        assert_eq!(
+            (r.fragment_blocks, r.copied_fragment_blocks),
+            (2, 1),
+            "{r:?}"
+        );
+        let back = read(out);
+        assert_eq!(fragment_of(&back, "s00"), fragment_of(&t, "s00"));
+        assert_ne!(fragment_of(&back, "s13"), fragment_of(&t, "s13"));
+        for (name, data) in &files[..18] {
+            let node = back.lookup(name.as_bytes()).unwrap();
+            let InodeKind::File(c) = &back.node_inode(node).kind else {
+                panic!()
+            };
+            assert_eq!(&c.read_all().unwrap(), data, "{name}");
+        }
+        // Other settings (zstd): nothing copied. Any thread count: the same bytes.
+        let (_, r) = write(&t, &params(Compressor::Zstd { level: 3 }, BS, 2));
+        assert_eq!(r.copied_fragment_blocks, 0);
+        let one = write(&part, &params(xz(6, BS as u32, false), BS, 1)).0;
+        let four = write(&part, &params(xz(6, BS as u32, false), BS, 4)).0;
+        assert_eq!(one, four);
+    }
+
+    #[test]
+    fn a_fragment_block_that_changes_while_read_fails_the_write() {
+        let files = smalls();
+        let named: Vec<(&str, Vec<u8>)> =
+            files.iter().map(|(n, d)| (n.as_str(), d.clone())).collect();
+        let (input, _) = write(&tree_of(&named), &params(xz(0, BS as u32, false), BS, 2));
+        let t = read(input.clone());
+        let InodeKind::File(c) = &t.node_inode(t.lookup(b"s00").unwrap()).kind else {
+            panic!()
+        };
+        let (_, start, _) = StoredFile::of(c)
+            .unwrap()
+            .fragment_tail()
+            .unwrap()
+            .block_key();
+        // The first read of the block (hashing s00) is intact, the second (the copy's) not.
+        let flaky = Flaky {
+            bytes: input,
+            at: start + 10,
+            after: 1,
+            reads: Mutex::new(0),
+        };
+        let a = Archive::from_image(Arc::new(flaky), "flaky.sqfs".into()).unwrap();
+        let t = a.read_tree().unwrap();
+        let mut out = Cursor::new(Vec::new());
+        let p = params(xz(6, BS as u32, false), BS, 2);
+        let e = write_image(&t, &p, &mut out, &|_| {}).unwrap_err();
+        assert!(e.to_string().contains("flaky.sqfs"), "{e}");
+    }
+
     #[test]
     fn a_repack_copies_mksquashfs_blocks() {
         if !crate::squashfs::testkit::have("mksquashfs") {
@@ -1686,8 +1873,8 @@ mod tests {
         assert_eq!(write_hashed(&t, &h, &shared).unwrap().0, alone);
         // Taken from the cache: `a` and `d1` as checked files (every block copyable; `d2`
         // shares `d1`'s), `b`'s three copied blocks (it has a sparse entry, so its blocks are
-        // checked one by one) and the fragment block. Without the checked files: 4.
-        assert_eq!(cache.hits(), before + 6);
+        // checked one by one). The fragment block is copied from the input, not compressed.
+        assert_eq!(cache.hits(), before + 5);
         // The same content stored otherwise (another input image) is not taken as checked.
         let (other, _) = write(&sample(), &params(xz(1, BS as u32, false), BS, 2));
         let t2 = read(other);

@@ -131,6 +131,30 @@ impl Archive {
         })
     }
 
+    /// Fragment block `e` as the image stores it and decoded, the decoded block also kept in the
+    /// fragment cache (so a file's tail read next from it decodes nothing). The stored bytes are
+    /// the ones decoded: a writer copying them verbatim copies exactly what was checked.
+    fn fragment_raw(&self, e: FragmentEntry) -> Result<(Vec<u8>, Arc<Vec<u8>>)> {
+        let stored = (e.size & !BLOCK_UNCOMPRESSED) as usize;
+        let mut raw = vec![0u8; stored];
+        self.image
+            .read_exact_at(&mut raw, e.start)
+            .map_err(|err| SqfsError::io(format!("fragment block at {}", e.start), err))?;
+        let data = if e.size & BLOCK_UNCOMPRESSED != 0 {
+            raw.clone()
+        } else {
+            self.comp
+                .decompress(&raw, self.sb.block_size as usize)
+                .map_err(|err| wrap(err, format_args!("fragment block at {}", e.start)))?
+        };
+        let data = Arc::new(data);
+        let mut cache = self.frag_cache.lock().unwrap_or_else(|p| p.into_inner());
+        cache.retain(|(k, _)| *k != e);
+        cache.insert(0, (e, data.clone()));
+        cache.truncate(FRAGMENT_CACHE);
+        Ok((raw, data))
+    }
+
     /// A reader streaming the bytes of regular-file inode `ino`.
     pub fn open_file(self: &Arc<Self>, ino: &DiskInode) -> Result<FileReader> {
         let what = format!("{}: inode {}", self.name, ino.header.number);
@@ -269,6 +293,17 @@ impl<'a> StoredFile<'a> {
         self.file.layout.tail.is_some()
     }
 
+    /// Where the file's tail lies when it lies in a fragment block.
+    pub fn fragment_tail(&self) -> Option<FragmentTail> {
+        let t = self.file.layout.tail.as_ref()?;
+        Some(FragmentTail {
+            archive: self.file.archive.clone(),
+            entry: t.frag,
+            offset: u32::try_from(t.offset).ok()?,
+            len: u32::try_from(t.len).ok()?,
+        })
+    }
+
     /// The input the file is read from, for messages (`image:/path`).
     pub fn describe(&self) -> &str {
         &self.file.layout.what
@@ -367,6 +402,44 @@ impl<'a> StoredFile<'a> {
             ));
         }
         Ok(data)
+    }
+}
+
+/// Where a file's tail lies in its image: a fragment block and the byte range in it. Files of
+/// one image whose tails share a fragment block have equal [`FragmentTail::block_key`]s; a writer
+/// may copy that block verbatim (fragment sources, [`super::blocks`]).
+#[derive(Clone)]
+pub struct FragmentTail {
+    archive: Arc<Archive>,
+    entry: FragmentEntry,
+    /// Offset of the tail in the decoded fragment block.
+    pub offset: u32,
+    /// Length of the tail.
+    pub len: u32,
+}
+
+impl FragmentTail {
+    /// Which fragment block of which open image this tail lies in (equal for tails in the same
+    /// block of the same image; only compared, never ordered or written).
+    pub fn block_key(&self) -> (usize, u64, u32) {
+        (
+            Arc::as_ptr(&self.archive) as *const () as usize,
+            self.entry.start,
+            self.entry.size,
+        )
+    }
+
+    /// Whether the image stores the block compressed.
+    pub fn compressed(&self) -> bool {
+        self.entry.size & BLOCK_UNCOMPRESSED == 0
+    }
+
+    /// The fragment block's stored bytes and what they decode to (`what` names a file whose
+    /// tail lies there, for errors).
+    pub fn block(&self, what: &str) -> Result<(Vec<u8>, Arc<Vec<u8>>)> {
+        self.archive
+            .fragment_raw(self.entry)
+            .map_err(|e| wrap(e, what))
     }
 }
 

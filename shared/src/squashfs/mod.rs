@@ -15,6 +15,7 @@ pub mod check;
 pub mod compress;
 pub mod data;
 pub mod dir;
+mod fragment_source;
 pub mod inode;
 pub mod inspect;
 pub mod meta;

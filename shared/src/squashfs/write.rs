@@ -18,7 +18,12 @@
 //!    full-block-list entries that covers the same byte range here and is neither sparse nor
 //!    all zeros is copied verbatim (compressed or stored, as the input has it) instead of being
 //!    compressed, provided a compressed one passes the kernel traps; it is checked to decode to
-//!    the file's bytes first. Tails are always packed into fragments and compressed here.
+//!    the file's bytes first. Fragment sources: a fragment block of such an input image is
+//!    copied verbatim when the tails of this image's files whose blocks have that source cover
+//!    every byte of it (decided at its first member's tail in data order, emitted there and
+//!    numbered as the next fragment; the members' tails point into it at their input offsets);
+//!    other tails are packed into fragment blocks here. Fragment blocks are numbered in the
+//!    order they are emitted.
 //! 3. Inode table: inodes in post-order (each directory's children in name order, a subdirectory's
 //!    whole subtree before the next sibling, the directory itself last; a hard-linked inode at
 //!    its first entry). Inode numbers follow this order from 1; the root's parent is count + 1.
@@ -53,7 +58,8 @@ pub use super::blocks::DataCompression;
 /// plus the exact vendored compressor versions and settings).
 /// Version 2: data blocks are copied from input images (block sources, rule 2).
 /// Version 3: diff layers order their files newest first ([`DataOrder::NewestFirst`], rule 2).
-pub const WRITER_FORMAT_VERSION: u32 = 3;
+/// Version 4: fragment blocks are copied from input images (fragment sources, rule 2).
+pub const WRITER_FORMAT_VERSION: u32 = 4;
 
 /// The order of file data (rule 2) within one sort-file priority.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -158,6 +164,8 @@ pub struct WriteReport {
     pub compressed_blocks: u64,
     /// Fragment blocks written.
     pub fragment_blocks: u64,
+    /// Fragment blocks copied verbatim from an input image (fragment sources, rule 2).
+    pub copied_fragment_blocks: u64,
 }
 
 /// Called with the number of content bytes read so far; must be cheap.
@@ -237,6 +245,7 @@ pub fn write_image_hashed<W: Write + Seek>(
         copied_blocks: data.copied_blocks,
         compressed_blocks: data.compressed_blocks,
         fragment_blocks: data.fragments.len() as u64,
+        copied_fragment_blocks: data.copied_fragments,
     })
 }
 
