@@ -1637,6 +1637,17 @@ mod tests {
         tail.block(name).unwrap().0
     }
 
+    /// Fails unless each root file `(name, content)` of `files` has that content in `t`.
+    fn assert_contents(t: &Tree, files: &[(String, Vec<u8>)]) {
+        for (name, data) in files {
+            let node = t.lookup(name.as_bytes()).unwrap();
+            let InodeKind::File(c) = &t.node_inode(node).kind else {
+                panic!("{name} is not a file")
+            };
+            assert_eq!(&c.read_all().unwrap(), data, "{name}");
+        }
+    }
+
     /// 40 small files of 300 bytes (4 KiB blocks: 13 tails per fragment block, 4 blocks).
     fn smalls() -> Vec<(String, Vec<u8>)> {
         (0..40)
@@ -1661,12 +1672,8 @@ mod tests {
             "{r:?}"
         );
         let back = read(out);
-        for (name, data) in &files {
-            let node = back.lookup(name.as_bytes()).unwrap();
-            let InodeKind::File(c) = &back.node_inode(node).kind else {
-                panic!()
-            };
-            assert_eq!(&c.read_all().unwrap(), data, "{name}");
+        assert_contents(&back, &files);
+        for (name, _) in &files {
             assert_eq!(fragment_of(&back, name), fragment_of(&t, name), "{name}");
         }
         // The first block's 13 files and 5 of the second's: only the first is copied, the five
@@ -1682,13 +1689,7 @@ mod tests {
         let back = read(out);
         assert_eq!(fragment_of(&back, "s00"), fragment_of(&t, "s00"));
         assert_ne!(fragment_of(&back, "s13"), fragment_of(&t, "s13"));
-        for (name, data) in &files[..18] {
-            let node = back.lookup(name.as_bytes()).unwrap();
-            let InodeKind::File(c) = &back.node_inode(node).kind else {
-                panic!()
-            };
-            assert_eq!(&c.read_all().unwrap(), data, "{name}");
-        }
+        assert_contents(&back, &files[..18]);
         // Other settings (zstd): nothing copied. Any thread count: the same bytes.
         let (_, r) = write(&t, &params(Compressor::Zstd { level: 3 }, BS, 2));
         assert_eq!(r.copied_fragment_blocks, 0);

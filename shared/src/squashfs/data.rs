@@ -20,7 +20,8 @@ use crate::tree::{Content, ContentSource};
 const FRAGMENT_CACHE: usize = 16;
 
 impl Archive {
-    /// a fragment block are usually read one after another, by each of a few threads.
+    /// Fragment block `e`, decoded, from the cache when it is there (the tails of one
+    /// fragment block are usually read one after another, by each of a few threads).
     fn fragment_block(&self, e: FragmentEntry) -> Result<Arc<Vec<u8>>> {
         {
             let mut cache = self.frag_cache.lock().unwrap_or_else(|p| p.into_inner());
@@ -31,23 +32,7 @@ impl Archive {
                 return Ok(data);
             }
         }
-        let stored = (e.size & !BLOCK_UNCOMPRESSED) as usize;
-        let mut raw = vec![0u8; stored];
-        self.image
-            .read_exact_at(&mut raw, e.start)
-            .map_err(|err| SqfsError::io(format!("fragment block at {}", e.start), err))?;
-        let data = if e.size & BLOCK_UNCOMPRESSED != 0 {
-            raw
-        } else {
-            self.comp
-                .decompress(&raw, self.sb.block_size as usize)
-                .map_err(|err| wrap(err, format_args!("fragment block at {}", e.start)))?
-        };
-        let data = Arc::new(data);
-        let mut cache = self.frag_cache.lock().unwrap_or_else(|p| p.into_inner());
-        cache.insert(0, (e, data.clone()));
-        cache.truncate(FRAGMENT_CACHE);
-        Ok(data)
+        Ok(self.fragment_raw(e)?.1)
     }
 
     /// Checks where the data of file inode `ino` lies and resolves its fragment.
