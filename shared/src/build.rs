@@ -24,7 +24,7 @@ use sha2::{Digest, Sha256};
 use crate::boot::{self, BootError, BootFile, WHOLE_DIRS};
 use crate::delta::boot::{choose_boot, BootChoice, BootInput};
 use crate::delta::choose::{choose, ChoiceStats, LayerCompression};
-use crate::delta::recipe::{boot_patch_path, recipe_tree, Recipe, SourceKind, RECIPE_VERSION};
+use crate::delta::recipe::{boot_patch_path, per_kind, recipe_tree, Recipe, RECIPE_VERSION};
 use crate::delta::DeltaError;
 use crate::diff::{self, DiffError, DiffStats, HashedTree};
 use crate::kit::{self, Control, FileEntry, KitError, LayerParams, OverlayFile, GENERATOR};
@@ -1004,18 +1004,19 @@ impl KitSteps<'_> {
         };
         let image = release::host_content(path.to_path_buf()).map_err(io)?;
         let sha = image.sha256().map_err(io)?;
-        let sources = SourceKind::ALL
-            .iter()
-            .map(|&k| {
-                let of_kind = chosen.iter().filter(|c| c.record.source == k);
-                SourceReport {
-                    kind: k.name().to_string(),
-                    files: of_kind.clone().count() as u64,
-                    bytes: of_kind.clone().map(|c| c.record.size).sum(),
-                    payload_bytes: of_kind.map(|c| c.payload.size).sum(),
-                }
-            })
-            .collect();
+        let sources = per_kind(
+            chosen
+                .iter()
+                .map(|c| (c.record.source, c.record.size, c.payload.size)),
+        )
+        .into_iter()
+        .map(|(k, t, carried)| SourceReport {
+            kind: k.name().to_string(),
+            files: t.files,
+            bytes: t.bytes,
+            payload_bytes: carried,
+        })
+        .collect();
         Ok(MadeRecipe {
             recipe: Recipe {
                 version: RECIPE_VERSION,

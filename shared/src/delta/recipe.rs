@@ -228,6 +228,26 @@ pub struct KindTotals {
     pub bytes: u64,
 }
 
+/// Per source kind, in [`SourceKind::ALL`] order: how many of `items` (kind, output bytes,
+/// carried bytes) are of it, their output bytes and their carried bytes. Every per-kind report
+/// (build, inspect, check) is this sum.
+pub fn per_kind(
+    items: impl IntoIterator<Item = (SourceKind, u64, u64)>,
+) -> Vec<(SourceKind, KindTotals, u64)> {
+    let mut out: Vec<(SourceKind, KindTotals, u64)> = SourceKind::ALL
+        .iter()
+        .map(|&k| (k, KindTotals::default(), 0))
+        .collect();
+    for (kind, bytes, carried) in items {
+        if let Some(o) = out.iter_mut().find(|o| o.0 == kind) {
+            o.1.files += 1;
+            o.1.bytes += bytes;
+            o.2 += carried;
+        }
+    }
+    out
+}
+
 fn is_hex64(s: &str) -> bool {
     s.len() == 64
         && s.bytes()
@@ -368,19 +388,11 @@ impl Recipe {
     /// patch bytes the kit carries for them; `size` gives a boot file's output size (its
     /// `overlay` entry). Whole boot files are not listed in the recipe: the caller counts them.
     pub fn boot_totals(&self, size: &dyn Fn(&str) -> u64) -> Vec<(SourceKind, KindTotals, u64)> {
-        SourceKind::ALL
-            .iter()
-            .map(|&k| {
-                let mut t = KindTotals::default();
-                let mut carried = 0u64;
-                for f in self.boot_files.iter().filter(|f| f.source == k) {
-                    t.files += 1;
-                    t.bytes += size(&f.path);
-                    carried += f.patch_size.unwrap_or(0);
-                }
-                (k, t, carried)
-            })
-            .collect()
+        per_kind(
+            self.boot_files
+                .iter()
+                .map(|f| (f.source, size(&f.path), f.patch_size.unwrap_or(0))),
+        )
     }
 
     /// The layer tree digest as bytes.
@@ -390,16 +402,9 @@ impl Recipe {
 
     /// Files and bytes per source kind, in [`SourceKind::ALL`] order.
     pub fn totals(&self) -> Vec<(SourceKind, KindTotals)> {
-        SourceKind::ALL
-            .iter()
-            .map(|&k| {
-                let mut t = KindTotals::default();
-                for f in self.files.iter().filter(|f| f.source == k) {
-                    t.files += 1;
-                    t.bytes += f.size;
-                }
-                (k, t)
-            })
+        per_kind(self.files.iter().map(|f| (f.source, f.size, 0)))
+            .into_iter()
+            .map(|(k, t, _)| (k, t))
             .collect()
     }
 

@@ -25,7 +25,7 @@ use crate::boot::{
     check_bootable, is_protected, loader_config_text, MAX_LOADER_CONFIG, MONITORED_DIRS,
 };
 use crate::delta::recipe::{
-    boot_patch_path, KindTotals, PatchedSource, SourceKind, MAX_PATCH_INPUT,
+    boot_patch_path, per_kind, KindTotals, PatchedSource, SourceKind, MAX_PATCH_INPUT,
 };
 use crate::kit::{AnyKit, Kit, FORMAT, FORMAT_DELTA};
 use crate::progress::Progress;
@@ -325,17 +325,10 @@ pub fn plan(
     check_layer_image(&c, opts.deep, &bad_kit, progress)?;
     let model = check_model(medium, &state, &c, opts, &kit_name)?;
     let mut c = c;
-    let boot_sources = SourceKind::ALL
-        .iter()
-        .map(|&k| {
-            let of_kind = c.boot_sources.iter().filter(|b| b.kind == k);
-            let totals = KindTotals {
-                files: of_kind.clone().count() as u64,
-                bytes: of_kind.map(|b| b.size).sum(),
-            };
-            (k, totals)
-        })
-        .filter(|(_, t)| t.files > 0)
+    let boot_sources = per_kind(c.boot_sources.iter().map(|b| (b.kind, b.size, 0)))
+        .into_iter()
+        .filter(|(_, t, _)| t.files > 0)
+        .map(|(k, t, _)| (k, t))
         .collect();
     recreate_boot_files(medium, &state, &mut c, &bad_kit, progress)?;
     kit_leaves_a_bootable_medium(medium, &c, &bad_kit)?;
