@@ -1,9 +1,9 @@
-//! Compressed files as *plain content* plus a *layout* (DESIGN.md, "Compressed files"): byte
-//! deltas gain nothing on gzip, zip, xz, zstd or zlib bytes, so a file holding such streams is split into
-//! its plain content — the file with every recognised stream replaced by its decompressed
-//! bytes, the bytes between streams kept — and a small [`Layout`] that re-creates the exact
-//! original bytes from that plain content. A builder deltas plain(new) against plain(old); the
-//! device computes [`plain_view`] of its old file, applies the delta and calls [`repack`].
+//! Compressed files as *plain content* plus a *layout* (DESIGN.md, "Compressed files"): byte deltas
+//! gain nothing on gzip, zip, xz, zstd or zlib bytes, so a file holding such streams is split into
+//! its plain content — the file with every recognised stream replaced by its decompressed bytes,
+//! the bytes between streams kept — and a small [`Layout`] that re-creates the exact original bytes
+//! from that plain content. A builder deltas plain(new) against plain(old); the device computes
+//! [`plain_view`] of its old file, applies the delta and calls [`repack`].
 //!
 //! Recognised, in this order:
 //! 1. **zip archives** (`.jar`, Firefox's `omni.ja`): only when the whole file parses cleanly
@@ -15,24 +15,25 @@
 //!    git's loose objects, `zlib.compress` output): CM 8, CINFO ≤ 7, FCHECK valid, FDICT 0,
 //!    a deflate body that inflates and a big-endian Adler-32 of the plain that matches. The
 //!    body becomes plain content, the 2-byte header and the Adler-32 stay in the layout.
-//!    Elsewhere in a file a zlib header is two bytes that 1 in ~250 pairs of random bytes
-//!    pass, so zlib streams inside other bytes are not looked for.
-//! 3. **gzip members, xz streams and zstd frames anywhere in the file**, scanning from the
-//!    start (after the zlib stream of 2, if any): at every
-//!    `1f 8b 08` with a valid header (RFC 1952, reserved flag bits 0, FEXTRA/FNAME/FCOMMENT/
-//!    FHCRC honoured) whose deflate body inflates and whose trailer CRC-32 and ISIZE match,
-//!    the body becomes plain content and header and trailer stay in the layout; at every
-//!    `FD 37 7A 58 5A 00` that starts a whole valid xz stream whose blocks use LZMA2, optionally
-//!    after BCJ x86, each block's data becomes plain content, the stream's other bytes (headers,
-//!    padding, checks, index, footer) stay in the layout; at every `28 B5 2F FD` that starts
-//!    a whole zstd frame (RFC 8878: header without dictionary ID and with a window of at most
-//!    [`UnpackCaps::max_zstd_window`], blocks up to the last one, optional checksum) that
-//!    libzstd decodes exactly to its end (checksum and content size checked), the whole frame
-//!    is re-created from its decoded bytes, so only its settings stay in the layout. Skippable
-//!    frames (`5? 2A 4D 18`) are raw bytes. Scanning resumes after a recognised stream. A candidate that does not decode stays raw; the work spent on such false
-//!    candidates is bounded by [`UnpackCaps::max_false_work`] (after that, no more candidates
-//!    are tried). Concatenated members, an uncompressed cpio before a gzip member (a Linux
-//!    initrd with early microcode), zero padding: all raw bytes between streams are copied.
+//!    Elsewhere a zlib header is any two bytes that pass a 1-in-2,000 check (no magic), so a
+//!    100 MB binary would hold some 50,000 candidates, each an inflate attempt: zlib streams
+//!    inside other bytes are not looked for.
+//! 3. **gzip members, xz streams and zstd frames anywhere in the file**, scanning from the start
+//!    (after the zlib stream of 2, if any): at every `1f 8b 08` with a valid header (RFC 1952,
+//!    reserved flag bits 0, FEXTRA/FNAME/FCOMMENT/FHCRC honoured) whose deflate body inflates and
+//!    whose trailer CRC-32 and ISIZE match, the body becomes plain content and header and trailer
+//!    stay in the layout; at every `FD 37 7A 58 5A 00` that starts a whole valid xz stream whose
+//!    blocks use LZMA2, optionally after BCJ x86, each block's data becomes plain content, the
+//!    stream's other bytes (headers, padding, checks, index, footer) stay in the layout; at every
+//!    `28 B5 2F FD` that starts a whole zstd frame (RFC 8878: header without dictionary ID and with
+//!    a window of at most [`UnpackCaps::max_zstd_window`], blocks up to the last one, optional
+//!    checksum) that libzstd decodes exactly to its end (checksum and content size checked), the
+//!    whole frame is re-created from its decoded bytes, so only its settings stay in the layout.
+//!    Skippable frames (`5? 2A 4D 18`) are raw bytes. Scanning resumes after a recognised stream. A
+//!    candidate that does not decode stays raw; the work spent on such false candidates is bounded
+//!    by [`UnpackCaps::max_false_work`] (after that, no more candidates are tried). Concatenated
+//!    members, an uncompressed cpio before a gzip member (a Linux initrd with early microcode),
+//!    zero padding: all raw bytes between streams are copied.
 //!
 //! How each stream is re-created: deflate (gzip, zip, zlib) by preflate-rs from the plain
 //! content plus its correction bytes; xz block data by our vendored, pinned liblzma's raw
@@ -70,7 +71,8 @@
 //! Invariants: `unpack(d).plain == plain_view(d)` and `repack(plain, layout) == d`: `unpack`
 //! re-creates every stream as the device will and keeps only settings that give its exact
 //! bytes; both [`plain_view`] and [`unpack`] are pure functions of the bytes and the caps (no
-//! threads, clocks or environment), so the layout bytes are reproducible. Hostile layouts or plains give
+//! clocks or environment; a threaded zstd frame's bytes do not depend on libzstd's worker
+//! thread), so the layout bytes are reproducible. Hostile layouts or plains give
 //! an error or other bytes, never a panic (preflate-rs's internal panics are caught); the
 //! caller checks the sha256 of the result.
 //!
@@ -2411,6 +2413,26 @@ mod tests {
         let data = [&x[..], &zst[..]].concat();
         let u = check(&data);
         assert_eq!(u.plain, [&head[..], &content[..], &content[..]].concat());
+    }
+
+    #[test]
+    fn empty_zstd_frames() {
+        let mut frames = vec![zstd::stream::encode_all(&b""[..], 3).unwrap()];
+        if zstd_cli().is_some() {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join("e"), b"").unwrap();
+            frames.push(sh(dir.path(), "zstd -q -c e"));
+            frames.push(sh(dir.path(), "zstd -q -c < e"));
+        }
+        for (i, zst) in frames.iter().enumerate() {
+            let data = [b"a", &zst[..], b"b"].concat();
+            let caps = UnpackCaps::DEFAULT;
+            assert_eq!(plain_view(&data, caps).unwrap(), Some(b"ab".to_vec()));
+            match unpack(&data, caps).unwrap() {
+                Some(u) => assert_eq!(repack(&u.plain, &u.layout, caps).unwrap(), data),
+                None => assert!(i > 0, "our libzstd's empty frame is re-created"),
+            }
+        }
     }
 
     #[test]
