@@ -64,7 +64,8 @@
 //!
 //! A frame that is not re-created costs its search (each try stops at its first differing
 //! byte: a block on the calling thread, a whole first job threaded, which is only tried when
-//! the calling thread's try agreed past the first block header). Debian 12.1's root holds no
+//! the calling thread's try agreed past the first block header), bounded per file by
+//! `ZSTD_SEARCH_WORK` (1 GiB of encoder windows; frames after it are kept verbatim). Debian 12.1's root holds no
 //! `*.zst` file and, among 118,922 files under `/usr`, `/etc`, `/var/lib` and `/opt`, no file
 //! that is a zlib stream.
 //!
@@ -242,6 +243,13 @@ pub const ZSTD_LEVELS: [u8; 22] = [
 pub const ZSTD_WINDOW_LOG: [u8; 23] = [
     19, 19, 20, 21, 21, 21, 21, 21, 21, 22, 22, 22, 22, 22, 22, 22, 22, 23, 23, 23, 25, 26, 27,
 ];
+
+/// Bound on [`unpack`]'s search for zstd settings in one file: each try is charged its
+/// encoder's window (what its tables and their initialisation scale with) plus 4 KiB; when a
+/// try would exceed this, the file's remaining frames are kept verbatim without trying. A
+/// frame's search costs at most 22 levels × 2 sizes × 2 modes; a level-22 try from a pipe
+/// 128 MiB, so a file of fake frames cannot make [`unpack`] try level 22 more than 8 times.
+const ZSTD_SEARCH_WORK: u64 = 1 << 30;
 
 /// Inputs of at most this many bytes, pledged, are compressed on the calling thread even with
 /// worker threads (libzstd's `ZSTDMT_JOBSIZE_MIN`).
@@ -1652,8 +1660,14 @@ fn zstd_encode(
 /// the calling thread's output comes block by block, so a wrong level costs about one block.
 /// A threaded try cannot stop before its first job is done (libzstd waits for it), so it is
 /// made only when the calling thread's try agreed past the first block header (both start
-/// alike) and could differ from it (over `ZSTDMT_JOBSIZE_MIN` or no pledged size).
-fn zstd_settings(src: &[u8], plain: &[u8], frame: ZstdFrame) -> Option<ZstdSettings> {
+/// alike) and could differ from it (over `ZSTDMT_JOBSIZE_MIN` or no pledged size). Each try
+/// is first charged to `work` (see `ZSTD_SEARCH_WORK`); none is made beyond it.
+fn zstd_settings(
+    src: &[u8],
+    plain: &[u8],
+    frame: ZstdFrame,
+    work: &mut u64,
+) -> Option<ZstdSettings> {
     let len = plain.len() as u64;
     let sizes: &[(bool, bool)] = if frame.content_size.is_some() {
         &[(true, true)]
@@ -1689,6 +1703,7 @@ fn zstd_settings(src: &[u8], plain: &[u8], frame: ZstdFrame) -> Option<ZstdSetti
                     content_size,
                     threaded,
                 };
+                *work = work.checked_sub(zstd_encoder_window(s, len) + 4096)?;
                 let mut pos = 0usize;
                 let mut sink = |b: &[u8]| {
                     let same = src
@@ -1722,6 +1737,7 @@ pub fn unpack(data: &[u8], caps: UnpackCaps) -> Result<Option<Unpacked>, DeltaEr
         return Ok(None);
     };
     let mut segments = Vec::with_capacity(scan.pieces.len());
+    let mut zstd_work = ZSTD_SEARCH_WORK;
     for piece in &scan.pieces {
         let seg = match piece {
             Piece::Copy(r) => Segment::Copy(r.len() as u64),
@@ -1759,7 +1775,7 @@ pub fn unpack(data: &[u8], caps: UnpackCaps) -> Result<Option<Unpacked>, DeltaEr
             }
             Piece::Zstd { src, plain, frame } => {
                 let (src, plain) = (&data[src.clone()], &scan.plain[plain.clone()]);
-                match zstd_settings(src, plain, *frame) {
+                match zstd_settings(src, plain, *frame, &mut zstd_work) {
                     Some(settings) => Segment::Zstd {
                         plain_len: plain.len() as u64,
                         settings,
@@ -2433,6 +2449,23 @@ mod tests {
                 None => assert!(i > 0, "our libzstd's empty frame is re-created"),
             }
         }
+    }
+
+    #[test]
+    fn zstd_search_is_bounded() {
+        let content = text(100_000, 35);
+        let zst = zstd::stream::encode_all(&content[..], 19).unwrap();
+        let (frame, _) = zstd_frame_header(&zst, 1 << 27).unwrap();
+        // Unpledged with an 8 MiB window: only levels 17–19 fit, 19 is tried first (on the
+        // calling thread) and charged its window.
+        let enough = (1u64 << 23) + 4096;
+        let mut work = enough;
+        let s = zstd_settings(&zst, &content, frame, &mut work).unwrap();
+        assert_eq!((s.level, s.pledged, s.threaded), (19, false, false));
+        assert_eq!(work, 0);
+        let mut work = enough - 1;
+        assert!(zstd_settings(&zst, &content, frame, &mut work).is_none());
+        assert_eq!(work, enough - 1);
     }
 
     #[test]
