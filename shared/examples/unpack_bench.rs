@@ -5,7 +5,7 @@
 //! unpack_bench repack OUT_PREFIX FILE   # re-creates FILE from them and compares
 //! unpack_bench view FILE                # plain_view only (what the device runs on its old file)
 //! unpack_bench pairs OLD_ROOT NEW_ROOT  # *.gz and *.jar changed between two trees
-//! unpack_bench survey ROOT              # every *.gz, *.jar, *.ja, *.zip, *.xz of a tree
+//! unpack_bench survey ROOT              # every *.gz, *.jar, *.ja, *.zip, *.xz, *.zst, *.zz of a tree
 //! ```
 //!
 //! Run under `/usr/bin/time -v` for the peak RSS of one step, e.g.
@@ -201,7 +201,7 @@ fn survey(root: &Path) -> Res<()> {
     walk_ext(
         root,
         Path::new(""),
-        &[".gz", ".jar", ".ja", ".zip", ".xz"],
+        &[".gz", ".jar", ".ja", ".zip", ".xz", ".zst", ".zz"],
         &mut files,
     )?;
     files.sort();

@@ -25,7 +25,7 @@ use std::borrow::Cow;
 use sha2::{Digest, Sha256};
 
 use super::plain::{best_plain_patch, reconstruct_plain, Patch};
-use super::unpack::{plain_view, repack, unpack, Layout, UnpackCaps};
+use super::unpack::{plain_view, repack, unpack, zlib_header, Layout, UnpackCaps, ZSTD_MAGIC};
 use super::DeltaError;
 
 /// The first bytes of a repack patch (and its format version).
@@ -38,18 +38,22 @@ const INNER_BSDIFF: u8 = 2;
 pub const HEADER_LEN: usize = 8 + 1 + (8 + 32) * 2 + 8;
 
 /// True when `data` may hold a stream [`super::unpack`] recognises and is worth a repack trial:
-/// it starts like a gzip member, an xz stream, a zip archive, a cpio archive (an initrd whose
-/// compressed part follows an uncompressed one) or a Linux kernel image (bzImage).
+/// it starts like a gzip member, an xz stream, a zstd frame, a zlib stream, a zip archive, a
+/// cpio archive (an initrd whose compressed part follows an uncompressed one) or a Linux kernel
+/// image (bzImage).
 pub fn worth_trying(data: &[u8]) -> bool {
-    const STARTS: [&[u8]; 6] = [
+    const STARTS: [&[u8]; 7] = [
         b"\x1f\x8b\x08",
         b"\xfd7zXZ\x00",
+        &ZSTD_MAGIC,
         b"PK\x03\x04",
         b"070701",
         b"070702",
         b"070707",
     ];
-    STARTS.iter().any(|s| data.starts_with(s)) || data.get(0x202..0x206) == Some(b"HdrS".as_slice())
+    STARTS.iter().any(|s| data.starts_with(s))
+        || zlib_header(data)
+        || data.get(0x202..0x206) == Some(b"HdrS".as_slice())
 }
 
 /// A parsed repack patch (see the module doc).
@@ -233,6 +237,24 @@ mod tests {
     use super::*;
     use crate::delta::testtools::{have, sh, text};
     use std::path::Path;
+
+    #[test]
+    fn worth_trying_kinds() {
+        for yes in [
+            &b"\x1f\x8b\x08\x00"[..],
+            b"\xfd7zXZ\x00\x00",
+            b"\x28\xb5\x2f\xfd\x24",
+            b"\x78\x9c\x01",
+            b"\x78\xda",
+            b"PK\x03\x04",
+            b"070701",
+        ] {
+            assert!(worth_trying(yes), "{yes:?}");
+        }
+        for no in [&b"\x78\x9d"[..], b"\x28\xb5\x2f", b"text", b""] {
+            assert!(!worth_trying(no), "{no:?}");
+        }
+    }
 
     /// Lines of text, a few of them changed between versions (`new`).
     fn lines(n: usize, seed: u32, new: bool) -> Vec<u8> {
