@@ -96,10 +96,9 @@ pub struct BuildArgs {
     pub kind: TypeName,
     /// Write a binary-delta kit (FORMAT 3) when it is smaller than the FORMAT 2 kit: the layer
     /// travels as a recipe — each file copied from an old file with the same content, patched
-    /// from an old file (zstd patch-from or bsdiff, the smaller; files holding gzip, zip or xz
-    /// streams in their decompressed content, the exact compressed bytes re-created: repack),
-    /// or whole — and the device
-    /// rebuilds the exact layer tree. Tails' installer reads only FORMAT 2: publish both. Costs
+    /// from an old file (zstd patch-from or bsdiff, the smaller; files holding gzip, zip, xz,
+    /// zstd or zlib streams in their decompressed content, the exact compressed bytes
+    /// re-created: repack), or whole — and the device rebuilds the exact layer tree. Tails' installer reads only FORMAT 2: publish both. Costs
     /// build time (patch trials) and up to about 1 GiB of memory on large files
     #[arg(long)]
     pub deltas: bool,
