@@ -8,7 +8,9 @@
 //!    [`DataOrder::NewestFirst`] (diff layers), within one priority by mtime (later first). Each file
 //!    is split into blocks; full blocks (and, without fragments, the last short block) are
 //!    compressed in parallel and emitted in order; a block that does not shrink is stored; an
-//!    all-zero block is sparse (not stored). Tails shorter than a block are packed into fragment
+//!    all-zero block is sparse (not stored). A stored path's blocks are stored as they are,
+//!    except a short last block of several and a full block that zstd level 1 shrinks, which
+//!    are compressed when that shrinks them. Tails shorter than a block are packed into fragment
 //!    blocks in the same order; a fragment block is emitted when the next tail does not fit.
 //!    A file whose (size, sha256) equals an earlier file's reuses that file's blocks and tail.
 //!    Block sources: when a file's content is a file inside an input SquashFS image whose
@@ -59,7 +61,8 @@ pub use super::blocks::DataCompression;
 /// Version 2: data blocks are copied from input images (block sources, rule 2).
 /// Version 3: diff layers order their files newest first ([`DataOrder::NewestFirst`], rule 2).
 /// Version 4: fragment blocks are copied from input images (fragment sources, rule 2).
-pub const WRITER_FORMAT_VERSION: u32 = 4;
+/// Version 5: a stored path's full block that zstd level 1 shrinks is compressed (rule 2).
+pub const WRITER_FORMAT_VERSION: u32 = 5;
 
 /// The order of file data (rule 2) within one sort-file priority.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -92,7 +95,9 @@ pub struct WriterParams {
     /// Files (paths relative to the root) whose data is stored uncompressed whatever `data`
     /// says (the kit container's layer, which is compressed already), except, in a file of
     /// several blocks, a last block shorter than the block size, which is compressed when that
-    /// shrinks it (images end with zero padding).
+    /// shrinks it (images end with zero padding), and a full block that zstd level 1 shrinks
+    /// (a block where compressed streams repeat each other, or tables), compressed when that
+    /// shrinks it.
     pub stored_paths: Vec<Vec<u8>>,
     /// Write the export (NFS) table, as mksquashfs does by default.
     pub exportable: bool,
