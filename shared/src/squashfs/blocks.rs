@@ -850,7 +850,7 @@ impl<'a> Producer<'a> {
         let mut extra = [0u8; 1];
         let more = reader.read(&mut extra).map_err(|e| read_err(content, e))?;
         if more != 0 || <[u8; 32]>::from(check.finalize()) != hash {
-            return Err(changed_while_read(&content.source.describe()));
+            return Err(SqfsError::changed_while_read(&content.source.describe()));
         }
         Ok(())
     }
@@ -872,7 +872,7 @@ impl<'a> Producer<'a> {
     ) -> Result<()> {
         let bs = self.params.block_size as u64;
         let size = src.size();
-        let changed = || changed_while_read(src.describe());
+        let changed = || SqfsError::changed_while_read(src.describe());
         let mut digest = StoredDigest::begin(src).ok_or_else(changed)?;
         let cache = self.params.cache;
         let verified = |stored: [u8; 32]| VerifiedFile {
@@ -1005,11 +1005,11 @@ impl<'a> Producer<'a> {
         let params = self.params;
         let safe = |raw: &[u8], compressed: bool| passes_kernel_traps(params, raw, compressed);
         let next_frag = &mut self.next_frag;
-        let mut emit = |payload: Payload| -> Result<u32> {
+        let mut emit = |raw: Vec<u8>, compressed: bool| -> Result<u32> {
             let index = take_index(next_frag)?;
             sub.submit(BlockJob {
                 target: Target::Fragment { index },
-                payload,
+                payload: Payload::Verified { raw, compressed },
             })?;
             Ok(index)
         };
@@ -1095,14 +1095,6 @@ fn take_index(next: &mut u32) -> Result<u32> {
 /// is: a compressed one must pass the kernel traps ([`Compressor::kernel_safe_block`]).
 fn passes_kernel_traps(params: &BlockParams<'_>, raw: &[u8], compressed: bool) -> bool {
     !compressed || params.compressor.kernel_safe_block(raw, params.block_size)
-}
-
-/// The error of a file whose bytes changed while the writer read them (`what` names it).
-pub(super) fn changed_while_read(what: &str) -> SqfsError {
-    SqfsError::Invalid(format!(
-        "{what}: file changed while it was being read (write the image again once it is no \
-         longer being modified)"
-    ))
 }
 
 /// Whether every one of a file's `nblocks` whole blocks has a non-sparse entry in `src`'s block

@@ -22,9 +22,8 @@ use std::collections::HashMap;
 
 use sha2::{Digest, Sha256};
 
-use super::blocks::Payload;
 use super::data::FragmentTail;
-use super::Result;
+use super::{Result, SqfsError};
 
 /// A member of an input fragment block: a file (by data-order position) and its tail's range.
 #[derive(Clone, Copy)]
@@ -114,14 +113,15 @@ impl FragmentSources {
     /// Where the tail `tail` of file `file` (data-order position; `what` names it) goes when its
     /// input fragment block is copied: (fragment index, offset). The first member decides for
     /// its block: when `safe` accepts the stored bytes and the members cover the decoded block,
-    /// `emit` submits it and gives its fragment index. `None`: pack the tail as usual.
+    /// `emit` submits it (stored bytes, whether compressed) and gives its fragment index.
+    /// `None`: pack the tail as usual.
     pub(super) fn place(
         &mut self,
         file: usize,
         tail: &[u8],
         what: &str,
         safe: &dyn Fn(&[u8], bool) -> bool,
-        emit: &mut dyn FnMut(Payload) -> Result<u32>,
+        emit: &mut dyn FnMut(Vec<u8>, bool) -> Result<u32>,
     ) -> Result<Option<(u32, u32)>> {
         let Some(&(g, offset)) = self.member_of.get(&file) else {
             return Ok(None);
@@ -137,7 +137,7 @@ impl FragmentSources {
             State::Copied { index, ranges } => {
                 let want = ranges.remove(&file);
                 if want != Some(Sha256::digest(tail).into()) {
-                    return Err(super::blocks::changed_while_read(what));
+                    return Err(SqfsError::changed_while_read(what));
                 }
                 Ok(Some((*index, offset)))
             }
@@ -151,7 +151,7 @@ fn decide(
     group: &Group,
     what: &str,
     safe: &dyn Fn(&[u8], bool) -> bool,
-    emit: &mut dyn FnMut(Payload) -> Result<u32>,
+    emit: &mut dyn FnMut(Vec<u8>, bool) -> Result<u32>,
 ) -> Result<State> {
     let (raw, plain) = group.source.block(what)?;
     let compressed = group.source.compressed();
@@ -168,7 +168,7 @@ fn decide(
             (m.file, Sha256::digest(&plain[a..b]).into())
         })
         .collect();
-    let index = emit(Payload::Verified { raw, compressed })?;
+    let index = emit(raw, compressed)?;
     Ok(State::Copied { index, ranges })
 }
 

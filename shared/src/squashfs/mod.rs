@@ -71,6 +71,14 @@ impl SqfsError {
             source,
         }
     }
+
+    /// The error of a file whose bytes changed while the writer read them (`what` names it).
+    pub(crate) fn changed_while_read(what: &str) -> SqfsError {
+        SqfsError::Invalid(format!(
+            "{what}: file changed while it was being read (write the image again once it is no \
+             longer being modified)"
+        ))
+    }
 }
 
 /// Shorthand for a [`SqfsError::Corrupt`] error built with `format!`.
