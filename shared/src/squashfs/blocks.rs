@@ -728,7 +728,9 @@ impl<'a> Producer<'a> {
             let InodeKind::File(content) = &self.tree.inode(*id).kind else {
                 continue;
             };
-            if content.size % bs == 0 || self.mode_of(*node) != DataCompression::All {
+            if content.size % bs == 0
+                || self.mode_of(self.is_stored_path(*node)) != DataCompression::All
+            {
                 continue;
             }
             if let Some(t) = self
@@ -741,10 +743,14 @@ impl<'a> Producer<'a> {
         self.sources = FragmentSources::plan(tails);
     }
 
-    /// How the data of the file at `node` is compressed to begin with.
-    fn mode_of(&self, node: NodeId) -> DataCompression {
-        let stored_path = !self.params.stored_paths.is_empty()
-            && self.params.stored_paths.contains(&self.tree.path(node));
+    /// Whether the file at `node` is one of the stored paths.
+    fn is_stored_path(&self, node: NodeId) -> bool {
+        !self.params.stored_paths.is_empty()
+            && self.params.stored_paths.contains(&self.tree.path(node))
+    }
+
+    /// How the data of a file (a stored path or not) is compressed to begin with.
+    fn mode_of(&self, stored_path: bool) -> DataCompression {
         match self.params.data {
             _ if stored_path => DataCompression::None,
             m => m,
@@ -808,9 +814,8 @@ impl<'a> Producer<'a> {
         };
         let mut check = Sha256::new();
         let node = self.order[fi].1;
-        let stored_path = !self.params.stored_paths.is_empty()
-            && self.params.stored_paths.contains(&self.tree.path(node));
-        let mut mode = self.mode_of(node);
+        let stored_path = self.is_stored_path(node);
+        let mut mode = self.mode_of(stored_path);
         let source = self.block_source(content, mode);
         if let Some(src) = source
             .as_ref()
@@ -1013,7 +1018,7 @@ impl<'a> Producer<'a> {
             })?;
             Ok(index)
         };
-        if let Some(at) = self.sources.place(fi, t, &what(), &safe, &mut emit)? {
+        if let Some(at) = self.sources.place(fi, t, &what, &safe, &mut emit)? {
             self.frag_of[fi] = Some(at);
             return Ok(());
         }

@@ -110,7 +110,7 @@ impl FragmentSources {
         self.copied
     }
 
-    /// Where the tail `tail` of file `file` (data-order position; `what` names it) goes when its
+    /// Where the tail `tail` of file `file` (data-order position; `what` names it, called only for an error or a decision) goes when its
     /// input fragment block is copied: (fragment index, offset). The first member decides for
     /// its block: when `safe` accepts the stored bytes and the members cover the decoded block,
     /// `emit` submits it (stored bytes, whether compressed) and gives its fragment index.
@@ -119,7 +119,7 @@ impl FragmentSources {
         &mut self,
         file: usize,
         tail: &[u8],
-        what: &str,
+        what: &dyn Fn() -> String,
         safe: &dyn Fn(&[u8], bool) -> bool,
         emit: &mut dyn FnMut(Vec<u8>, bool) -> Result<u32>,
     ) -> Result<Option<(u32, u32)>> {
@@ -137,7 +137,7 @@ impl FragmentSources {
             State::Copied { index, ranges } => {
                 let want = ranges.remove(&file);
                 if want != Some(Sha256::digest(tail).into()) {
-                    return Err(SqfsError::changed_while_read(what));
+                    return Err(SqfsError::changed_while_read(&what()));
                 }
                 Ok(Some((*index, offset)))
             }
@@ -149,11 +149,11 @@ impl FragmentSources {
 /// Decides for `group` at its first member's tail (see the module doc).
 fn decide(
     group: &Group,
-    what: &str,
+    what: &dyn Fn() -> String,
     safe: &dyn Fn(&[u8], bool) -> bool,
     emit: &mut dyn FnMut(Vec<u8>, bool) -> Result<u32>,
 ) -> Result<State> {
-    let (raw, plain) = group.source.block(what)?;
+    let (raw, plain) = group.source.block(&what())?;
     let compressed = group.source.compressed();
     let mut ranges: Vec<(u32, u32)> = group.members.iter().map(|m| (m.offset, m.len)).collect();
     if !safe(&raw, compressed) || !covers(&mut ranges, plain.len()) {
