@@ -31,9 +31,9 @@
 //! Invariant: `huff(puff(d).data) == d[..puff(d).consumed]` for every `d` that puff accepts.
 //!
 //! Hostile input: both directions give a [`DeltaError`] or other bytes, never a panic; no
-//! allocation is sized from a count read in the input (a puffed stream is at most 16 bytes per
-//! deflate bit pair plus headers, and a huffed stream at most 2 bytes per puffed byte), and
-//! both are capped by [`MAX_PUFFED`] and [`MAX_HUFFED`].
+//! allocation is sized from a count read in the input. A puffed stream is at most 16 bytes per
+//! deflate byte (a 2-bit match becomes 4 bytes), a huffed stream at most 2 bytes per puffed
+//! byte, and both are capped by [`MAX_PUFFED`] and [`MAX_HUFFED`].
 //!
 //! Measured against preflate-rs (`shared/examples/unpack_bench.rs`, modes `puff` and
 //! `puff-pairs`, release build on a 2-core machine). The puffin path patches puffed(old) →
