@@ -9,6 +9,7 @@ pub mod boot;
 pub mod choose;
 pub mod matching;
 pub mod plain;
+pub mod puff;
 pub mod recipe;
 pub mod repack;
 pub mod source;

@@ -685,7 +685,7 @@ fn crc32(b: &[u8]) -> u32 {
 }
 
 /// The length of a gzip member header at the start of `h`, if it is one.
-fn gzip_header_len(h: &[u8]) -> Option<usize> {
+pub(crate) fn gzip_header_len(h: &[u8]) -> Option<usize> {
     if h.get(..3)? != [0x1f, 0x8b, 0x08] {
         return None;
     }
