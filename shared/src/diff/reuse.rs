@@ -9,29 +9,65 @@ use std::sync::Mutex;
 use rayon::prelude::*;
 
 use super::HashedTree;
-use crate::squashfs::data::StoredFile;
+use crate::squashfs::data::{StoredFile, TailKey};
 use crate::tree::{Content, InodeId, InodeKind, Tree, TreeError};
 
-/// What two files with the same stored form share before their stored bytes are read:
-/// compressor id, block size, size and the stored size of every whole block.
-type LayoutKey = (u16, u32, u64, Vec<u32>);
-
-/// The layout key of a file stored in an image with at least one whole block (smaller files
-/// are cheaper to decode than to compare).
-fn layout_key(c: &Content) -> Option<LayoutKey> {
-    let s = StoredFile::of(c)?;
-    let full = s.full_blocks()?;
-    if full.is_empty() {
-        return None;
-    }
-    Some((s.compressor().id(), s.block_size(), s.size(), full.to_vec()))
+/// How two files are compared stored. Files with equal keys and equal digests of one form have
+/// equal content; a file is looked up by [`Form::Located`] first, then by [`Form::Stored`].
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+enum Form {
+    /// Every entry of the block list stored, the fragment tail named by its fragment block's
+    /// stored digest ([`StoredFile::located_digest`]): nothing is decoded. Files with a whole
+    /// block or a fragment tail (a file held by one short block is cheaper to decode than to
+    /// compare).
+    Located,
+    /// The whole blocks stored, the tail decoded ([`StoredFile::stored_digest`]): finds a large
+    /// file whose tail moved to another fragment block. Files with a whole block.
+    Stored,
 }
 
-/// Stored digests of known files computed so far, by (tree index, inode).
-type Digests = HashMap<(usize, InodeId), Option<[u8; 32]>>;
+const FORMS: [Form; 2] = [Form::Located, Form::Stored];
 
-/// The known files by layout key (tree index and inode), and their stored digests once
-/// computed.
+/// What two files with the same stored form share before their blocks' stored bytes are read:
+/// the form, compressor id, block size, size, the stored sizes of the block list's entries (of
+/// its whole blocks for [`Form::Stored`]) and, for [`Form::Located`], the fragment tail's
+/// [`TailKey`].
+type LayoutKey = (Form, u16, u32, u64, Vec<u32>, Option<TailKey>);
+
+/// The layout key of a file in `form`, None when the form does not compare it; also None when
+/// its fragment block cannot be read (it is then decoded, and the error reported there).
+fn layout_key(c: &Content, form: Form) -> Option<LayoutKey> {
+    let s = StoredFile::of(c)?;
+    let full = s.full_blocks()?;
+    let (blocks, tail) = match form {
+        Form::Located => {
+            let tail = s.tail_key().ok()?;
+            if full.is_empty() && tail.is_none() {
+                return None;
+            }
+            (s.block_sizes().to_vec(), tail)
+        }
+        Form::Stored if full.is_empty() => return None,
+        Form::Stored => (full.to_vec(), None),
+    };
+    let (id, bs) = (s.compressor().id(), s.block_size());
+    Some((form, id, bs, s.size(), blocks, tail))
+}
+
+/// The digest of `c`'s stored form `form`, None when it cannot be read.
+fn form_digest(c: &Content, form: Form) -> Option<[u8; 32]> {
+    let s = StoredFile::of(c)?;
+    let d = match form {
+        Form::Located => s.located_digest(),
+        Form::Stored => s.stored_digest(),
+    };
+    d.ok().flatten()
+}
+
+/// Digests of known files computed so far, by (form, tree index, inode).
+type Digests = HashMap<(Form, usize, InodeId), Option<[u8; 32]>>;
+
+/// The known files by layout key (tree index and inode), and their digests once computed.
 struct Known<'a> {
     trees: &'a [&'a HashedTree],
     by_layout: HashMap<LayoutKey, Vec<(usize, InodeId)>>,
@@ -42,13 +78,22 @@ impl<'a> Known<'a> {
     fn new(trees: &'a [&'a HashedTree]) -> Known<'a> {
         let mut by_layout: HashMap<LayoutKey, Vec<(usize, InodeId)>> = HashMap::new();
         for (t, tree) in trees.iter().enumerate() {
-            for i in 0..tree.tree.inode_count() {
-                let id = InodeId(i as u32);
-                if let InodeKind::File(c) = &tree.tree.inode(id).kind {
-                    if let Some(k) = layout_key(c) {
-                        by_layout.entry(k).or_default().push((t, id));
-                    }
-                }
+            // Keys in parallel (a tail's key reads its fragment block once), kept in inode order.
+            let keys: Vec<(LayoutKey, InodeId)> = (0..tree.tree.inode_count())
+                .into_par_iter()
+                .flat_map_iter(|i| {
+                    let id = InodeId(i as u32);
+                    let c = match &tree.tree.inode(id).kind {
+                        InodeKind::File(c) => Some(c),
+                        _ => None,
+                    };
+                    FORMS
+                        .iter()
+                        .filter_map(move |f| layout_key(c?, *f).map(|k| (k, id)))
+                })
+                .collect();
+            for (k, id) in keys {
+                by_layout.entry(k).or_default().push((t, id));
             }
         }
         Known {
@@ -58,17 +103,17 @@ impl<'a> Known<'a> {
         }
     }
 
-    /// The stored digest of known file `id` of tree `t` (None when it cannot be read: then it
-    /// is never reused).
-    fn digest(&self, (t, id): (usize, InodeId)) -> Option<[u8; 32]> {
-        if let Some(d) = self.lock().get(&(t, id)) {
+    /// The digest in `form` of known file `id` of tree `t` (None when it cannot be read: then
+    /// it is never reused).
+    fn digest(&self, form: Form, (t, id): (usize, InodeId)) -> Option<[u8; 32]> {
+        if let Some(d) = self.lock().get(&(form, t, id)) {
             return *d;
         }
         let d = match &self.trees[t].tree.inode(id).kind {
-            InodeKind::File(c) => StoredFile::of(c).and_then(|s| s.stored_digest().ok().flatten()),
+            InodeKind::File(c) => form_digest(c, form),
             _ => None,
         };
-        self.lock().insert((t, id), d);
+        self.lock().insert((form, t, id), d);
         d
     }
 
@@ -79,13 +124,14 @@ impl<'a> Known<'a> {
     /// The sha256 of `c` when a known file has the same stored form (the first such file, in
     /// the order of the trees: the result is the same whichever it is).
     fn reuse(&self, c: &Content) -> Option<[u8; 32]> {
-        let key = layout_key(c)?;
-        let candidates = self.by_layout.get(&key)?;
-        let mine = StoredFile::of(c)?.stored_digest().ok()??;
-        candidates
-            .iter()
-            .find(|k| self.digest(**k) == Some(mine))
-            .and_then(|(t, id)| self.trees[*t].hashes.get(id.0 as usize).copied().flatten())
+        FORMS.iter().find_map(|&form| {
+            let candidates = self.by_layout.get(&layout_key(c, form)?)?;
+            let mine = form_digest(c, form)?;
+            candidates
+                .iter()
+                .find(|k| self.digest(form, **k) == Some(mine))
+                .and_then(|(t, id)| self.trees[*t].hashes.get(id.0 as usize).copied().flatten())
+        })
     }
 }
 
@@ -207,9 +253,10 @@ mod tests {
         let got = HashedTree::new_reusing(old, &known, &|_| {}).unwrap();
         assert_eq!(hash_of(&got, "same"), hash_of(&known, "same"));
         assert_ne!(hash_of(&got, "same"), hash_of(&truth, "same"));
-        // Different stored bytes, or no blocks at all: decoded and hashed.
+        // A tail-only file in a fragment block stored alike in both images: nothing decoded.
+        assert_eq!(hash_of(&got, "small"), hash_of(&known, "small"));
+        // Different stored bytes: decoded and hashed.
         assert_eq!(hash_of(&got, "changed"), hash_of(&truth, "changed"));
-        assert_eq!(hash_of(&got, "small"), hash_of(&truth, "small"));
         // With true known hashes, the result equals a full hash of the tree.
         let known = HashedTree::new(known.tree, &|_| {}).unwrap();
         let got = HashedTree::new_reusing(truth.tree.clone(), &known, &|_| {}).unwrap();
@@ -239,6 +286,24 @@ mod tests {
         let got = HashedTree::new_reusing(old, &known, &|_| {}).unwrap();
         assert_eq!(hash_of(&got, "f"), hash_of(&known, "f"));
         assert_eq!(hash_of(&got, "g"), hash_of(&truth, "g"));
+    }
+
+    /// Tails are named by their fragment block's stored bytes: an unchanged tail whose block
+    /// also holds a changed tail is decoded, not taken from the other image.
+    #[test]
+    fn a_tail_in_a_changed_fragment_block_is_decoded() {
+        let small = text(100, 10);
+        let old = image_tree(&[("small", small.clone()), ("tiny", text(50, 11))], true);
+        let new = image_tree(&[("small", small), ("tiny", text(50, 12))], true);
+        let mut known = HashedTree::new(new, &|_| {}).unwrap();
+        let truth = HashedTree::new(old.clone(), &|_| {}).unwrap();
+        for (i, h) in known.hashes.iter_mut().enumerate() {
+            if h.is_some() {
+                *h = Some([i as u8; 32]);
+            }
+        }
+        let got = HashedTree::new_reusing(old, &known, &|_| {}).unwrap();
+        assert_eq!(got.hashes, truth.hashes);
     }
 
     /// With several known trees (a batch: the new root, then earlier old roots), a file stored

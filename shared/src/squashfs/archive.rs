@@ -9,6 +9,7 @@
 //! in the order inode table, directory table, fragment table, export table, id table, xattr tables,
 //! and each one ends where the first metadata block of the next one begins.
 
+use std::collections::HashMap;
 use std::fmt::Display;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -53,6 +54,8 @@ pub struct Archive {
     extents: Vec<TableExtent>,
     /// Decompressed fragment blocks, most recently used first (see [`super::data`]).
     pub(super) frag_cache: Mutex<Vec<(FragmentEntry, Arc<Vec<u8>>)>>,
+    /// sha256 of fragment blocks' stored bytes, by (start, stored size) (see [`super::data`]).
+    pub(super) frag_digests: Mutex<HashMap<(u64, u32), [u8; 32]>>,
 }
 
 /// Returns `e` with `what` prefixed to its message, keeping its kind.
@@ -131,6 +134,7 @@ impl Archive {
             data_start,
             extents,
             frag_cache: Mutex::new(Vec::new()),
+            frag_digests: Mutex::new(HashMap::new()),
         })
     }
 

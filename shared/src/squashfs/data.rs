@@ -140,6 +140,35 @@ impl Archive {
         Ok((raw, data))
     }
 
+    /// sha256 of fragment block `e`'s stored-size field and stored bytes, computed once per
+    /// block: blocks of two images with equal digests (same compressor and block size) decode to
+    /// the same bytes, so a tail can be named without decoding it ([`StoredFile::located_digest`]).
+    fn fragment_digest(&self, e: FragmentEntry) -> Result<[u8; 32]> {
+        use sha2::{Digest, Sha256};
+        let key = (e.start, e.size);
+        if let Some(d) = self
+            .frag_digests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            return Ok(*d);
+        }
+        let mut raw = vec![0u8; (e.size & !BLOCK_UNCOMPRESSED) as usize];
+        self.image
+            .read_exact_at(&mut raw, e.start)
+            .map_err(|err| SqfsError::io(format!("fragment block at {}", e.start), err))?;
+        let mut h = Sha256::new();
+        h.update(e.size.to_le_bytes());
+        h.update(&raw);
+        let d: [u8; 32] = h.finalize().into();
+        self.frag_digests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, d);
+        Ok(d)
+    }
+
     /// A reader streaming the bytes of regular-file inode `ino`.
     pub fn open_file(self: &Arc<Self>, ino: &DiskInode) -> Result<FileReader> {
         let what = format!("{}: inode {}", self.name, ino.header.number);
@@ -355,6 +384,64 @@ impl<'a> StoredFile<'a> {
         Ok(Some(d.finish(&self.tail()?)))
     }
 
+    /// Where the file's tail lies, named by content: the digest of its fragment block's stored
+    /// bytes, and the tail's offset and length in the decoded block. Files of images with the
+    /// same compressor, options and block size whose tail keys are equal have equal tails.
+    /// None when the tail is not in a fragment block (or there is none).
+    pub fn tail_key(&self) -> Result<Option<TailKey>> {
+        let Some(t) = &self.file.layout.tail else {
+            return Ok(None);
+        };
+        let block = self
+            .file
+            .archive
+            .fragment_digest(t.frag)
+            .map_err(|e| wrap(e, self.describe()))?;
+        Ok(Some(TailKey {
+            block,
+            offset: t.offset as u64,
+            len: t.len as u64,
+        }))
+    }
+
+    /// A digest of the file's stored form that decodes nothing: compressor id and declared
+    /// options, block size, size, the stored size and bytes of every entry of the block list
+    /// (a short last block too), and the fragment tail's [`TailKey`]. Two files with equal
+    /// located digests have equal content (decoding is a function of these), so a hashed file
+    /// lends its sha256 to every file stored the same way ([`crate::diff`]'s reuse). None for
+    /// a damaged file.
+    pub fn located_digest(&self) -> Result<Option<[u8; 32]>> {
+        use sha2::{Digest, Sha256};
+        if self.full_blocks().is_none() {
+            return Ok(None);
+        }
+        let mut h = Sha256::new();
+        h.update(b"iuk-located-file-v1\n");
+        h.update(self.compressor().id().to_le_bytes());
+        let options = self.declared_options();
+        h.update((options.len() as u64).to_le_bytes());
+        h.update(&options);
+        h.update(self.block_size().to_le_bytes());
+        h.update(self.size().to_le_bytes());
+        h.update((self.block_sizes().len() as u64).to_le_bytes());
+        for s in self.block_sizes() {
+            h.update(s.to_le_bytes());
+        }
+        for i in 0..self.block_sizes().len() {
+            h.update(self.raw_block(i)?);
+        }
+        match self.tail_key()? {
+            Some(t) => {
+                h.update([1]);
+                h.update(t.block);
+                h.update(t.offset.to_le_bytes());
+                h.update(t.len.to_le_bytes());
+            }
+            None => h.update([0]),
+        }
+        Ok(Some(h.finalize().into()))
+    }
+
     /// What whole block `i`, whose stored bytes (as [`StoredFile::raw_block`] gives them) are
     /// `raw`, decodes to: checked to be exactly the block's length, as when streaming.
     pub fn decode_raw(&self, i: usize, raw: &[u8]) -> Result<Vec<u8>> {
@@ -388,6 +475,18 @@ impl<'a> StoredFile<'a> {
         }
         Ok(data)
     }
+}
+
+/// A file's fragment tail named by content ([`StoredFile::tail_key`]): its fragment block's
+/// stored digest, offset and length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TailKey {
+    /// sha256 of the fragment block's stored-size field and stored bytes.
+    pub block: [u8; 32],
+    /// Offset of the tail in the decoded block.
+    pub offset: u64,
+    /// Length of the tail.
+    pub len: u64,
 }
 
 /// Where a file's tail lies in its image: a fragment block and the byte range in it. Files of
