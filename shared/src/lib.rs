@@ -14,6 +14,7 @@ pub mod io;
 pub mod iso;
 pub mod kit;
 pub mod medium;
+pub mod memory;
 pub mod message;
 pub mod output;
 pub mod progress;

@@ -218,8 +218,12 @@ pub fn choose(
         .par_iter()
         .map(|t| Ok((t.at, try_one(t)?)))
         .collect::<Result<_, DeltaError>>()?;
+    // Each large trial allocates afresh what the previous one freed: hand it back in between,
+    // so the peak is the largest trial's, not the sum (crate::memory).
+    crate::memory::release_free_heap();
     for t in &large {
         outcomes.push((t.at, try_one(t)?));
+        crate::memory::release_free_heap();
     }
     let trial_at: HashMap<usize, &Trial> = trials.iter().map(|t| (t.at, t)).collect();
     for (at, outcome) in outcomes {
