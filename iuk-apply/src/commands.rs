@@ -441,6 +441,7 @@ impl KitArgs {
             udf: signed_udf(&self.udf, &self.signature)?,
             legacy_tails_kit: self.legacy_tails_kit,
             deep: self.deep,
+            held_boot_max: None,
         })
     }
 }

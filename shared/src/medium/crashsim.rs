@@ -454,11 +454,15 @@ mod tests {
     /// Every prefix of an apply, every allowed loss (bounded), then recover: old or new, and the
     /// medium verifies.
     fn crash_everywhere(pre_kits: &[&Path], kit: &Path, budget: usize) {
+        crash_everywhere_with(pre_kits, kit, budget, &ApplyOptions::default())
+    }
+
+    fn crash_everywhere_with(pre_kits: &[&Path], kit: &Path, budget: usize, opts: &ApplyOptions) {
         let t = tempfile::tempdir().unwrap();
         let m = medium_at(t.path(), "medium", pre_kits);
         let old = Model::read(&m.root).unwrap();
         let mut sim = SimFs::new(&m.root, &old);
-        let p = plan(&m, kit, &ApplyOptions::default(), &NoProgress).unwrap();
+        let p = plan(&m, kit, opts, &NoProgress).unwrap();
         execute(&m, &p, &mut sim, &NoProgress).unwrap();
         let new = Model::read(&m.root).unwrap();
         assert_ne!(old.view(), new.view());
@@ -533,5 +537,24 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let k = kit_with(t.path(), "6.9", "6.10", true);
         crash_everywhere(&[], &k, 12);
+    }
+
+    /// FORMAT 3 with no re-created boot file held from its check: each is re-created again
+    /// from the medium's boot files while they are being replaced.
+    #[test]
+    fn power_cuts_while_boot_files_are_re_created_when_staged_recover_to_old_or_new() {
+        let t = tempfile::tempdir().unwrap();
+        let k = kit_with(t.path(), "6.9", "6.10", true);
+        let control = crate::kit::Kit::open(&k).unwrap().control;
+        let boot = control.recipe.unwrap().boot_files;
+        assert!(
+            boot.iter().any(|b| b.source.is_patch()),
+            "the fixture kit re-creates no boot file from a patch: {boot:?}"
+        );
+        let opts = ApplyOptions {
+            held_boot_max: Some(0),
+            ..ApplyOptions::default()
+        };
+        crash_everywhere_with(&[], &k, 12, &opts);
     }
 }

@@ -63,6 +63,9 @@ pub struct ApplyOptions {
     /// file, read every image and check the base's and the stacked tree digests) before
     /// anything else is decided.
     pub deep: bool,
+    /// The bytes of re-created boot files held from their check to their staging (None:
+    /// [`HELD_BOOT_MAX`]); those beyond are re-created again when staged.
+    pub held_boot_max: Option<u64>,
 }
 
 /// A boot file the apply writes.
@@ -330,7 +333,8 @@ pub fn plan(
         .filter(|(_, t, _)| t.files > 0)
         .map(|(k, t, _)| (k, t))
         .collect();
-    recreate_boot_files(medium, &state, &mut c, &bad_kit, progress)?;
+    let held_max = opts.held_boot_max.unwrap_or(HELD_BOOT_MAX);
+    recreate_boot_files(medium, &state, &mut c, (&bad_kit, held_max), progress)?;
     kit_leaves_a_bootable_medium(medium, &c, &bad_kit)?;
     // The stack the layer goes on: every image opens with its tables (superblock, id, fragment,
     // export and xattr tables read and checked); with `deep`, its trees are read too (which
@@ -577,22 +581,29 @@ impl ContentSource for MediumFile {
     }
 }
 
+/// The bytes of re-created boot files an apply holds from their check to their staging (an
+/// initrd and a kernel take ~45 MB); boot files beyond it are re-created again when staged.
+pub const HELD_BOOT_MAX: u64 = 128 << 20;
+
 /// FORMAT 3, before any write: every boot file the kit re-creates from the medium's current boot
 /// files gets its base — a boot file the state records with the kit's base sha256, found on the
 /// medium (never through a link) with that sha256 — and is re-created once and checked against
-/// its overlay entry (size, sha256); it then joins the proposal's overlay as content re-created
-/// (and checked again) when the apply stages it. A base the medium does not have is a refusal
-/// naming the medium and the file; a patch that does not re-create the file names the kit.
+/// its overlay entry (size, sha256); it then joins the proposal's overlay: the checked bytes
+/// themselves while the re-created boot files held stay within `held_max` (an initrd's
+/// repack is the apply's largest allocation and takes ~20 s: not done twice), else as content
+/// re-created (and checked again) when the apply stages it; the staging checks what it writes
+/// either way. A base the medium does not have is a refusal naming the medium and the file; a
+/// patch that does not re-create the file names the kit.
 fn recreate_boot_files(
     medium: &Medium,
     state: &State,
     c: &mut Proposal,
-    bad_kit: &dyn Fn(String) -> MediumError,
+    (bad_kit, held_max): (&dyn Fn(String) -> MediumError, u64),
     progress: &dyn Progress,
 ) -> Result<(), MediumError> {
     let total: u64 = c.boot_sources.iter().map(|b| b.size).sum();
     progress.phase("checking boot files", total);
-    let mut done = 0u64;
+    let (mut done, mut held) = (0u64, 0u64);
     for b in std::mem::take(&mut c.boot_sources) {
         let other = |what: String| {
             refuse(format!(
@@ -660,16 +671,25 @@ fn recreate_boot_files(
                     size: b.size,
                     sha256: b.sha256,
                 };
-                source.recreate().map_err(|e| {
+                let bytes = source.recreate().map_err(|e| {
                     bad_kit(format!(
                         "{}: {e}; nothing was written",
                         boot_patch_path(&b.path)
                     ))
                 })?;
-                Content {
-                    size: b.size,
-                    source: Arc::new(source),
-                }
+                let content = if held.saturating_add(b.size) <= held_max {
+                    held += b.size;
+                    Content::from_bytes(bytes)
+                } else {
+                    drop(bytes);
+                    Content {
+                        size: b.size,
+                        source: Arc::new(source),
+                    }
+                };
+                // What the re-creation freed goes back before the layer is rebuilt.
+                crate::memory::release_free_heap();
+                content
             }
             (None, SourceKind::Copy) if base.size == b.size => base,
             (None, SourceKind::Copy) => {

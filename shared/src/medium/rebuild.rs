@@ -171,6 +171,8 @@ pub fn prepare(
             progress.position(made.fetch_add(n, std::sync::atomic::Ordering::Relaxed) + n)
         })
         .map_err(|e| bad_kit(format!("{}: {e}", kit_image_name())))?;
+    // The rebuild's compressors and re-created files start from a heap with that handed back.
+    crate::memory::release_free_heap();
     let (tree, hashes) = (layer.tree, layer.hashes);
     let jobs = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut params = kit
