@@ -20,10 +20,6 @@ use crate::tree::{InodeKind, NodeId, Tree};
 use super::report::{push_section, show_path, CompareError, Difference, Section};
 use super::tree::tree_diff;
 
-/// Overlay files larger than this that are not stored contiguously in their kit are not opened
-/// as images (they would have to be read into memory).
-const NESTED_IN_MEMORY_MAX: u64 = 512 << 20;
-
 /// One opened input (or an image nested inside one).
 pub(super) struct Side {
     /// Its bytes.
@@ -85,7 +81,9 @@ fn sha256_of(image: &dyn ReadAt) -> std::io::Result<[u8; 32]> {
 }
 
 /// Opens the file `n` of an image as an image of its own: in place when its bytes lie
-/// contiguous and uncompressed (always so for the layer of a kit), else from memory.
+/// contiguous and uncompressed, else through the outer image's blocks, decoded on demand (a
+/// kit's layer whose padded last block, or a block the container's screen compressed, is not
+/// stored as it is): memory stays a few blocks whatever the layer's size.
 pub(super) fn nested(outer: &Side, tree: &Tree, n: NodeId, path: &str) -> Result<Side, String> {
     let InodeKind::File(content) = &tree.node_inode(n).kind else {
         return Err("not a regular file".into());
@@ -98,14 +96,11 @@ pub(super) fn nested(outer: &Side, tree: &Tree, n: NodeId, path: &str) -> Result
         let base = outer.base.unwrap_or(0) + start;
         return Side::from_image(image, name, Some(base)).map_err(|e| e.to_string());
     }
-    if content.size > NESTED_IN_MEMORY_MAX {
-        return Err(format!(
-            "{} bytes not stored contiguously; not opened",
-            content.size
-        ));
-    }
-    let bytes = content.read_all().map_err(|e| e.to_string())?;
-    Side::from_image(Arc::new(bytes), name, None).map_err(|e| e.to_string())
+    let image: Arc<dyn ReadAt> = match content.source.random_access() {
+        Some(image) => image,
+        None => Arc::new(content.read_all().map_err(|e| e.to_string())?),
+    };
+    Side::from_image(image, name, None).map_err(|e| e.to_string())
 }
 
 /// Where the bytes of the file at `path` start in the image, when they are stored as they are
