@@ -22,7 +22,7 @@ use std::time::Instant;
 use sha2::{Digest, Sha256};
 
 use crate::boot::{self, BootError, BootFile, WHOLE_DIRS};
-use crate::delta::boot::{choose_boot, BootChoice, BootInput};
+use crate::delta::boot::{choose_boot, BootChoice, BootInput, BootTrials};
 use crate::delta::choose::{choose, ChoiceStats, LayerCompression};
 use crate::delta::recipe::{boot_patch_path, per_kind, recipe_tree, Recipe, RECIPE_VERSION};
 use crate::delta::DeltaError;
@@ -415,6 +415,8 @@ struct NewSide {
     iso_sha256: Option<String>,
     /// Size of the new release (the ISO file, or the root filesystem image for a directory).
     image_bytes: u64,
+    /// FORMAT 3: the boot files' patch trials, kept for the other kits of a batch.
+    boot_trials: BootTrials,
 }
 
 impl NewSide {
@@ -454,6 +456,7 @@ impl NewSide {
             boot,
             iso_sha256,
             image_bytes,
+            boot_trials: BootTrials::default(),
         })
     }
 }
@@ -565,7 +568,7 @@ impl KitSteps<'_> {
                         .is_none_or(|o| hex(&o.sha256) != e.sha256)
             });
             self.phase("choosing boot sources", 0);
-            let boot = choose_boot_files(&old_boot, &new.boot, &boot_files)?;
+            let boot = choose_boot_files(&old_boot, (&new.boot, &new.boot_trials), &boot_files)?;
             let boot_saved: u64 = boot.iter().map(|c| c.saved).sum();
             let mut recipe = made.recipe.clone();
             recipe.boot_files = boot.iter().map(|c| c.record.clone()).collect();
@@ -1041,7 +1044,7 @@ impl KitSteps<'_> {
 /// kit larger), in path order.
 fn choose_boot_files(
     old_boot: &boot::BootTree,
-    new_boot: &boot::BootTree,
+    (new_boot, trials): (&boot::BootTree, &BootTrials),
     carried: &[(OverlayFile, FileEntry)],
 ) -> Result<Vec<BootChoice>, BuildError> {
     let old: Vec<BootInput<'_>> = old_boot
@@ -1066,7 +1069,7 @@ fn choose_boot_files(
         // An initrd's repack trial is the build's largest single allocation: it starts from a
         // heap with the layer's trials handed back (crate::memory).
         crate::memory::release_free_heap();
-        if let Some(c) = choose_boot(&old, input)? {
+        if let Some(c) = choose_boot(&old, input, trials)? {
             if c.saved > c.record.yaml_len() {
                 out.push(c);
             }

@@ -8,7 +8,13 @@
 //!    [`MAX_PATCH_INPUT`];
 //! 3. otherwise whole, under `overlay/` as in FORMAT 2.
 //!
-//! A pure function of the two boot trees: the same choices and patches on every machine.
+//! A pure function of the two boot trees: the same choices and patches on every machine. The
+//! patch trials of one new release are kept ([`BootTrials`]) for the other kits of a batch:
+//! old releases that share a boot file (no kernel or initramfs change between them) take the
+//! same patch without a second trial (an initrd's takes ~15 s, a kernel's ~45 s).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
 
 use super::recipe::{BootFile, SourceKind, MAX_PATCH_INPUT};
 use super::source::best_patch;
@@ -78,11 +84,50 @@ pub struct BootChoice {
     pub saved: u64,
 }
 
+/// A patch trial's key: the new file's path and sha256, its base's path and sha256.
+type TrialKey = (String, [u8; 32], String, [u8; 32]);
+
+/// A patch trial's outcome: the patch (kind and bytes) when one beat the file whole, and what
+/// the file costs whole in the container.
+type TrialOutcome = (Option<(SourceKind, Vec<u8>)>, u64);
+
+/// The boot files' patch trials against one new release, shared by the kits of a batch. The
+/// outcome is a function of the key's two contents (named by their sha256), so a kept outcome
+/// is the one a new trial would give.
+#[derive(Debug, Default)]
+pub struct BootTrials(Mutex<HashMap<TrialKey, TrialOutcome>>);
+
+impl BootTrials {
+    /// The outcome for `key`, from an earlier trial or from `trial`.
+    fn get_or_try(
+        &self,
+        key: TrialKey,
+        trial: impl FnOnce() -> Result<TrialOutcome, DeltaError>,
+    ) -> Result<TrialOutcome, DeltaError> {
+        let known = self
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            .cloned();
+        if let Some(o) = known {
+            return Ok(o);
+        }
+        let o = trial()?;
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, o.clone());
+        Ok(o)
+    }
+}
+
 /// The choice for the boot file `new` against the old release's boot files `old` (sorted by
-/// path); None: carried whole.
+/// path); None: carried whole. A patch trial already in `trials` is not run again.
 pub fn choose_boot(
     old: &[BootInput<'_>],
     new: BootInput<'_>,
+    trials: &BootTrials,
 ) -> Result<Option<BootChoice>, DeltaError> {
     let read = |c: &Content| {
         c.read_all()
@@ -112,13 +157,22 @@ pub fn choose_boot(
     if o.content.size.saturating_add(new.content.size) > MAX_PATCH_INPUT || new.content.size == 0 {
         return Ok(None);
     }
-    let new_bytes = read(new.content)?;
-    let whole = container_cost(&new_bytes)?;
-    let old_bytes = read(o.content)?;
-    let Some(patch) = best_patch(&old_bytes, &new_bytes, whole)? else {
+    let key = (
+        new.path.to_string(),
+        *new.sha256,
+        o.path.to_string(),
+        *o.sha256,
+    );
+    let (patch, whole) = trials.get_or_try(key, || {
+        let new_bytes = read(new.content)?;
+        let whole = container_cost(&new_bytes)?;
+        let old_bytes = read(o.content)?;
+        let patch = best_patch(&old_bytes, &new_bytes, whole)?;
+        Ok((patch.map(|p| (SourceKind::of(&p), p.into_bytes())), whole))
+    })?;
+    let Some((kind, bytes)) = patch else {
         return Ok(None);
     };
-    let (kind, bytes) = (SourceKind::of(&patch), patch.into_bytes());
     use sha2::{Digest, Sha256};
     Ok(Some(BootChoice {
         record: BootFile {
@@ -214,6 +268,7 @@ mod tests {
                 content: &c_font,
             },
         ];
+        let trials = BootTrials::default();
         let copy = choose_boot(
             &old,
             BootInput {
@@ -221,6 +276,7 @@ mod tests {
                 sha256: &s_font,
                 content: &c_font,
             },
+            &trials,
         )
         .unwrap()
         .unwrap();
@@ -235,6 +291,7 @@ mod tests {
                 sha256: &s_efi_new,
                 content: &c_efi_new,
             },
+            &trials,
         )
         .unwrap()
         .unwrap();
@@ -254,6 +311,7 @@ mod tests {
                 sha256: &s_other,
                 content: &c_other,
             },
+            &trials,
         )
         .unwrap();
         assert!(none.is_none());
@@ -264,8 +322,85 @@ mod tests {
                 sha256: &s_other,
                 content: &c_other,
             },
+            &trials,
         )
         .unwrap();
         assert!(unrelated.is_none());
+    }
+
+    /// A content that counts how often it is read.
+    struct Counted(Vec<u8>, std::sync::atomic::AtomicUsize);
+
+    impl crate::tree::ContentSource for Counted {
+        fn open(&self) -> std::io::Result<Box<dyn std::io::Read + Send + '_>> {
+            self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Ok(Box::new(std::io::Cursor::new(self.0.as_slice())))
+        }
+        fn describe(&self) -> String {
+            "counted".into()
+        }
+    }
+
+    /// A batch's second kit whose old release has the same boot file takes the first kit's
+    /// trial: the same choice, neither file read again; another base is tried afresh.
+    #[test]
+    fn a_shared_old_boot_file_is_tried_once() {
+        let old_bytes = noise(300_000, 13);
+        let mut new_bytes = old_bytes.clone();
+        new_bytes[5000..5010].copy_from_slice(b"0123456789");
+        let counted = |b: &[u8]| {
+            let c = std::sync::Arc::new(Counted(b.to_vec(), Default::default()));
+            let content = Content {
+                size: b.len() as u64,
+                source: c.clone(),
+            };
+            (c, content)
+        };
+        let (old_src, old_c) = counted(&old_bytes);
+        let (new_src, new_c) = counted(&new_bytes);
+        let (s_old, s_new) = (sha(&old_bytes), sha(&new_bytes));
+        let old = [BootInput {
+            path: "live/vmlinuz",
+            sha256: &s_old,
+            content: &old_c,
+        }];
+        let new = BootInput {
+            path: "live/vmlinuz",
+            sha256: &s_new,
+            content: &new_c,
+        };
+        let reads = || {
+            let n = |c: &Counted| c.1.load(std::sync::atomic::Ordering::Relaxed);
+            (n(&old_src), n(&new_src))
+        };
+        let trials = BootTrials::default();
+        let first = choose_boot(&old, new, &trials).unwrap().unwrap();
+        assert_eq!(reads(), (1, 1));
+        let again = choose_boot(&old, new, &trials).unwrap().unwrap();
+        assert_eq!(reads(), (1, 1), "the kept trial was run again");
+        assert_eq!(
+            (&again.record, &again.patch, again.saved),
+            (&first.record, &first.patch, first.saved)
+        );
+        assert!(first.record.source.is_patch(), "{:?}", first.record);
+        // A fresh memo gives the same choice (the kept outcome is the trial's).
+        let fresh = choose_boot(&old, new, &BootTrials::default())
+            .unwrap()
+            .unwrap();
+        assert_eq!((&fresh.record, &fresh.patch), (&first.record, &first.patch));
+        // Another base (other bytes at the same path) is a new trial.
+        let other = noise(300_000, 17);
+        let (s_other, c_other) = (sha(&other), Content::from_bytes(other.clone()));
+        let old2 = [BootInput {
+            path: "live/vmlinuz",
+            sha256: &s_other,
+            content: &c_other,
+        }];
+        assert!(choose_boot(&old2, new, &trials).unwrap().is_none());
+        assert_eq!(
+            reads().1,
+            3,
+            "the other base's trial did not read the new file"
+        );
     }
 }
