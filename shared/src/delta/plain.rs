@@ -30,6 +30,45 @@ pub const ZSTD_LEVEL: i32 = 12;
 /// qbsdiff's chunk size: a fixed value, so patches do not depend on the thread count.
 pub const BSDIFF_CHUNK: usize = 16 << 20;
 
+/// The two byte patches: a `zstd` patch-from ([`zstd_patch`]) and a bsdiff-style patch
+/// ([`bsdiff_patch`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlainKind {
+    /// zstd frame compressed with the base as its prefix.
+    Zstd,
+    /// bsdiff 4 patch (qbsdiff's format) against the base.
+    Bsdiff,
+}
+
+impl PlainKind {
+    /// `zstd` or `bsdiff`.
+    pub fn name(self) -> &'static str {
+        match self {
+            PlainKind::Zstd => "zstd",
+            PlainKind::Bsdiff => "bsdiff",
+        }
+    }
+}
+
+/// A byte patch of one file against another: what a `zstd` or `bsdiff` source carries, and
+/// what a `repack` patch carries between plain contents (never a repack patch itself).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlainPatch {
+    /// Which patch.
+    pub kind: PlainKind,
+    /// Its bytes.
+    pub bytes: Vec<u8>,
+}
+
+impl From<PlainPatch> for Patch {
+    fn from(p: PlainPatch) -> Patch {
+        match p.kind {
+            PlainKind::Zstd => Patch::Zstd(p.bytes),
+            PlainKind::Bsdiff => Patch::Bsdiff(p.bytes),
+        }
+    }
+}
+
 /// How a recipe file's content is made on the device.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Patch {
@@ -74,25 +113,37 @@ impl Patch {
             Patch::Zstd(b) | Patch::Bsdiff(b) | Patch::Repack(b) => b,
         }
     }
+
+    /// A `zstd` or `bsdiff` patch as a byte patch (None for a `repack` patch).
+    pub fn plain(&self) -> Option<(PlainKind, &[u8])> {
+        match self {
+            Patch::Zstd(b) => Some((PlainKind::Zstd, b)),
+            Patch::Bsdiff(b) => Some((PlainKind::Bsdiff, b)),
+            Patch::Repack(_) => None,
+        }
+    }
 }
 
 /// The smaller of a `zstd` and a `bsdiff` patch of `new` against `old`, when smaller than
 /// `limit`; patches over the caps are not tried.
-pub fn best_plain_patch(old: &[u8], new: &[u8], limit: u64) -> Result<Option<Patch>, DeltaError> {
+pub fn best_plain_patch(
+    old: &[u8],
+    new: &[u8],
+    limit: u64,
+) -> Result<Option<PlainPatch>, DeltaError> {
     let total = old.len() as u64 + new.len() as u64;
-    let mut best: Option<Patch> = None;
-    let mut consider = |p: Patch| {
-        let len = p.bytes().len() as u64;
-        let bound = best.as_ref().map_or(limit, |b| b.bytes().len() as u64);
-        if len < bound {
-            best = Some(p);
+    let mut best: Option<PlainPatch> = None;
+    let mut consider = |kind: PlainKind, bytes: Vec<u8>| {
+        let bound = best.as_ref().map_or(limit, |b| b.bytes.len() as u64);
+        if (bytes.len() as u64) < bound {
+            best = Some(PlainPatch { kind, bytes });
         }
     };
     if total <= ZSTD_MAX_TOTAL {
-        consider(Patch::Zstd(zstd_patch(old, new)?));
+        consider(PlainKind::Zstd, zstd_patch(old, new)?);
     }
     if total <= BSDIFF_MAX_TOTAL {
-        consider(Patch::Bsdiff(bsdiff_patch(old, new)?));
+        consider(PlainKind::Bsdiff, bsdiff_patch(old, new)?);
     }
     Ok(best)
 }
@@ -147,18 +198,20 @@ pub fn bsdiff_patch(old: &[u8], new: &[u8]) -> Result<Vec<u8>, DeltaError> {
 
 /// Re-creates a file from its `zstd` or `bsdiff` patch and base file, refusing output other
 /// than `size` bytes with sha256 `sha256` (memory: the output, bounded by `size`, and the
-/// decoder's state). A `repack` patch is refused here: [`super::source::reconstruct`] takes it.
+/// decoder's state). A `repack` patch is [`super::source::reconstruct`]'s.
 pub fn reconstruct_plain(
-    patch: &Patch,
+    (kind, p): (PlainKind, &[u8]),
     old: &[u8],
     size: u64,
     sha256: &[u8; 32],
 ) -> Result<Vec<u8>, DeltaError> {
-    let kind = patch.kind();
-    let dec = |msg: String| DeltaError::Decode { kind, msg };
+    let dec = |msg: String| DeltaError::Decode {
+        kind: kind.name(),
+        msg,
+    };
     let cap = usize::try_from(size).map_err(|_| dec(format!("{size} bytes do not fit memory")))?;
-    let out = match patch {
-        Patch::Zstd(p) => {
+    let out = match kind {
+        PlainKind::Zstd => {
             let total = old.len() as u64 + size;
             if total > ZSTD_MAX_TOTAL {
                 return Err(dec(format!(
@@ -175,7 +228,7 @@ pub fn reconstruct_plain(
                 .map_err(|c| dec(zstd::zstd_safe::get_error_name(c).to_string()))?;
             out
         }
-        Patch::Bsdiff(p) => {
+        PlainKind::Bsdiff => {
             let patcher = Bspatch::new(p).map_err(|e| dec(e.to_string()))?;
             if patcher.hint_target_size() != size {
                 return Err(dec(format!(
@@ -189,7 +242,6 @@ pub fn reconstruct_plain(
                 .map_err(|e| dec(e.to_string()))?;
             out
         }
-        Patch::Repack(_) => return Err(dec("a repack patch in the plain path".into())),
     };
     let got: [u8; 32] = Sha256::digest(&out).into();
     if out.len() as u64 != size || got != *sha256 {

@@ -24,7 +24,7 @@ use std::borrow::Cow;
 
 use sha2::{Digest, Sha256};
 
-use super::plain::{best_plain_patch, reconstruct_plain, Patch};
+use super::plain::{best_plain_patch, reconstruct_plain, PlainKind, PlainPatch};
 use super::unpack::{plain_view, repack, unpack, zlib_header, Layout, UnpackCaps, ZSTD_MAGIC};
 use super::DeltaError;
 
@@ -70,17 +70,17 @@ pub struct RepackPatch {
     /// The new file's layout ([`Layout::to_bytes`]).
     pub layout: Vec<u8>,
     /// The patch of the new plain content against the base's (`zstd` or `bsdiff`).
-    pub patch: Patch,
+    pub patch: PlainPatch,
 }
 
 impl RepackPatch {
     /// The bytes a kit carries.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let (kind, patch) = match &self.patch {
-            Patch::Zstd(p) => (INNER_ZSTD, p),
-            Patch::Bsdiff(p) => (INNER_BSDIFF, p),
-            Patch::Repack(p) => (0, p),
+        let kind = match self.patch.kind {
+            PlainKind::Zstd => INNER_ZSTD,
+            PlainKind::Bsdiff => INNER_BSDIFF,
         };
+        let patch = &self.patch.bytes;
         let mut out = Vec::with_capacity(HEADER_LEN + self.layout.len() + patch.len());
         out.extend_from_slice(MAGIC);
         out.push(kind);
@@ -126,10 +126,14 @@ impl RepackPatch {
             .filter(|l| *l <= rest.len())
             .ok_or_else(|| bad("the layout runs past the end of the patch"))?;
         let (layout, patch) = rest.split_at(layout_len);
-        let patch = match kind {
-            INNER_ZSTD => Patch::Zstd(patch.to_vec()),
-            INNER_BSDIFF => Patch::Bsdiff(patch.to_vec()),
+        let kind = match kind {
+            INNER_ZSTD => PlainKind::Zstd,
+            INNER_BSDIFF => PlainKind::Bsdiff,
             _ => return Err(bad("unknown patch kind inside the repack patch")),
+        };
+        let patch = PlainPatch {
+            kind,
+            bytes: patch.to_vec(),
         };
         Ok(RepackPatch {
             base_plain_len,
@@ -220,7 +224,12 @@ pub fn apply(
             "the base file's plain content is not the one the patch was made against".into(),
         ));
     }
-    let plain = reconstruct_plain(&p.patch, &bp, p.plain_len, &p.plain_sha256)?;
+    let plain = reconstruct_plain(
+        (p.patch.kind, &p.patch.bytes),
+        &bp,
+        p.plain_len,
+        &p.plain_sha256,
+    )?;
     drop(bp);
     let layout = Layout::from_bytes(&p.layout, caps)?;
     let out = repack(&plain, &layout, caps)?;
@@ -339,10 +348,10 @@ mod tests {
         // Byte deltas of the compressed bytes gain little: the repack patch is far smaller.
         let plain = best_plain_patch(&old, &new, u64::MAX).unwrap().unwrap();
         assert!(
-            blob.len() * 3 < plain.bytes().len(),
+            blob.len() * 3 < plain.bytes.len(),
             "repack {} bytes, byte patch {}",
             blob.len(),
-            plain.bytes().len()
+            plain.bytes.len()
         );
     }
 

@@ -30,7 +30,7 @@ pub fn best_patch(old: &[u8], new: &[u8], whole_cost: u64) -> Result<Option<Patc
     let mut best = if looks_compressed(new) {
         None
     } else {
-        best_plain_patch(old, new, whole_cost)?
+        best_plain_patch(old, new, whole_cost)?.map(Patch::from)
     };
     if repack::worth_trying(new) {
         let limit = best.as_ref().map_or(whole_cost, |b| b.bytes().len() as u64);
@@ -50,9 +50,9 @@ pub fn reconstruct(
     size: u64,
     sha256: &[u8; 32],
 ) -> Result<Vec<u8>, DeltaError> {
-    match patch {
-        Patch::Repack(blob) => repack::apply(blob, old, size, sha256),
-        _ => reconstruct_plain(patch, old, size, sha256),
+    match patch.plain() {
+        Some(plain) => reconstruct_plain(plain, old, size, sha256),
+        None => repack::apply(patch.bytes(), old, size, sha256),
     }
 }
 
