@@ -120,11 +120,7 @@ impl Archive {
     /// fragment cache (so a file's tail read next from it decodes nothing). The stored bytes are
     /// the ones decoded: a writer copying them verbatim copies exactly what was checked.
     fn fragment_raw(&self, e: FragmentEntry) -> Result<(Vec<u8>, Arc<Vec<u8>>)> {
-        let stored = (e.size & !BLOCK_UNCOMPRESSED) as usize;
-        let mut raw = vec![0u8; stored];
-        self.image
-            .read_exact_at(&mut raw, e.start)
-            .map_err(|err| SqfsError::io(format!("fragment block at {}", e.start), err))?;
+        let raw = self.fragment_stored(e)?;
         let data = if e.size & BLOCK_UNCOMPRESSED != 0 {
             raw.clone()
         } else {
@@ -138,6 +134,15 @@ impl Archive {
         cache.insert(0, (e, data.clone()));
         cache.truncate(FRAGMENT_CACHE);
         Ok((raw, data))
+    }
+
+    /// Fragment block `e`'s bytes as the image stores them.
+    fn fragment_stored(&self, e: FragmentEntry) -> Result<Vec<u8>> {
+        let mut raw = vec![0u8; (e.size & !BLOCK_UNCOMPRESSED) as usize];
+        self.image
+            .read_exact_at(&mut raw, e.start)
+            .map_err(|err| SqfsError::io(format!("fragment block at {}", e.start), err))?;
+        Ok(raw)
     }
 
     /// sha256 of fragment block `e`'s stored-size field and stored bytes, computed once per
@@ -154,10 +159,7 @@ impl Archive {
         {
             return Ok(*d);
         }
-        let mut raw = vec![0u8; (e.size & !BLOCK_UNCOMPRESSED) as usize];
-        self.image
-            .read_exact_at(&mut raw, e.start)
-            .map_err(|err| SqfsError::io(format!("fragment block at {}", e.start), err))?;
+        let raw = self.fragment_stored(e)?;
         let mut h = Sha256::new();
         h.update(e.size.to_le_bytes());
         h.update(&raw);
