@@ -82,13 +82,9 @@ pub enum Patch {
 }
 
 impl Patch {
-    /// `zstd` or `bsdiff`: the source kind as control.yml names it.
+    /// `zstd`, `bsdiff` or `repack`: the source kind as control.yml names it.
     pub fn kind(&self) -> &'static str {
-        match self {
-            Patch::Zstd(_) => "zstd",
-            Patch::Bsdiff(_) => "bsdiff",
-            Patch::Repack(_) => "repack",
-        }
+        self.plain().map_or("repack", |(k, _)| k.name())
     }
 
     /// The patch's bytes (what the kit carries).
