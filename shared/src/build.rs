@@ -1066,9 +1066,6 @@ fn choose_boot_files(
             sha256: &n.sha256,
             content: &n.content,
         };
-        // An initrd's repack trial is the build's largest single allocation: it starts from a
-        // heap with the layer's trials handed back (crate::memory).
-        crate::memory::release_free_heap();
         if let Some(c) = choose_boot(&old, input, trials)? {
             if c.saved > c.record.yaml_len() {
                 out.push(c);

@@ -164,6 +164,9 @@ pub fn choose_boot(
         *o.sha256,
     );
     let (patch, whole) = trials.get_or_try(key, || {
+        // An initrd's repack trial is the build's largest single allocation: it starts from a
+        // heap with the earlier trials handed back (crate::memory).
+        crate::memory::release_free_heap();
         let new_bytes = read(new.content)?;
         let whole = container_cost(&new_bytes)?;
         let old_bytes = read(o.content)?;
